@@ -1,0 +1,5 @@
+import sys
+
+from fpn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,314 @@
+"""One typed configuration for a run: data, model, solver.
+
+The config is plain data. It is read in the ``build_*`` functions (``build_detector``, ``build_loader``,
+the trainer) and never inside ``forward``. Presets are functions returning a fresh ``Config``; CLI flags
+and ``--set section.field=value`` override fields; ``to_dict`` / ``from_dict`` save and restore it with
+every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fpn.errors import UserError
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # pascal_voc | pascal_voc_0712 | synthetic | path to a VOC-layout folder
+    data_dir: str = "data"
+    train_scales: tuple[int, ...] = (600,)  # shorter side; several values = multi-scale training
+    test_scale: int = 600
+    max_size: int = 1000  # longer side never exceeds this
+    flip: bool = True  # train on each image and its mirror (the seed's doubled dataset)
+    use_difficult: bool = False  # keep difficult objects in training (the seed did)
+    normalization: str = "imagenet"  # imagenet (RGB mean/std, 0-1 range) | caffe (BGR, 0-255, mean only)
+    size_divisible: int = 32  # padded batch size is a multiple of this (stride of C5)
+    workers: int = 2
+    # synthetic generator, used when dataset == "synthetic" and no data exists yet
+    synth_seed: int = 0
+    synth_train: int = 400
+    synth_test: int = 100
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "res101"  # res18 | res34 | res50 | res101 | res152
+    pretrained: str = "imagenet"  # imagenet (torchvision weights) | none | path to a .pth file
+    norm: str = "frozen_bn"  # frozen_bn | bn | gn  (bn/gn when training from scratch)
+    freeze_at: int = 1  # 0: nothing frozen, 1: stem + layer1 frozen, 2: + layer2 ...
+    fpn_channels: int = 256
+    # anchors: one size per level P2..P6
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # RPN
+    rpn_channels: int = 256
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_per_level_top_n: bool = True  # False: the seed's top-n jointly over all levels
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 1e-3  # proposals smaller than this (input pixels) are dropped
+    rpn_smooth_l1_beta: float = 1.0 / 9.0
+    # RoI heads
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    roi_fg_iou: float = 0.5
+    roi_bg_iou_lo: float = 0.0
+    roi_bg_iou_hi: float = 0.5
+    roi_canonical_size: float = 224.0
+    roi_canonical_level: int = 4
+    pool_size: int = 7
+    pool_sampling_ratio: int = 2
+    fc_dim: int = 1024
+    class_agnostic: bool = False  # the seed's --cag
+    bbox_reg_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)  # = 1 / (0.1, 0.1, 0.2, 0.2)
+    rcnn_smooth_l1_beta: float = 1.0
+    # inference
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    soft_nms: bool = False
+    soft_nms_sigma: float = 0.5
+    soft_nms_min_score: float = 0.001
+
+
+@dataclass
+class SolverConfig:
+    batch_size: int = 2
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_factor: float = 1.0  # the seed's "double bias" would be 2.0
+    bias_weight_decay: bool = False
+    epochs: int = 12
+    lr_decay_epochs: tuple[int, ...] = (10,)  # lr *= gamma after each of these epochs
+    lr_decay_gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.1
+    amp: str = "none"  # none | bf16 | fp16
+    clip_grad_norm: float = 0.0  # 0 disables
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    preset: str = "voc07_res101"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    save_dir: str = "runs"
+    exp_name: str = "default"
+    log_interval: int = 20
+    eval_at_end: bool = False
+
+
+# --- presets: plain data --------------------------------------------------------------------------------
+
+
+def voc07_res101() -> Config:
+    """The seed's VOC2007 recipe: res101, batch 2, lr 1e-3, 12 epochs, decay x0.1 after epoch 10."""
+    cfg = Config(preset="voc07_res101")
+    cfg.data.dataset = "pascal_voc"
+    return cfg
+
+
+def voc0712_res101() -> Config:
+    cfg = voc07_res101()
+    cfg.preset = "voc0712_res101"
+    cfg.data.dataset = "pascal_voc_0712"
+    return cfg
+
+
+def synthetic() -> Config:
+    """A CPU-friendly recipe for the built-in synthetic dataset: small backbone trained from scratch
+    (BatchNorm in train mode, nothing frozen), small images, anchors one octave smaller."""
+    cfg = Config(preset="synthetic")
+    d, m, s = cfg.data, cfg.model, cfg.solver
+    d.dataset = "synthetic"
+    d.train_scales = (256,)
+    d.test_scale = 256
+    d.max_size = 384
+    d.workers = 1
+    m.backbone = "res18"
+    m.pretrained = "none"
+    m.norm = "bn"
+    m.freeze_at = 0
+    m.fpn_channels = 128
+    m.rpn_channels = 128
+    m.fc_dim = 256
+    m.anchor_sizes = (16, 32, 64, 128, 256)
+    m.roi_canonical_size = 112.0
+    m.rpn_pre_nms_top_n_train = 1000
+    m.rpn_post_nms_top_n_train = 500
+    m.rpn_pre_nms_top_n_test = 500
+    m.rpn_post_nms_top_n_test = 300
+    m.roi_batch_per_image = 128
+    s.batch_size = 8
+    s.lr = 0.02
+    s.weight_decay = 1e-4
+    s.epochs = 12
+    s.lr_decay_epochs = (10,)
+    s.warmup_iters = 50
+    cfg.eval_at_end = True
+    cfg.log_interval = 10
+    return cfg
+
+
+def seed() -> Config:
+    """The seed code's own settings where they differ from ours, for comparison."""
+    cfg = voc07_res101()
+    cfg.preset = "seed"
+    m, s = cfg.model, cfg.solver
+    m.rpn_channels = 512
+    m.rpn_per_level_top_n = False
+    m.rpn_pre_nms_top_n_train, m.rpn_post_nms_top_n_train = 12000, 2000
+    m.rpn_pre_nms_top_n_test, m.rpn_post_nms_top_n_test = 6000, 300
+    m.rpn_min_size = 0.0
+    m.roi_batch_per_image = 128
+    m.roi_bg_iou_lo = 0.0
+    m.nms_thresh = 0.3
+    m.score_thresh = 0.0
+    cfg.data.use_difficult = True
+    cfg.data.normalization = "caffe"
+    s.weight_decay = 1e-4
+    s.bias_lr_factor = 1.0
+    s.warmup_iters = 0
+    return cfg
+
+
+PRESETS = {
+    "voc07_res101": voc07_res101,
+    "voc0712_res101": voc0712_res101,
+    "synthetic": synthetic,
+    "seed": seed,
+}
+
+# the preset a dataset name selects when no preset is named
+DATASET_PRESETS = {"pascal_voc": "voc07_res101", "pascal_voc_0712": "voc0712_res101", "synthetic": "synthetic"}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def preset_for_dataset(dataset: str) -> Config:
+    """The default recipe for a dataset name; a custom VOC-layout folder gets the VOC recipe."""
+    cfg = get_preset(DATASET_PRESETS.get(dataset, "voc07_res101"))
+    cfg.data.dataset = dataset
+    return cfg
+
+
+# --- (de)serialisation and overrides ---------------------------------------------------------------------
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict`` output; unknown keys are an error, missing keys keep defaults."""
+    cfg = Config()
+    for key, value in d.items():
+        if key in ("data", "model", "solver"):
+            section = getattr(cfg, key)
+            for k, v in value.items():
+                _set_field(section, k, v, f"{key}.{k}")
+        else:
+            _set_field(cfg, key, value, key)
+    return cfg
+
+
+def save_json(cfg: Config, path: str | Path) -> None:
+    from fpn.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_json(path: str | Path) -> Config:
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: a config file must hold a JSON object")
+    return from_dict(d)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings (``--set``); values are Python/JSON literals or bare strings."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected key=value, e.g. model.backbone=res50")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        target: Any = cfg
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(target) or not hasattr(target, p):
+                raise UserError(f"--set {item}: unknown config key '{key}'")
+            target = getattr(target, p)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        _set_field(target, parts[-1], value, key, flag=f"--set {item}")
+    return cfg
+
+
+def _set_field(obj: Any, name: str, value: Any, key: str, flag: str | None = None) -> None:
+    where = flag or f"config key '{key}'"
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields or dataclasses.is_dataclass(getattr(obj, name)):
+        raise UserError(f"{where}: unknown config key '{key}'")
+    current = getattr(obj, name)
+    setattr(obj, name, _coerce(value, current, where))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Convert ``value`` to the type of the field's current value (tuples from lists, int to float...)."""
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, (bool, int)):
+            return bool(value)
+    elif isinstance(current, tuple):
+        if isinstance(value, (int, float)):
+            value = (value,)
+        if isinstance(value, (list, tuple)):
+            elem = type(current[0]) if current else None
+            try:
+                return tuple(elem(v) if elem else v for v in value)
+            except (TypeError, ValueError):
+                pass
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(current, str):
+        return str(value)
+    else:
+        return value
+    raise UserError(f"{where}: expected a value like {current!r}, got {value!r}")

@@ -1,0 +1,12 @@
+"""User-facing errors.
+
+A ``UserError`` is a mistake the user can fix (a bad flag, a missing or malformed file). The CLI prints
+its message as one line (``error: ...``) and exits with code 2, without a traceback. Library code raises
+it with a message that names the file (and line) or the flag, and what is wrong.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; printed as a single line by the CLI, exit code 2."""
+
+    exit_code = 2
