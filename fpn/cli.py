@@ -23,16 +23,12 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits with code 2 on usage errors already; keep its one-line message."""
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="fpn", description="Feature Pyramid Network object detector")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Network object detector")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if command in (name, None) and command is not None:
+        if name == command:  # only the chosen subcommand's module is imported
             importlib.import_module(module).add_arguments(p)
     return parser
 

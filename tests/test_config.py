@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from fpn import config as C
+from fpn.errors import UserError
+
+
+def test_presets_are_fresh_plain_data():
+    a, b = C.get_preset("synthetic"), C.get_preset("synthetic")
+    a.model.backbone = "res50"
+    assert b.model.backbone == "res18"  # no shared mutable state between presets
+    assert C.get_preset("voc07_res101").data.dataset == "pascal_voc"
+    assert C.get_preset("voc0712_res101").data.dataset == "pascal_voc_0712"
+
+
+def test_seed_preset_differs_where_the_seed_did():
+    s, v = C.get_preset("seed").model, C.get_preset("voc07_res101").model
+    assert (s.rpn_channels, v.rpn_channels) == (512, 256)
+    assert (s.rpn_pre_nms_top_n_train, s.rpn_post_nms_top_n_test) == (12000, 300)
+    assert not s.rpn_per_level_top_n and v.rpn_per_level_top_n
+    assert (s.roi_batch_per_image, v.roi_batch_per_image) == (128, 512)
+    assert s.nms_thresh == 0.3
+
+
+def test_voc_recipe_matches_the_seed_table():
+    cfg = C.preset_for_dataset("pascal_voc")
+    s = cfg.solver
+    assert (cfg.model.backbone, s.batch_size, s.lr, s.epochs, s.lr_decay_epochs) == ("res101", 2, 1e-3, 12, (10,))
+    assert (cfg.data.train_scales, cfg.data.max_size, s.momentum, s.weight_decay) == ((600,), 1000, 0.9, 1e-4)
+
+
+def test_custom_folder_gets_voc_recipe():
+    cfg = C.preset_for_dataset("/some/folder")
+    assert cfg.data.dataset == "/some/folder" and cfg.model.backbone == "res101"
+
+
+def test_overrides_coerce_types():
+    cfg = C.apply_overrides(
+        C.Config(),
+        ["model.backbone=res50", "solver.lr=0.01", "data.train_scales=[480,600]", "data.flip=False",
+         "model.rpn_nms_thresh=1", "solver.lr_decay_epochs=8"],
+    )
+    assert cfg.model.backbone == "res50" and cfg.solver.lr == 0.01
+    assert cfg.data.train_scales == (480, 600) and cfg.data.flip is False
+    assert cfg.model.rpn_nms_thresh == 1.0 and isinstance(cfg.model.rpn_nms_thresh, float)
+    assert cfg.solver.lr_decay_epochs == (8,)
+
+
+@pytest.mark.parametrize(
+    "item, fragment",
+    [("model.nope=1", "unknown config key 'model.nope'"), ("lr", "expected key=value"),
+     ("solver.epochs=abc", "expected a value like 12"), ("model=1", "unknown config key 'model'")],
+)
+def test_bad_overrides_name_the_flag(item, fragment):
+    with pytest.raises(UserError, match=fragment) as e:
+        C.apply_overrides(C.Config(), [item])
+    assert "\n" not in str(e.value)
+
+
+def test_round_trip_through_json(tmp_path):
+    cfg = C.apply_overrides(C.get_preset("synthetic"), ["model.anchor_sizes=[8,16,32,64,128]"])
+    path = tmp_path / "config.json"
+    C.save_json(cfg, path)
+    again = C.load_json(path)
+    assert again == cfg
+    assert json.loads(path.read_text())["model"]["anchor_sizes"] == [8, 16, 32, 64, 128]
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        C.load_json(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="bad.json: not a readable JSON config"):
+        C.load_json(bad)
+    bad.write_text('{"model": {"colour": 1}}')
+    with pytest.raises(UserError, match="unknown config key 'model.colour'"):
+        C.load_json(bad)
