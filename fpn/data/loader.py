@@ -1,0 +1,330 @@
+"""Training and test data loaders yielding padded :class:`Batch` es.
+
+Pieces, each replaceable:
+
+- :class:`DetectionDataset`: item ``(index, scale)`` -> one transformed image with its target and meta.
+  In training with flip, indices ``n..2n-1`` are the mirrors of images ``0..n-1`` (the seed's doubled set).
+- :class:`GroupedBatchSampler`: batches of images of one orientation (landscape or portrait) so padding
+  stays small; order and per-image scales are a pure function of (seed, epoch); DDP ranks get disjoint
+  batches, the same number each.
+- :class:`Collator`: zero-pads a list of images into one tensor (bottom/right, multiple of
+  ``size_divisible``).
+- :class:`DetectionLoader`: a ``DataLoader`` that turns an unreadable image, also one met in a worker
+  process, into a one-line ``UserError`` naming the file (instead of the worker's traceback text).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fpn.config import Config
+from fpn.data.transforms import check_scales, flip_resize, normalize, pick_scales, read_image
+from fpn.errors import UserError
+
+
+@dataclass
+class Batch:
+    """What the model consumes. ``images`` float32 (N, 3, H, W) zero-padded at the bottom/right;
+    ``image_sizes`` (h, w) of each image before padding; ``targets`` {"boxes" float32 (K, 4) continuous
+    xyxy in input pixels, "labels" int64 (K,)}; ``metas`` {"id", "image" (path), "orig_size" (h, w),
+    "scale" (input = original * scale), "flipped"}."""
+
+    images: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    targets: list[dict[str, torch.Tensor]]
+    metas: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        images = self.images.to(device, non_blocking=non_blocking)
+        targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in self.targets]
+        return Batch(images, self.image_sizes, targets, self.metas)
+
+    def pin_memory(self) -> "Batch":
+        """Called by ``DataLoader(pin_memory=True)`` in its pinning thread."""
+        targets = [{k: v.pin_memory() for k, v in t.items()} for t in self.targets]
+        return Batch(self.images.pin_memory(), self.image_sizes, targets, self.metas)
+
+
+@dataclass
+class LoadFailure:
+    """Returned instead of a sample (and a batch) when an image cannot be used; the loader raises it
+    as a UserError in the main process. A plain message travels between processes without a traceback."""
+
+    message: str
+
+
+class DetectionDataset(Dataset):
+    """Records -> resized inputs. An item key is ``(index, scale)`` (what :class:`GroupedBatchSampler`
+    yields) or a bare index (scale ``default_scale``). Returns ``(image, target, meta)`` with the image
+    still uint8 RGB (3, h, w) (the :class:`Collator` normalises it straight into the padded batch), or a
+    :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
+
+    Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict],
+        *,
+        default_scale: int,
+        max_size: int,
+        flip: bool = False,
+        use_difficult: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.default_scale = default_scale
+        self.max_size = max_size
+        self.flip = flip
+        # numpy (not torch) arrays: cheap to share with workers, converted per item
+        self._boxes, self._labels = [], []
+        for r in self.records:
+            keep = slice(None) if use_difficult else ~np.asarray(r["difficult"], dtype=bool)
+            self._boxes.append(np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4)[keep])
+            self._labels.append(np.asarray(r["labels"], dtype=np.int64)[keep])
+
+    def __len__(self) -> int:
+        return len(self.records) * (2 if self.flip else 1)
+
+    def group_ids(self) -> np.ndarray:
+        """0 for landscape (w >= h), 1 for portrait, per item (mirrors included)."""
+        g = np.array([int(r["width"] < r["height"]) for r in self.records], dtype=np.int64)
+        return np.tile(g, 2) if self.flip else g
+
+    def __getitem__(self, key):
+        index, scale = key if isinstance(key, tuple) else (key, self.default_scale)
+        n = len(self.records)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rec, flipped = self.records[index % n], index >= n
+        try:
+            image = read_image(rec["image"])
+        except UserError as e:
+            return LoadFailure(str(e))
+        h, w = image.shape[-2:]
+        if (h, w) != (rec["height"], rec["width"]):
+            return LoadFailure(
+                f"{rec['image']}: image is {w}x{h} but its annotation says {rec['width']}x{rec['height']}"
+            )
+        boxes = torch.from_numpy(self._boxes[index % n])
+        image, boxes, factor = flip_resize(image, boxes, scale, self.max_size, flip=flipped)
+        target = {"boxes": boxes, "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
+        meta = {"id": rec["id"], "image": rec["image"], "orig_size": (int(h), int(w)), "scale": factor,
+                "flipped": flipped}  # fmt: skip
+        return image, target, meta
+
+
+class Collator:
+    """List of dataset samples -> :class:`Batch`: normalises each uint8 image (see
+    :func:`fpn.data.transforms.normalize`) into one float32 tensor, zero-padded at the bottom/right to
+    the largest height and width rounded up to a multiple of ``size_divisible``. In a worker process the
+    tensor is allocated in shared memory (as torch's default collate does), saving a copy. Passes a
+    :class:`LoadFailure` on."""
+
+    def __init__(self, size_divisible: int = 32, normalization: str = "imagenet") -> None:
+        normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
+        self.size_divisible = max(1, int(size_divisible))
+        self.normalization = normalization
+
+    def __call__(self, samples: list) -> Batch | LoadFailure:
+        for s in samples:
+            if isinstance(s, LoadFailure):
+                return s
+        images = [s[0] for s in samples]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        d = self.size_divisible
+        height = math.ceil(max(h for h, _ in sizes) / d) * d
+        width = math.ceil(max(w for _, w in sizes) / d) * d
+        out = _empty_batch_tensor((len(images), images[0].shape[0], height, width))
+        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+            normalize(im, self.normalization, out=out[i, :, :h, :w])
+            out[i, :, h:, :].zero_()
+            out[i, :, :h, w:].zero_()
+        return Batch(out, sizes, [s[1] for s in samples], [s[2] for s in samples])
+
+
+def _empty_batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """Uninitialised float32 tensor; in shared memory inside a DataLoader worker (sent without a copy)."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+            return torch.empty(0).new(storage).resize_(shape)
+        except (AttributeError, RuntimeError):  # private API of torch's default collate; fall back
+            pass
+    return torch.empty(shape, dtype=torch.float32)
+
+
+class GroupedBatchSampler(Sampler):
+    """Batches of item keys ``(index, scale)``, every batch from one group (e.g. orientation).
+
+    One epoch: each group's indices, in a shuffled order, are cut into batches of ``batch_size`` (the
+    last batch of a group may be smaller); the batches are then shuffled. Without ``shuffle``, indices
+    stay in order and batches are ordered by their first index. Everything, including the scale drawn
+    per item from ``scales``, is a function of (seed, epoch) only, identical on all ranks. With
+    ``world_size`` > 1 the epoch's batch list is cut to a multiple of ``world_size`` (the few leftover
+    batches, random ones each epoch, are skipped) and rank r takes batches r, r + world_size, ...
+
+    ``set_epoch(epoch, start_iter)`` selects the epoch and skips its first ``start_iter`` batches (resume);
+    ``len()`` is always the full epoch's number of batches for one rank.
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[int],
+        batch_size: int,
+        scales: Sequence[int],
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        self.group_ids = np.asarray(group_ids, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.scales = tuple(int(s) for s in scales)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_iter = 0, 0
+        groups = np.unique(self.group_ids)
+        total = sum(math.ceil(int((self.group_ids == g).sum()) / self.batch_size) for g in groups)
+        self._num_batches = total // world_size
+        if self._num_batches == 0:
+            raise UserError(
+                f"{len(self.group_ids)} images make {total} batches of {batch_size}: too few for {world_size} processes"
+            )
+
+    def set_epoch(self, epoch: int, start_iter: int = 0) -> None:
+        if not 0 <= start_iter <= self._num_batches:
+            raise ValueError(f"start_iter {start_iter} is outside 0..{self._num_batches}")
+        self.epoch, self.start_iter = int(epoch), int(start_iter)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """All of this rank's batches of ``epoch``, start_iter not applied."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.group_ids)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        scales = pick_scales(self.scales, n, rng)
+        ordered_groups = self.group_ids[order]
+        batches = []
+        for g in np.unique(self.group_ids):
+            idx = order[ordered_groups == g]
+            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        else:
+            batches.sort(key=lambda b: b[0])
+        batches = batches[: self._num_batches * self.world_size][self.rank :: self.world_size]
+        return [[(int(i), scales[i]) for i in b] for b in batches]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        yield from self.epoch_batches(self.epoch)[self.start_iter :]
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader whose iteration raises a one-line UserError for a :class:`LoadFailure` batch.
+    ``iter(loader)`` creates the underlying iterator at once, as a plain DataLoader does."""
+
+    def __iter__(self) -> "_CheckedIterator":
+        return _CheckedIterator(super().__iter__())
+
+
+class _CheckedIterator:
+    def __init__(self, it) -> None:
+        self._it = it
+
+    def __iter__(self) -> "_CheckedIterator":
+        return self
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __next__(self) -> Batch:
+        batch = next(self._it)
+        if isinstance(batch, LoadFailure):
+            raise UserError(batch.message)
+        return batch
+
+
+def _check_config(cfg: Config) -> None:
+    d = cfg.data
+    check_scales(d.train_scales, d.max_size)
+    check_scales((d.test_scale,), d.max_size, "config data.test_scale")
+    if d.workers < 0:
+        raise UserError(f"config data.workers: expected >= 0, got {d.workers}")
+    if d.size_divisible < 1:
+        raise UserError(f"config data.size_divisible: expected >= 1, got {d.size_divisible}")
+
+
+def _check_records(records: Sequence[dict], classes: Sequence[str], what: str) -> None:
+    if not records:
+        raise UserError(f"no {what} images: the dataset's image set is empty")
+    labels = np.concatenate([np.asarray(r["labels"], dtype=np.int64).reshape(-1) for r in records])
+    top = int(labels.max()) if labels.size else 0
+    if top > len(classes):
+        raise UserError(f"{what} records use label {top} but only {len(classes)} classes were given")
+
+
+def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool) -> DetectionLoader:
+    workers = cfg.data.workers
+    return DetectionLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=Collator(cfg.data.size_divisible, cfg.data.normalization),
+        num_workers=workers,
+        persistent_workers=persistent and workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def build_train_loader(
+    cfg: Config, records: Sequence[dict], classes: Sequence[str], rank: int = 0, world_size: int = 1
+) -> DetectionLoader:
+    """Shuffled, aspect-grouped training batches of ``cfg.solver.batch_size`` images per process (each
+    image plus its mirror when ``cfg.data.flip``). Call ``loader.batch_sampler.set_epoch(epoch,
+    start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch."""
+    _check_config(cfg)
+    _check_records(records, classes, "training")
+    d = cfg.data
+    dataset = DetectionDataset(
+        records, default_scale=d.train_scales[0], max_size=d.max_size, flip=d.flip,
+        use_difficult=d.use_difficult,
+    )  # fmt: skip
+    sampler = GroupedBatchSampler(
+        dataset.group_ids(), cfg.solver.batch_size, d.train_scales, shuffle=True, seed=cfg.seed,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    return _loader(dataset, sampler, cfg, persistent=True)
+
+
+def build_test_loader(
+    cfg: Config, records: Sequence[dict], classes: Sequence[str], batch_size: int = 1
+) -> DetectionLoader:
+    """Every image once, unflipped, at ``cfg.data.test_scale``; batches group images of one orientation,
+    so the order is not the records' order (use ``batch.metas[i]["id"]``). Targets follow
+    ``cfg.data.use_difficult`` like training (evaluation reads the records, not these targets)."""
+    _check_config(cfg)
+    _check_records(records, classes, "test")
+    d = cfg.data
+    dataset = DetectionDataset(
+        records, default_scale=d.test_scale, max_size=d.max_size, flip=False,
+        use_difficult=d.use_difficult,
+    )  # fmt: skip
+    sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
+    return _loader(dataset, sampler, cfg, persistent=False)

@@ -1,0 +1,226 @@
+import numpy as np
+import pytest
+import torch
+
+from fpn.config import Config
+from fpn.data.catalog import ImageSet, load_records
+from fpn.data.loader import (
+    Batch,
+    Collator,
+    DetectionDataset,
+    GroupedBatchSampler,
+    LoadFailure,
+    build_test_loader,
+    build_train_loader,
+)
+from fpn.data.transforms import normalize
+from fpn.errors import UserError
+
+CLASSES = ("cat", "dog")
+
+
+def _records(root):
+    return load_records([ImageSet(root, "trainval")], CLASSES, cache_dir=root.parent / "cache")
+
+
+def _cfg(**data) -> Config:
+    cfg = Config()
+    cfg.data.train_scales, cfg.data.test_scale, cfg.data.max_size = (96,), 96, 160
+    cfg.data.workers = 0
+    cfg.solver.batch_size = 2
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+# --- grouped batch sampler ---------------------------------------------------------------------------------
+
+GROUPS = np.array([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 0])  # 8 landscape, 5 portrait
+
+
+def _indices(batches):
+    return [i for b in batches for i, _ in b]
+
+
+def test_sampler_groups_never_mixed_and_each_index_once():
+    s = GroupedBatchSampler(GROUPS, 3, (600,), seed=1)
+    batches = list(s)
+    assert len(batches) == len(s) == 3 + 2  # ceil(8/3) + ceil(5/3)
+    for b in batches:
+        assert len({int(GROUPS[i]) for i, _ in b}) == 1 and 1 <= len(b) <= 3
+        assert all(scale == 600 for _, scale in b)
+    assert sorted(_indices(batches)) == list(range(len(GROUPS)))
+
+
+def test_sampler_deterministic_per_seed_and_epoch():
+    def order(seed, epoch):
+        s = GroupedBatchSampler(GROUPS, 2, (600,), seed=seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert order(0, 3) == order(0, 3)
+    assert order(0, 3) != order(0, 4)
+    assert order(0, 3) != order(1, 3)
+    for epoch in range(5):
+        assert sorted(_indices(order(0, epoch))) == list(range(len(GROUPS)))
+
+
+def test_sampler_multi_scale_per_image_deterministic():
+    s = GroupedBatchSampler(np.zeros(400, int), 4, (480, 600, 720), seed=0)
+    s.set_epoch(2)
+    a, b = list(s), list(s)
+    assert a == b
+    scales = [sc for batch in a for _, sc in batch]
+    assert set(scales) == {480, 600, 720}
+    assert len({tuple(sc for _, sc in batch) for batch in a}) > 1  # drawn per image, not per batch
+    s.set_epoch(3)
+    assert [sc for batch in s for _, sc in batch] != scales
+
+
+def test_sampler_ranks_disjoint_equal_lengths():
+    ranks = [GroupedBatchSampler(GROUPS, 2, (600,), seed=5, rank=r, world_size=3) for r in range(3)]
+    for s in ranks:
+        s.set_epoch(7)
+    # 4 + 3 = 7 batches -> 2 per rank (one leftover batch skipped this epoch)
+    assert [len(s) for s in ranks] == [2, 2, 2] and [len(list(s)) for s in ranks] == [2, 2, 2]
+    seen = [set(_indices(list(s))) for s in ranks]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    single = GroupedBatchSampler(GROUPS, 2, (600,), seed=5)
+    single.set_epoch(7)
+    everything = list(single)  # the ranks take turns through the same epoch order
+    assert [list(s)[0] for s in ranks] == everything[:3]
+    with pytest.raises(UserError, match="too few for 8 processes"):
+        GroupedBatchSampler(GROUPS, 2, (600,), rank=0, world_size=8)
+
+
+def test_sampler_start_iter_skips_batches():
+    s = GroupedBatchSampler(GROUPS, 2, (600,), seed=0)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_epoch(4, start_iter=3)
+    assert list(s) == full[3:] and len(s) == len(full)
+    s.set_epoch(5)
+    assert len(list(s)) == len(full)
+    with pytest.raises(ValueError):
+        s.set_epoch(0, start_iter=len(full) + 1)
+
+
+def test_sampler_without_shuffle_keeps_order_within_groups():
+    s = GroupedBatchSampler(GROUPS, 3, (96,), shuffle=False)
+    assert [[i for i, _ in b] for b in s] == [[0, 2, 3], [1, 4, 5], [6, 8, 9], [7, 11], [10, 12]]
+
+
+# --- collate -----------------------------------------------------------------------------------------------
+
+
+def test_collate_pads_to_multiple_and_normalises():
+    a = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    b = torch.randint(0, 256, (3, 40, 90), dtype=torch.uint8)
+    ta = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    tb = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([2])}
+    batch = Collator(32, "imagenet")([(a, ta, {"id": "a"}), (b, tb, {"id": "b"})])
+    assert isinstance(batch, Batch) and len(batch) == 2
+    assert batch.images.shape == (2, 3, 64, 96) and batch.images.dtype == torch.float32
+    assert batch.image_sizes == [(50, 70), (40, 90)]
+    torch.testing.assert_close(batch.images[0, :, :50, :70], normalize(a, "imagenet"))
+    torch.testing.assert_close(batch.images[1, :, :40, :90], normalize(b, "imagenet"))
+    assert (batch.images[0, :, 50:, :] == 0).all() and (batch.images[0, :, :, 70:] == 0).all()
+    assert (batch.images[1, :, 40:, :] == 0).all() and (batch.images[1, :, :, 90:] == 0).all()
+    assert batch.targets == [ta, tb] and [m["id"] for m in batch.metas] == ["a", "b"]
+    assert Collator(1)([(a, ta, {})]).images.shape == (1, 3, 50, 70)
+    failure = LoadFailure("x.jpg: cannot read image")
+    assert Collator(32)([(a, ta, {}), failure]) is failure
+
+
+def test_batch_to_moves_everything():
+    target = {"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64)}
+    batch = Batch(torch.zeros(1, 3, 32, 32), [(30, 20)], [target], [{}])
+    moved = batch.to("cpu", non_blocking=True)
+    assert moved.images.device.type == "cpu" and moved.targets[0]["labels"].dtype == torch.int64
+    assert moved.image_sizes == [(30, 20)]
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------
+
+
+def test_dataset_flip_difficult_and_empty_images(voc_folder):
+    recs = _records(voc_folder)
+    ds = DetectionDataset(recs, default_scale=96, max_size=160, flip=True)
+    assert len(ds) == 6
+    assert ds.group_ids().tolist() == [0, 1, 0, 0, 1, 0]
+    img, target, meta = ds[0]  # "a": 64x48 -> 128x96 (factor 2); the difficult dog is dropped
+    assert img.shape == (3, 96, 128) and img.dtype == torch.uint8
+    torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0.0, 64.0, 48.0]]), rtol=0, atol=0)
+    assert target["labels"].tolist() == [1]
+    assert meta == {"id": "a", "image": recs[0]["image"], "orig_size": (48, 64), "scale": 2.0, "flipped": False}
+    _, target, meta = ds[(3, 48)]  # mirror of "a" at scale 48 (factor 1): x1' = 64 - 32 = 32
+    torch.testing.assert_close(target["boxes"], torch.tensor([[32.0, 0.0, 64.0, 24.0]]), rtol=0, atol=0)
+    assert meta["flipped"] and meta["scale"] == 1.0
+    img, target, _ = ds[2]  # "c": no objects, still an item
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    keep = DetectionDataset(recs, default_scale=96, max_size=160, use_difficult=True)
+    assert len(keep) == 3 and keep[0][1]["labels"].tolist() == [1, 2]
+    with pytest.raises(IndexError):
+        keep[3]
+
+
+def test_dataset_size_mismatch_is_a_failure(voc_folder):
+    recs = _records(voc_folder)
+    recs[1]["width"] = 41
+    out = DetectionDataset(recs, default_scale=96, max_size=160)[1]
+    assert isinstance(out, LoadFailure) and "image is 40x60 but its annotation says 41x60" in out.message
+
+
+# --- loaders ---------------------------------------------------------------------------------------------------
+
+
+def test_train_loader_batches(voc_folder):
+    cfg = _cfg()
+    loader = build_train_loader(cfg, _records(voc_folder), CLASSES)
+    assert len(loader) == 3  # landscape a, c, a', c' -> 2 batches; portrait b, b' -> 1
+    loader.batch_sampler.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == 3
+    seen = []
+    for batch in batches:
+        assert isinstance(batch, Batch) and batch.images.shape[0] == len(batch.targets) == len(batch.metas)
+        assert batch.images.shape[2] % 32 == 0 and batch.images.shape[3] % 32 == 0
+        for (h, w), meta in zip(batch.image_sizes, batch.metas):
+            assert min(h, w) == 96
+            seen.append((meta["id"], meta["flipped"]))
+    assert sorted(seen) == [(i, f) for i in "abc" for f in (False, True)]
+
+
+def test_train_loader_without_flip_and_test_loader(voc_folder):
+    recs = _records(voc_folder)
+    assert len(build_train_loader(_cfg(flip=False), recs, CLASSES).dataset) == 3
+    loader = build_test_loader(_cfg(test_scale=48), recs, CLASSES, batch_size=2)
+    batches = list(loader)
+    ids = [m["id"] for b in batches for m in b.metas]
+    assert ids == ["a", "c", "b"] and not any(m["flipped"] for b in batches for m in b.metas)
+    assert batches[0].image_sizes == [(48, 64), (48, 60)] and batches[0].images.shape == (2, 3, 64, 64)
+
+
+def test_bad_config_and_records(voc_folder):
+    recs = _records(voc_folder)
+    with pytest.raises(UserError, match="data.normalization"):
+        build_train_loader(_cfg(normalization="rgb"), recs, CLASSES)
+    with pytest.raises(UserError, match="data.train_scales"):
+        build_train_loader(_cfg(train_scales=()), recs, CLASSES)
+    with pytest.raises(UserError, match="no training images"):
+        build_train_loader(_cfg(), [], CLASSES)
+    with pytest.raises(UserError, match="label 2 but only 1 classes"):
+        build_train_loader(_cfg(), recs, ("cat",))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_a_one_line_user_error(voc_folder, workers):
+    recs = _records(voc_folder)
+    bad = voc_folder / "JPEGImages" / "b.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    loader = build_train_loader(_cfg(workers=workers), recs, CLASSES)
+    with pytest.raises(UserError) as e:
+        for _ in loader:
+            pass
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: cannot read image") and "\n" not in msg and "Traceback" not in msg

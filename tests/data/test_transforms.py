@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from fpn.data.transforms import (
+    flip_resize,
+    hflip_boxes,
+    normalize,
+    pick_scales,
+    prepare,
+    read_image,
+    resize_factor,
+    resized_size,
+    unnormalize,
+)
+from fpn.errors import UserError
+
+
+def test_resize_factor_shorter_side_and_max_size():
+    assert resize_factor(375, 500, 600, 1000) == 1.6  # VOC: 500x375 -> 800x600
+    assert resized_size(375, 500, 1.6) == (600, 800)
+    assert resize_factor(500, 333, 600, 1000) == 600 / 333  # portrait: the shorter side is the width
+    assert resized_size(500, 333, 600 / 333) == (901, 600)
+    assert resize_factor(100, 1000, 600, 1000) == 1.0  # 6x would make the long side 6000 > 1000
+    assert resize_factor(200, 500, 600, 1000) == 2.0  # long side exactly max_size: allowed
+    assert resized_size(200, 500, 2.0) == (400, 1000)
+
+
+def test_hflip_boxes_continuous():
+    boxes = torch.tensor([[0.0, 1.0, 10.0, 5.0], [90.5, 0.0, 100.0, 8.0]])
+    out = hflip_boxes(boxes, 100)
+    torch.testing.assert_close(out, torch.tensor([[90.0, 1.0, 100.0, 5.0], [0.0, 0.0, 9.5, 8.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(hflip_boxes(out, 100), boxes, rtol=0, atol=0)  # an involution
+    assert hflip_boxes(torch.zeros(0, 4), 100).shape == (0, 4)
+
+
+def _block_image(h, w, box):
+    """uint8 (3, h, w), zero except 255 inside the continuous integer box."""
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    x1, y1, x2, y2 = box
+    img[:, y1:y2, x1:x2] = 255
+    return img
+
+
+def test_flip_resize_boxes_exact_and_follow_the_pixels():
+    img = _block_image(375, 500, (0, 0, 100, 50))
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 50.0], [400.0, 300.0, 500.0, 375.0]])
+    out, b, f = flip_resize(img, boxes, 600, 1000, flip=True)
+    assert f == 1.6 and out.shape == (3, 600, 800) and out.dtype == torch.uint8
+    torch.testing.assert_close(b, torch.tensor([[640.0, 0.0, 800.0, 80.0], [0.0, 480.0, 160.0, 600.0]]), rtol=0, atol=0)
+    # the white block moved where the first box says (bilinear edges aside)
+    assert (out[:, 1:79, 641:800] == 255).all()
+    assert (out[:, :, :639] == 0).all() and (out[:, 81:, :] == 0).all()
+    # without flip: same factor, boxes only scaled
+    out, b, _ = flip_resize(img, boxes, 600, 1000, flip=False)
+    torch.testing.assert_close(b, boxes * 1.6, rtol=0, atol=0)
+    assert (out[:, 1:79, 0:159] == 255).all() and (out[:, :, 161:] == 0).all()
+
+
+def test_flip_resize_same_factor_both_axes_with_max_size():
+    img = torch.zeros(3, 100, 1000, dtype=torch.uint8)
+    out, b, f = flip_resize(img, torch.tensor([[10.0, 20.0, 30.0, 40.0]]), 600, 500)
+    assert f == 0.5 and out.shape == (3, 50, 500)
+    torch.testing.assert_close(b, torch.tensor([[5.0, 10.0, 15.0, 20.0]]), rtol=0, atol=0)
+
+
+def test_normalize_imagenet_exact():
+    img = torch.tensor([[[255, 0]], [[0, 255]], [[128, 10]]], dtype=torch.uint8)  # (3, 1, 2)
+    out = normalize(img, "imagenet")
+    mean, std = np.array(IMAGENET_MEAN_RGB)[:, None, None], np.array(IMAGENET_STD_RGB)[:, None, None]
+    expected = (img.numpy() / 255.0 - mean) / std
+    assert out.dtype == torch.float32 and out.shape == (3, 1, 2)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_normalize_caffe_is_bgr_0_255_minus_mean():
+    img = torch.tensor([[[200]], [[100]], [[50]]], dtype=torch.uint8)  # R, G, B
+    out = normalize(img, "caffe")
+    b, g, r = CAFFE_MEAN_BGR
+    np.testing.assert_allclose(out.flatten().numpy(), [50 - b, 100 - g, 200 - r], rtol=0, atol=1e-4)
+
+
+def test_normalize_into_a_view_and_unnormalize():
+    img = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
+    for mode in ("imagenet", "caffe"):
+        buf = torch.full((3, 8, 8), -1.0)
+        normalize(img, mode, out=buf[:, :5, :7])
+        torch.testing.assert_close(buf[:, :5, :7], normalize(img, mode))
+        assert (buf[:, 5:, :] == -1).all()  # nothing outside the view touched
+        assert torch.equal(unnormalize(normalize(img, mode), mode), img)
+    with pytest.raises(UserError, match="data.normalization: unknown 'bgr'"):
+        normalize(img, "bgr")
+
+
+def test_prepare_composes_flip_resize_and_normalize():
+    img = _block_image(30, 40, (0, 0, 10, 30))
+    out, b, f = prepare(img, torch.tensor([[0.0, 0.0, 10.0, 30.0]]), 60, 1000, "imagenet", flip=True)
+    ref, _, _ = flip_resize(img, None, 60, 1000, flip=True)
+    assert f == 2.0 and out.shape == (3, 60, 80)
+    torch.testing.assert_close(out, normalize(ref, "imagenet"))
+    torch.testing.assert_close(b, torch.tensor([[60.0, 0.0, 80.0, 60.0]]), rtol=0, atol=0)
+
+
+def test_pick_scales_deterministic():
+    a = pick_scales((480, 576, 688), 50, np.random.default_rng([0, 1]))
+    assert a == pick_scales((480, 576, 688), 50, np.random.default_rng([0, 1]))
+    assert set(a) == {480, 576, 688}
+    assert pick_scales((600,), 3, np.random.default_rng(0)) == [600, 600, 600]
+
+
+# --- decoding ------------------------------------------------------------------------------------------------
+
+
+def test_read_image_jpeg_gray_and_png_named_jpg(tmp_path):
+    Image.new("RGB", (7, 5), (255, 0, 0)).save(tmp_path / "a.jpg", quality=100)
+    img = read_image(tmp_path / "a.jpg")
+    assert img.shape == (3, 5, 7) and img.dtype == torch.uint8
+    assert abs(int(img[0, 2, 3]) - 255) <= 2 and int(img[1, 2, 3]) <= 2
+    Image.new("L", (4, 3), 77).save(tmp_path / "g.jpg")
+    assert read_image(tmp_path / "g.jpg").shape == (3, 3, 4)
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(tmp_path / "p.jpg", format="PNG")
+    assert read_image(tmp_path / "p.jpg")[:, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_read_image_errors_are_one_line_naming_the_file(tmp_path):
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.jpg").write_text("not an image at all")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    cases = {"trunc.jpg": "truncated", "text.jpg": "not an image file", "empty.jpg": "empty", "gone.jpg": "not found"}
+    for name, words in cases.items():
+        with pytest.raises(UserError) as e:
+            read_image(tmp_path / name)
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / name}: ") and words in msg and "\n" not in msg, msg
