@@ -82,7 +82,8 @@ class ModelConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
-    soft_nms: bool = False
+    soft_nms: bool = False  # soft-NMS instead of NMS (linear: decay 1 - IoU above nms_thresh)
+    soft_nms_method: str = "linear"  # linear | gaussian (decay exp(-IoU^2 / sigma))
     soft_nms_sigma: float = 0.5
     soft_nms_min_score: float = 0.001
 

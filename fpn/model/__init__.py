@@ -1,0 +1,6 @@
+"""Faster R-CNN + FPN in plain PyTorch (torchvision ops only). See docs/ARCHITECTURE.md."""
+
+from fpn.model.backbone import uses_caffe_weights
+from fpn.model.detector import FPNDetector, build_detector
+
+__all__ = ["FPNDetector", "build_detector", "uses_caffe_weights"]

@@ -1,0 +1,164 @@
+"""ResNet backbone returning C2..C5 (strides 4, 8, 16, 32; layer4 keeps its stride 2).
+
+Driven by ``cfg.model``:
+
+* ``backbone``: res18 | res34 | res50 | res101 | res152 (torchvision ResNets);
+* ``norm``: ``frozen_bn`` (affine BatchNorm with fixed statistics, for fine-tuning pretrained
+  weights at small batch sizes), ``bn`` (trainable BatchNorm, for training from scratch), ``gn``
+  (GroupNorm, 32 groups);
+* ``freeze_at``: 0 nothing frozen, 1 stem + layer1, 2 + layer2, ... 4 everything. Frozen stages have
+  ``requires_grad = False`` and, with ``bn``, stay in eval mode (their running statistics never move);
+* ``pretrained``: ``imagenet`` (torchvision's IMAGENET1K_V1 weights, downloaded/cached by torchvision;
+  needs data.normalization=imagenet), ``none``, or a path to a ``.pth`` state dict in torchvision
+  format. A file whose name contains "caffe" (e.g. the seed's ``resnet101_caffe.pth``) is a caffe
+  ResNet: same key names, but the stride of each stage sits on the bottleneck's first 1x1 conv and
+  the stem's max-pool has no padding and rounds up; the architecture follows the file name, and the
+  inputs must be caffe-normalised (BGR, 0-255, mean only): see ``uses_caffe_weights``.
+
+Loading problems (missing, unreadable or mismatched file; no network for ``imagenet``) raise
+``fpn.errors.UserError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from fpn.config import Config
+from fpn.errors import UserError
+
+DEPTHS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
+NORMS = ("frozen_bn", "bn", "gn")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def uses_caffe_weights(cfg: Config) -> bool:
+    """True when ``cfg.model.pretrained`` names caffe-format weights (file name contains "caffe").
+    Such weights expect ``cfg.data.normalization == "caffe"``."""
+    p = cfg.model.pretrained
+    return p not in ("imagenet", "none") and "caffe" in Path(p).name.lower()
+
+
+def _norm_layer(norm: str):
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    return lambda c: nn.GroupNorm(32, c)
+
+
+class ResNetBackbone(nn.Module):
+    """Stem + layer1..layer4 of a torchvision ResNet with the same parameter names (so torchvision
+    state dicts load directly); ``forward`` returns [C2, C3, C4, C5]."""
+
+    def __init__(self, depth: int, norm: str = "frozen_bn", freeze_at: int = 1, caffe: bool = False):
+        super().__init__()
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
+        if caffe:
+            # caffe ResNets downsample in the bottleneck's 1x1 conv1 (torchvision: in the 3x3 conv2);
+            # BasicBlocks (res18/34) have no 1x1 conv and are unchanged
+            for stage in STAGES[1:]:
+                first = getattr(net, stage)[0]
+                if isinstance(first, torchvision.models.resnet.Bottleneck):
+                    first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+            net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = [256, 512, 1024, 2048] if depth >= 50 else [64, 128, 256, 512]
+        self.strides = (4, 8, 16, 32)
+        self.frozen: list[nn.Module] = []
+        if freeze_at >= 1:
+            self.frozen = [self.conv1, self.bn1] + [getattr(self, s) for s in STAGES[:freeze_at]]
+        for m in self.frozen:
+            for p in m.parameters():
+                p.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:  # frozen stages keep their BatchNorm statistics
+            m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
+    """The backbone ``cfg.model`` describes; ``load_weights=False`` skips ``cfg.model.pretrained``
+    (the architecture, caffe or not, still follows it) for when a checkpoint is loaded afterwards."""
+    m = cfg.model
+    if m.backbone not in DEPTHS:
+        raise UserError(f"model.backbone: unknown backbone '{m.backbone}'; choose one of: {', '.join(DEPTHS)}")
+    if m.norm not in NORMS:
+        raise UserError(f"model.norm: unknown norm '{m.norm}'; choose one of: {', '.join(NORMS)}")
+    if not 0 <= m.freeze_at <= 4:
+        raise UserError(f"model.freeze_at: must be 0..4 (0 nothing, 1 stem+layer1, ... 4 all), got {m.freeze_at}")
+    caffe = uses_caffe_weights(cfg)
+    backbone = ResNetBackbone(DEPTHS[m.backbone], m.norm, m.freeze_at, caffe=caffe)
+    if load_weights and m.pretrained != "none":
+        if m.pretrained == "imagenet":
+            state, source = _imagenet_state_dict(m.backbone), f"torchvision ImageNet weights for {m.backbone}"
+        else:
+            state, source = _read_state_dict(m.pretrained), m.pretrained
+        load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
+    return backbone
+
+
+def _imagenet_state_dict(name: str) -> dict:
+    weights = torchvision.models.get_model_weights(f"resnet{DEPTHS[name]}").IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # no network, proxy, corrupt cache...
+        raise UserError(
+            f"model.pretrained=imagenet: could not get {weights.url} ({type(e).__name__}: {e}); "
+            "connect to the internet once (torchvision caches it), or set model.pretrained to a local .pth file "
+            "or to none"
+        ) from None
+
+
+def _read_state_dict(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: pretrained weight file not found (model.pretrained)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's own message is many lines (and suggests weights_only=False): keep the type only
+        raise UserError(f"{path}: not a readable PyTorch weight file ({type(e).__name__})") from None
+    # accept {"state_dict": ...} / {"model": ...} wrappers around the state dict
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return obj
+
+
+def load_backbone_weights(backbone: ResNetBackbone, state: dict, source: str, drop_bn_stats: bool = False) -> None:
+    """Load a torchvision-format ResNet state dict (the classifier ``fc.*`` is ignored); any other
+    mismatch is a UserError naming ``source``."""
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    if drop_bn_stats:  # GroupNorm has only the affine parameters
+        state = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{source}: weights do not fit the backbone ({first})") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys, e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys, e.g. {', '.join(unexpected[:3])}")
+        raise UserError(f"{source}: weights do not match the backbone ({'; '.join(parts)})")

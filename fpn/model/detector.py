@@ -1,0 +1,152 @@
+"""The detector: ResNet backbone -> FPN neck -> RPN -> RoI heads, and ``build_detector``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fpn.config import Config
+from fpn.errors import UserError
+from fpn.model.backbone import ResNetBackbone, build_backbone, uses_caffe_weights
+from fpn.model.fpn_neck import FPNNeck
+from fpn.model.roi_heads import RoIHeads, build_roi_heads
+from fpn.model.rpn import RegionProposalNetwork, build_rpn
+from fpn.model.targets import pad_targets
+
+Size = Sequence[int]  # (h, w)
+
+
+class FPNDetector(nn.Module):
+    """Faster R-CNN with a Feature Pyramid Network.
+
+    Contract (the only entry point is ``forward``):
+
+    * training mode: ``model(images, image_sizes, targets)`` -> ``{"rpn_cls", "rpn_box", "rcnn_cls",
+      "rcnn_box"}``, scalar float32 losses (sum them for the total loss). ``targets``: one dict per
+      image, {"boxes": float (K, 4) continuous xyxy in network-input pixels, "labels": int64 (K,) in
+      1..C}; K may be 0 (then that image only teaches "background" and its box losses are 0).
+    * eval mode: ``model(images, image_sizes, original_sizes=None)`` -> one dict per image
+      {"boxes": float32 (D, 4) xyxy, "scores": (D,), "labels": int64 (D,) in 1..C}, sorted by score.
+      Boxes are in network-input pixels, or in original-image pixels when ``original_sizes`` (list of
+      (h, w)) is given: scaled by original / input size per axis and clipped to the original image.
+      ``original_sizes`` is keyword-only.
+
+    ``images``: a zero-padded (N, 3, H, W) batch (H, W multiples of 32 are best) with ``image_sizes``
+    a list of (h, w) per image before padding (None: the full H, W); or a list of 3 x h x w tensors,
+    padded here to a multiple of ``cfg.data.size_divisible`` (``image_sizes`` may then be None).
+    Inputs are already normalised (``cfg.data.normalization``).
+
+    Works on CPU and CUDA, in float32 and under ``torch.autocast`` (bf16/fp16): logits and deltas
+    are cast to float32 before losses, box decoding and NMS.
+
+    Device-to-host syncs in a training step come only from data-dependent sizes around torchvision
+    ops: the RPN's ``batched_nms`` and the RoI pooler's per-level RoI counts. Nothing calls ``.item()``;
+    the only other transfers are the small host-to-device copies of the image sizes and object counts.
+    """
+
+    def __init__(self, backbone: ResNetBackbone, neck: FPNNeck, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
+                 size_divisible: int = 32):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.size_divisible = size_divisible
+
+    def forward(
+        self,
+        images: Tensor | list[Tensor],
+        image_sizes: list[Size] | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        original_sizes: list[Size] | None = None,
+    ):
+        images, image_sizes = self._batch(images, image_sizes)
+        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)  # (N, 2) (h, w)
+        features = self.neck(self.backbone(images))  # [P2, P3, P4, P5, P6]
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets; call model.eval() for detections")
+            if len(targets) != images.shape[0]:
+                raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
+            gt = pad_targets(targets, images.device)
+            proposals, valid, rpn_losses = self.rpn(features, sizes, gt)
+            return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
+        proposals, valid, _ = self.rpn(features, sizes)
+        original = None
+        if original_sizes is not None:
+            original = torch.tensor(original_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
+        return self.roi_heads(features[:4], proposals, valid, sizes, original_sizes=original)
+
+    def _batch(self, images: Tensor | list[Tensor], image_sizes: list[Size] | None) -> tuple[Tensor, list[tuple]]:
+        """A padded (N, 3, H, W) batch and the (h, w) of each image in it."""
+        if isinstance(images, Tensor):
+            if images.dim() != 4:
+                raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
+            if image_sizes is None:
+                image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        else:
+            if image_sizes is None:
+                image_sizes = [tuple(im.shape[-2:]) for im in images]
+            d = self.size_divisible
+            h = -(-max(im.shape[-2] for im in images) // d) * d  # round up to a multiple of d
+            w = -(-max(im.shape[-1] for im in images) // d) * d
+            # pad each image at the bottom/right with zeros, (3, h_i, w_i) -> (3, h, w), then stack
+            images = torch.stack([F.pad(im, (0, w - im.shape[-1], 0, h - im.shape[-2])) for im in images])
+        if len(image_sizes) != images.shape[0]:
+            raise ValueError(f"{len(image_sizes)} image sizes for {images.shape[0]} images")
+        return images, [tuple(int(v) for v in s) for s in image_sizes]
+
+
+def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) -> FPNDetector:
+    """The detector ``cfg.model`` describes, for ``num_classes`` classes including background.
+
+    ``load_pretrained=False`` skips reading ``cfg.model.pretrained`` (use it when a checkpoint is
+    loaded right after, e.g. for testing). Configuration mistakes raise ``fpn.errors.UserError``.
+    """
+    m = cfg.model
+    if num_classes < 2:
+        raise UserError(f"the model needs at least one object class plus background, got num_classes={num_classes}")
+    if load_pretrained:
+        _check_normalization(cfg)
+    _check_thresholds(cfg)
+    backbone = build_backbone(cfg, load_weights=load_pretrained)
+    neck = FPNNeck(backbone.out_channels, m.fpn_channels)
+    return FPNDetector(
+        backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
+        size_divisible=cfg.data.size_divisible,
+    )
+
+
+def _check_normalization(cfg: Config) -> None:
+    """Pretrained weights only work on inputs normalised the way they were trained."""
+    m, norm = cfg.model, cfg.data.normalization
+    if uses_caffe_weights(cfg) and norm != "caffe":
+        raise UserError(
+            f"model.pretrained={m.pretrained}: caffe-format weights need caffe input normalisation "
+            "(--set data.normalization=caffe)"
+        )
+    if m.pretrained == "imagenet" and norm != "imagenet":
+        raise UserError(
+            f"model.pretrained=imagenet: torchvision weights need data.normalization=imagenet, not {norm} "
+            "(caffe normalisation goes with caffe weights such as resnet101_caffe.pth: --pretrained PATH)"
+        )
+
+
+def _check_thresholds(cfg: Config) -> None:
+    m = cfg.model
+    if not 0.0 <= m.rpn_bg_iou <= m.rpn_fg_iou <= 1.0:
+        raise UserError(f"model.rpn_bg_iou / rpn_fg_iou: need 0 <= bg <= fg <= 1, got {m.rpn_bg_iou}, {m.rpn_fg_iou}")
+    if not 0.0 <= m.roi_bg_iou_lo <= m.roi_bg_iou_hi <= m.roi_fg_iou <= 1.0:
+        raise UserError(
+            "model.roi_bg_iou_lo / roi_bg_iou_hi / roi_fg_iou: need 0 <= lo <= hi <= fg <= 1, "
+            f"got {m.roi_bg_iou_lo}, {m.roi_bg_iou_hi}, {m.roi_fg_iou}"
+        )
+    for name in ("rpn_positive_fraction", "roi_positive_fraction"):
+        if not 0.0 <= getattr(m, name) <= 1.0:
+            raise UserError(f"model.{name}: must be in [0, 1], got {getattr(m, name)}")
+    if m.soft_nms_method not in ("linear", "gaussian"):
+        raise UserError(f"model.soft_nms_method: must be linear or gaussian, got {m.soft_nms_method!r}")

@@ -1,0 +1,34 @@
+"""Shared pieces of the model tests (a module of its own: every test folder has its own conftest)."""
+
+import torch
+
+from fpn.config import Config, synthetic
+
+
+def small_config() -> Config:
+    """The synthetic preset shrunk for CPU tests: res18 from scratch, narrow FPN, few anchors sampled."""
+    cfg = synthetic()
+    m = cfg.model
+    m.fpn_channels = m.rpn_channels = 64
+    m.fc_dim = 128
+    m.rpn_batch_per_image = m.roi_batch_per_image = 64
+    m.rpn_pre_nms_top_n_train = m.rpn_pre_nms_top_n_test = 200
+    m.rpn_post_nms_top_n_train = m.rpn_post_nms_top_n_test = 100
+    m.roi_canonical_size = 64.0
+    return cfg
+
+
+def rectangles_batch():
+    """Two 128x128 noise images with coloured rectangles (class 1 red, 2 green, 3 blue)."""
+    g = torch.Generator().manual_seed(0)
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1.0, -1], [-1, -1, 1.0]])
+    images = torch.randn(2, 3, 128, 128, generator=g) * 0.3
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [70.0, 20.0, 120.0, 50.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[30.0, 40.0, 90.0, 100.0], [5.0, 90.0, 30.0, 120.0], [96.0, 8.0, 124.0, 40.0]]),
+         "labels": torch.tensor([3, 1, 2])},
+    ]
+    for i, t in enumerate(targets):
+        for (x1, y1, x2, y2), label in zip(t["boxes"].long().tolist(), t["labels"].tolist()):
+            images[i, :, y1:y2, x1:x2] = colours[label - 1].view(3, 1, 1)
+    return images, targets

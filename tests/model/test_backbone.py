@@ -1,0 +1,118 @@
+import pytest
+import torch
+import torchvision
+
+from fpn.config import synthetic
+from fpn.errors import UserError
+from fpn.model import build_detector, uses_caffe_weights
+from fpn.model.backbone import build_backbone
+
+
+def _cfg(**model):
+    cfg = synthetic()
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((600, 1000), [(150, 250), (75, 125), (38, 63), (19, 32), (10, 16)]),  # unpadded input
+        ((608, 1024), [(152, 256), (76, 128), (38, 64), (19, 32), (10, 16)]),  # padded to a multiple of 32
+    ],
+)
+def test_pyramid_sizes_for_a_voc_sized_input(size, expected):
+    model = build_detector(_cfg(fpn_channels=16), num_classes=3)
+    with torch.no_grad():
+        feats = model.neck(model.backbone(torch.zeros(1, 3, *size)))
+    assert [tuple(f.shape[-2:]) for f in feats] == expected
+    assert all(f.shape[1] == 16 for f in feats)
+
+
+def test_loads_torchvision_state_dict(tmp_path):
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)  # includes fc.*, which is ignored
+    backbone = build_backbone(_cfg(pretrained=str(path), norm="frozen_bn"))
+    assert torch.equal(backbone.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
+    assert torch.equal(backbone.bn1.running_var, ref.bn1.running_var)
+    ref.eval()
+    backbone.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x)[-1], ref.layer4(ref.layer3(ref.layer2(ref.layer1(
+            ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))))
+
+
+def test_bad_weight_files_are_user_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(UserError, match="corrupt.pth: not a readable PyTorch weight file") as info:
+        build_backbone(_cfg(pretrained=str(corrupt)))
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="missing.pth: pretrained weight file not found"):
+        build_backbone(_cfg(pretrained=str(tmp_path / "missing.pth")))
+    other = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), other)
+    with pytest.raises(UserError, match="r34.pth: weights do not match the backbone .*unexpected"):
+        build_backbone(_cfg(pretrained=str(other)))  # res18 config
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    wrong = tmp_path / "wrong_shape.pth"
+    torch.save(state, wrong)
+    with pytest.raises(UserError, match="wrong_shape.pth: weights do not fit"):
+        build_backbone(_cfg(pretrained=str(wrong)))
+
+
+def test_frozen_stages():
+    backbone = build_backbone(_cfg(norm="bn", freeze_at=2))
+    frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("conv1", "bn1", "layer1", "layer2")) for n in frozen)
+    assert all(p.requires_grad for n, p in backbone.named_parameters() if n.startswith(("layer3", "layer4")))
+    backbone.train()
+    assert not backbone.layer2[0].bn1.training  # frozen BatchNorm keeps its statistics
+    assert backbone.layer3[0].bn1.training
+    assert all(p.requires_grad for p in build_backbone(_cfg(freeze_at=0)).parameters())
+    default = build_backbone(_cfg(norm="frozen_bn", freeze_at=1))
+    assert not default.layer1[0].conv1.weight.requires_grad and default.layer2[0].conv1.weight.requires_grad
+
+
+def test_group_norm():
+    backbone = build_backbone(_cfg(norm="gn"))
+    assert isinstance(backbone.layer2[0].bn1, torch.nn.GroupNorm) and backbone.layer2[0].bn1.num_groups == 32
+
+
+def test_caffe_weights_put_the_stride_on_the_1x1_conv():
+    cfg = _cfg(backbone="res50", pretrained="/somewhere/resnet101_caffe.pth")
+    assert uses_caffe_weights(cfg)
+    assert not uses_caffe_weights(_cfg(pretrained="imagenet"))
+    backbone = build_backbone(cfg, load_weights=False)
+    assert backbone.layer2[0].conv1.stride == (2, 2) and backbone.layer2[0].conv2.stride == (1, 1)
+    plain = build_backbone(_cfg(backbone="res50"), load_weights=False)
+    assert plain.layer2[0].conv1.stride == (1, 1) and plain.layer2[0].conv2.stride == (2, 2)
+    with torch.no_grad():
+        assert [tuple(c.shape[-2:]) for c in backbone(torch.zeros(1, 3, 96, 160))] == [(24, 40), (12, 20), (6, 10), (3, 5)]
+    with pytest.raises(UserError, match="data.normalization=caffe"):
+        build_detector(cfg, num_classes=3)  # checked before the (missing) file is read
+    cfg.data.normalization = "caffe"
+    with pytest.raises(UserError, match="resnet101_caffe.pth: pretrained weight file not found"):
+        build_detector(cfg, num_classes=3)
+    imagenet = _cfg(pretrained="imagenet")
+    imagenet.data.normalization = "caffe"
+    with pytest.raises(UserError, match="data.normalization=imagenet"):
+        build_detector(imagenet, num_classes=3)
+    # a checkpoint is loaded afterwards: the pretrained weights (and their normalisation) do not matter
+    build_detector(imagenet, num_classes=3, load_pretrained=False)
+
+
+def test_config_mistakes_are_user_errors():
+    with pytest.raises(UserError, match="model.backbone"):
+        build_backbone(_cfg(backbone="res99"))
+    with pytest.raises(UserError, match="model.norm"):
+        build_backbone(_cfg(norm="ln"))
+    with pytest.raises(UserError, match="model.freeze_at"):
+        build_backbone(_cfg(freeze_at=7))
+    with pytest.raises(UserError, match="model.anchor_sizes"):
+        build_detector(_cfg(anchor_sizes=(32, 64)), num_classes=3)

@@ -1,0 +1,109 @@
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from detector_helpers import rectangles_batch
+from fpn.model import FPNDetector, build_detector
+
+LOSS_KEYS = {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
+
+
+def _empty(n):
+    return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in range(n)]
+
+
+def test_build_detector_returns_module(small_cfg):
+    model = build_detector(small_cfg, num_classes=4)
+    assert isinstance(model, FPNDetector)
+    assert model.roi_heads.box_head.cls_score.out_features == 4
+    assert model.roi_heads.box_head.bbox_pred.out_features == 16
+    small_cfg.model.class_agnostic = True
+    assert build_detector(small_cfg, num_classes=4).roi_heads.box_head.bbox_pred.out_features == 4
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_images_without_objects_give_finite_losses_and_gradients(small_cfg, mixed):
+    model = build_detector(small_cfg, num_classes=4).train()
+    images = torch.randn(2, 3, 64, 96)
+    targets = _empty(2)
+    if mixed:
+        targets[1] = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2])}
+    losses = model(images, [(64, 96), (60, 80)], targets)
+    assert set(losses) == LOSS_KEYS
+    assert all(v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    if not mixed:
+        assert losses["rpn_box"].item() == 0.0 and losses["rcnn_box"].item() == 0.0
+    assert losses["rpn_cls"] > 0 and losses["rcnn_cls"] > 0
+    sum(losses.values()).backward()
+    for p in (model.rpn.head.objectness.weight, model.roi_heads.box_head.cls_score.weight, model.backbone.layer4[0].conv1.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_autocast_bf16_on_cpu_both_modes(small_cfg):
+    model = build_detector(small_cfg, num_classes=4)
+    images, targets = rectangles_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, None, targets)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        with torch.no_grad():
+            out = model.eval()(images, None)
+    assert len(out) == 2 and all(o["boxes"].dtype == torch.float32 and o["labels"].dtype == torch.int64 for o in out)
+
+
+def test_list_input_is_padded_and_sizes_inferred(small_cfg):
+    model = build_detector(small_cfg, num_classes=4).eval()
+    a, b = torch.randn(3, 60, 70), torch.randn(3, 50, 90)
+    padded = torch.zeros(2, 3, 64, 96)
+    padded[0, :, :60, :70], padded[1, :, :50, :90] = a, b
+    with torch.no_grad():
+        from_list = model([a, b])
+        from_batch = model(padded, [(60, 70), (50, 90)])
+        scaled = model(padded, [(60, 70), (50, 90)], original_sizes=[(120, 210), (50, 90)])
+    for x, y in zip(from_list, from_batch):
+        for k in ("boxes", "scores", "labels"):
+            assert torch.equal(x[k], y[k])
+    assert from_list[0]["boxes"].shape[0] > 0  # untrained, but score_thresh 0.05 < 1/4
+    assert (from_list[0]["boxes"][:, 2] <= 70).all() and (from_list[1]["boxes"][:, 3] <= 50).all()
+    torch.testing.assert_close(scaled[0]["boxes"], from_batch[0]["boxes"] * torch.tensor([3.0, 2.0, 3.0, 2.0]))
+    torch.testing.assert_close(scaled[1]["boxes"], from_batch[1]["boxes"])
+
+
+def test_overfits_one_batch(small_cfg):
+    """A small model learns one batch of rectangles: the loss collapses and eval finds every object."""
+    torch.manual_seed(0)
+    model = build_detector(small_cfg, num_classes=4).train()
+    images, targets = rectangles_batch()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(70):
+        loss = sum(model(images, None, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    with torch.no_grad():
+        outputs = model.eval()(images, None)
+    assert history[0] > 1.5 and sum(history[-5:]) / 5 < 0.2 * history[0]  # about 0.1 x start in practice
+    for out, t in zip(outputs, targets):
+        confident = out["scores"] > 0.5
+        iou = box_iou(t["boxes"], out["boxes"][confident])  # (objects, detections)
+        hit = (iou > 0.5) & (t["labels"].unsqueeze(1) == out["labels"][confident].unsqueeze(0))
+        assert hit.any(dim=1).all(), (iou, out["labels"][confident])
+
+
+def test_training_after_inference_mode_evaluation(small_cfg):
+    """Evaluation under torch.inference_mode() must not leave cached tensors that break training."""
+    model = build_detector(small_cfg, num_classes=4)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        model.eval()(images, None)
+    losses = model.train()(images, None, [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    assert model.rpn.head.conv.weight.grad is not None
+
+
+def test_training_needs_targets(small_cfg):
+    model = build_detector(small_cfg, num_classes=4).train()
+    with pytest.raises(ValueError, match="targets"):
+        model(torch.zeros(1, 3, 64, 64), None)
