@@ -22,3 +22,12 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
             raise RuntimeError("killed")
     assert p.read_text() == "good"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_file_gets_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

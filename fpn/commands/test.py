@@ -1,0 +1,130 @@
+"""``fpn test``: evaluate a checkpoint on a dataset's test split.
+
+The model is rebuilt from the checkpoint alone (its config and classes). Written to the output folder
+(default: the checkpoint's folder / ``test_<dataset>``):
+
+- ``results/comp4_det_{split}_{class}.txt``: VOC result files (``fpn voc-eval --results-dir`` reads them);
+- ``detections.json``: every detection per image, boxes continuous xyxy in original-image pixels;
+- ``pr_curves.png``: precision/recall curve per class;
+- ``vis/<id>.jpg`` with ``--vis N``: the first N test images with their detections drawn.
+
+The evaluation reads the result files back, so the printed numbers are exactly those ``fpn voc-eval``
+gives for them. The last line printed is ``mAP = ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fpn import config as C
+from fpn.engine.checkpoint import check_compatible, dataset_dirname, load_checkpoint, load_model_state
+from fpn.engine.device import AMP_MODES, check_amp, resolve_device
+from fpn.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pth file written by fpn train")
+    p.add_argument("--dataset", help="dataset to test on (default: the checkpoint's); its classes must match")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: the checkpoint's data_dir)")
+    p.add_argument("--output-dir", metavar="DIR", help="where results go (default: CHECKPOINT_DIR/test_<dataset>)")
+    p.add_argument("--json", metavar="FILE", help="also write {metric, ap, map} as JSON (fpn voc-eval's shape)")
+    p.add_argument("--vis", type=int, default=0, metavar="N", help="save N test images with detections drawn")
+    p.add_argument("--vis-thresh", type=float, default=0.5, help="score threshold of drawn boxes (default 0.5)")
+    p.add_argument("--soft-nms", action="store_true", help="soft-NMS instead of NMS in post-processing")
+    p.add_argument("--bs", type=int, default=4, help="images per batch (default 4)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--amp", default="none", metavar="|".join(AMP_MODES), help="inference precision (default none)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override test-time config fields, e.g. --set model.score_thresh=0.01")  # fmt: skip
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+
+
+def build_model_from_checkpoint(ckpt: dict, path: str | Path, cfg: C.Config, device):
+    """The checkpoint's detector, in eval mode on ``device`` (no pretrained weights are fetched)."""
+    import fpn.model as fpn_model
+
+    model = fpn_model.build_detector(cfg, len(ckpt["classes"]) + 1, load_pretrained=False)
+    load_model_state(model, ckpt, path)
+    return model.to(device).eval()
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> C.Config:
+    try:
+        return C.from_dict(ckpt["config"])
+    except UserError as e:
+        raise UserError(f"{path}: the checkpoint's config is not valid here ({e})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpn.engine.inference import predict_records
+    from fpn.engine.prepare import resolve, split_records
+    from fpn.engine.visualize import detections_record, draw_detections
+    from fpn.evaluation.report import format_table, plot_pr_curves, write_json
+    from fpn.evaluation.results import detections_from_outputs, read_result_files, write_result_files
+    from fpn.evaluation.voc_eval import evaluate, ground_truth_from_records
+    from fpn.io import atomic_write_text
+
+    if args.bs < 1:
+        raise UserError(f"--bs {args.bs}: must be at least 1")
+    if args.vis < 0:
+        raise UserError(f"--vis {args.vis}: must be 0 or more")
+    check_amp(args.amp)
+    path = Path(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    cfg.data.dataset = args.dataset or ckpt["dataset"]
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    if args.soft_nms:
+        cfg.model.soft_nms = True
+    C.apply_overrides(cfg, args.overrides)
+    device = resolve_device(args.device)
+
+    spec = resolve(cfg, generate=True)
+    classes = tuple(spec.classes)
+    check_compatible(ckpt, path, classes=classes)
+    records = split_records(spec, "test")
+    split = spec.test_sets[0].split
+    model = build_model_from_checkpoint(ckpt, path, cfg, device)
+    ids, outputs = predict_records(
+        model, cfg, records, classes, device, args.bs, amp=args.amp, progress=args.progress, desc=f"test {split}"
+    )
+
+    out_dir = Path(args.output_dir) if args.output_dir else path.parent / f"test_{dataset_dirname(cfg.data.dataset)}"
+    results_dir = out_dir / "results"
+    detections = detections_from_outputs(ids, outputs, classes)
+    write_result_files(results_dir, split, detections, classes)
+    gt = ground_truth_from_records(records, classes)
+    result = evaluate(read_result_files(results_dir, split, classes, gt.keys()), gt, classes, metric=spec.metric)
+
+    by_id = dict(zip(ids, outputs))
+    images = [detections_record(r["id"], str(r["image"]), by_id[r["id"]], classes) for r in records]
+    info = {
+        "checkpoint": str(path), "dataset": cfg.data.dataset, "split": split, "classes": list(classes),
+        "box_format": "xyxy, continuous pixel coordinates of the original image (VOC box = x1+1, y1+1, x2, y2)",
+        "images": images,
+    }  # fmt: skip
+    atomic_write_text(out_dir / "detections.json", json.dumps(info) + "\n")
+    plot_pr_curves(result, out_dir / "pr_curves.png")
+    if args.json:
+        write_json(result, args.json)
+    if args.vis:
+        _save_vis(records[: args.vis], by_id, classes, out_dir / "vis", args.vis_thresh, draw_detections)
+
+    print(f"{len(records)} {split} images of {cfg.data.dataset}; results in {out_dir}")
+    print(format_table(result))
+    return 0
+
+
+def _save_vis(records, by_id, classes, vis_dir: Path, thresh: float, draw) -> None:
+    from PIL import Image
+
+    from fpn.io import atomic_open
+
+    for r in records:
+        with Image.open(r["image"]) as im:
+            drawn = draw(im, by_id[r["id"]], classes, thresh)
+        with atomic_open(vis_dir / f"{r['id']}.jpg", "wb") as f:
+            drawn.save(f, format="JPEG", quality=90)

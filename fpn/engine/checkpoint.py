@@ -1,0 +1,176 @@
+"""Checkpoints: one plain dict per file, written atomically.
+
+Keys (loadable with ``torch.load(path, map_location="cpu", weights_only=False)``)::
+
+    model, optimizer, scheduler, scaler   state dicts (scaler: {} when fp16 AMP is off)
+    epoch        1-based epoch the checkpoint belongs to
+    step         0-based index of the last iteration done in that epoch (the seed's naming: at batch 2 the
+                 last step of a VOC07 epoch is 5010)
+    iteration    iterations done in total (the scheduler's count)
+    interrupted  True when saved mid-epoch on Ctrl-C; resuming then continues that epoch at step + 1
+    config       fpn.config.to_dict of the run's config
+    classes      class names without background (tuple)
+    net, dataset, session, version (the checkpoint format), fpn_version
+    rng          list of per-rank RNG states (python, numpy, torch, cuda)
+
+File name: ``fpn_{session}_{epoch}_{step}.pth`` inside the run folder
+``{save_dir}/{net}/{dataset}/{exp_name}/``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import fpn
+from fpn.errors import UserError
+from fpn.io import atomic_torch_save
+
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("model", "epoch", "step", "iteration", "config", "classes", "net", "dataset", "session", "version")
+
+
+def checkpoint_name(session: int, epoch: int, step: int) -> str:
+    return f"fpn_{session}_{epoch}_{step}.pth"
+
+
+def run_dir(save_dir: str | Path, net: str, dataset: str, exp_name: str) -> Path:
+    """``{save_dir}/{net}/{dataset}/{exp_name}``; a dataset given as a path contributes its folder name."""
+    return Path(save_dir) / net / dataset_dirname(dataset) / exp_name
+
+
+def dataset_dirname(dataset: str) -> str:
+    """A folder-safe name for a dataset name or a dataset folder path."""
+    name = Path(str(dataset).rstrip("/\\")).name if ("/" in str(dataset) or "\\" in str(dataset)) else str(dataset)
+    return name or "dataset"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel (or DataParallel) wrapper."""
+    return getattr(model, "module", model)
+
+
+# --- RNG state ------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
+# --- write ----------------------------------------------------------------------------------------------------
+
+
+def make_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    *,
+    epoch: int,
+    step: int,
+    iteration: int,
+    config: dict,
+    classes: Sequence[str],
+    net: str,
+    dataset: str,
+    session: int,
+    interrupted: bool = False,
+    rng: list[dict] | None = None,
+) -> dict[str, Any]:
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "epoch": int(epoch),
+        "step": int(step),
+        "iteration": int(iteration),
+        "interrupted": bool(interrupted),
+        "config": config,
+        "classes": tuple(classes),
+        "net": net,
+        "dataset": dataset,
+        "session": int(session),
+        "version": CHECKPOINT_VERSION,
+        "fpn_version": fpn.__version__,
+        "rng": rng if rng is not None else [rng_state()],
+    }
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    path = Path(path)
+    atomic_torch_save(checkpoint, path)
+    return path
+
+
+# --- read -----------------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, Any]:
+    """Read and sanity-check a checkpoint; any problem is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{flag} {path}: checkpoint file not found")
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder, not a checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:  # fmt: skip
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not an fpn checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not an fpn checkpoint (missing {', '.join(missing)})")
+    if ckpt["version"] > CHECKPOINT_VERSION:
+        raise UserError(
+            f"{path}: checkpoint format {ckpt['version']} is newer than this fpn supports ({CHECKPOINT_VERSION})"
+        )
+    return ckpt
+
+
+def check_compatible(
+    ckpt: dict, path: str | Path, classes: Sequence[str] | None = None, net: str | None = None
+) -> None:
+    """UserError when the checkpoint was trained for another class set or network."""
+    if classes is not None and tuple(ckpt["classes"]) != tuple(classes):
+        a, b = tuple(ckpt["classes"]), tuple(classes)
+        raise UserError(
+            f"{path}: checkpoint classes ({len(a)}: {_short(a)}) differ from the dataset's ({len(b)}: {_short(b)})"
+        )
+    if net is not None and ckpt["net"] != net:
+        raise UserError(f"{path}: checkpoint is a {ckpt['net']} network, not {net}")
+
+
+def load_model_state(model: nn.Module, ckpt: dict, path: str | Path) -> None:
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(s.strip() for s in first[:2])[:200]
+        raise UserError(f"{path}: weights do not fit the model ({detail})") from None
+
+
+def _short(names: Sequence[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")

@@ -1,0 +1,74 @@
+"""Batched inference over a test split and its VOC evaluation (``fpn test`` and evaluation after training)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fpn.config import Config
+from fpn.engine.device import autocast
+
+
+def _to_cpu(output: dict) -> dict:
+    return {k: (v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()) for k, v in output.items()}
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader, device: torch.device, amp: str = "none", progress: bool = True, desc: str = "test"
+) -> tuple[list[str], list[dict]]:
+    """Run ``model`` in eval mode over every batch of ``loader``.
+
+    Returns the image ids and one output per image (``boxes`` continuous xyxy in original-image pixels,
+    ``scores``, ``labels``), on the CPU, in loader order.
+    """
+    was_training = model.training
+    model.eval()
+    ids: list[str] = []
+    outputs: list[dict] = []
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not progress or None, leave=False)
+    try:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            with autocast(device, amp):
+                outs = model(batch.images, batch.image_sizes, original_sizes=[m["orig_size"] for m in batch.metas])
+            for meta, out in zip(batch.metas, outs):
+                ids.append(meta["id"])
+                outputs.append(_to_cpu(out))
+            bar.update(len(batch.metas))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return ids, outputs
+
+
+def predict_records(
+    model: nn.Module,
+    cfg: Config,
+    records: Sequence[dict],
+    classes: Sequence[str],
+    device: torch.device,
+    batch_size: int,
+    amp: str = "none",
+    progress: bool = True,
+    desc: str = "test",
+) -> tuple[list[str], list[dict]]:
+    """``predict`` over ``records`` with the test loader (test scale, no flip, each image once)."""
+    from fpn.data.loader import build_test_loader
+
+    loader = build_test_loader(cfg, list(records), classes, batch_size)
+    return predict(model, loader, device, amp=amp, progress=progress, desc=desc)
+
+
+def evaluate_outputs(ids: Sequence[str], outputs: Sequence[dict], records: Sequence[dict], classes, metric: str):
+    """(detections, EvalResult) of model outputs against the records' ground truth, as ``fpn voc-eval``."""
+    from fpn.evaluation.results import detections_from_outputs
+    from fpn.evaluation.voc_eval import evaluate, ground_truth_from_records
+
+    detections = detections_from_outputs(list(ids), list(outputs), tuple(classes))
+    result = evaluate(detections, ground_truth_from_records(records, tuple(classes)), tuple(classes), metric=metric)
+    return detections, result

@@ -1,0 +1,76 @@
+"""What a run needs before its first iteration: a checked config, seeded RNGs, the dataset and its records.
+
+Everything here fails early, with a one-line UserError, before a run writes anything.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fpn.config import Config
+from fpn.engine.device import check_amp
+from fpn.errors import UserError
+
+NETS = ("res18", "res34", "res50", "res101", "res152")
+
+
+def check_config(cfg: Config) -> Config:
+    """Range checks of the fields a training run reads; messages name the config key and its flag."""
+    s, d, m = cfg.solver, cfg.data, cfg.model
+    if m.backbone not in NETS:
+        raise UserError(f"--net {m.backbone}: unknown network; choose one of {', '.join(NETS)}")
+    check_amp(s.amp)
+    checks = [
+        (s.batch_size >= 1, f"--bs {s.batch_size}: the batch size must be at least 1"),
+        (s.epochs >= 1, f"--epochs {s.epochs}: must be at least 1"),
+        (s.lr > 0, f"--lr {s.lr}: the learning rate must be positive"),
+        (d.workers >= 0, f"--workers {d.workers}: must be 0 or more"),
+        (all(e >= 1 for e in s.lr_decay_epochs), f"--lr-decay-step {s.lr_decay_epochs}: epochs are 1-based"),
+        (s.warmup_iters >= 0, f"solver.warmup_iters {s.warmup_iters}: must be 0 or more"),
+        (s.momentum >= 0 and s.weight_decay >= 0, "solver.momentum and solver.weight_decay must be >= 0"),
+        (cfg.log_interval >= 1, f"log_interval {cfg.log_interval}: must be at least 1"),
+        (len(d.train_scales) >= 1 and min(d.train_scales) > 0, f"data.train_scales {d.train_scales}: must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def ensure_synthetic(cfg: Config, log=print) -> None:
+    """Generate ``{data_dir}/synthetic`` with the config's ``synth_*`` parameters unless a complete one exists."""
+    from fpn.data import synthetic
+
+    root = Path(cfg.data.data_dir) / "synthetic"
+    if synthetic.is_complete(root):
+        return
+    d = cfg.data
+    log(f"generating the synthetic dataset in {root} ({d.synth_train} train + {d.synth_test} test images) ...")
+    synthetic.generate(root, seed=d.synth_seed, n_train=d.synth_train, n_test=d.synth_test)
+
+
+def resolve(cfg: Config, generate: bool = True, log=print):
+    """The dataset's ``DatasetSpec``; for ``synthetic`` the data is generated first when missing."""
+    from fpn.data.catalog import resolve_dataset
+
+    if generate and cfg.data.dataset == "synthetic":
+        ensure_synthetic(cfg, log=log)
+    return resolve_dataset(cfg.data.dataset, cfg.data.data_dir)
+
+
+def split_records(spec, which: str) -> list[dict]:
+    """Records of the dataset's ``train`` or ``test`` image sets."""
+    from fpn.data.catalog import load_records
+
+    sets = spec.train_sets if which == "train" else spec.test_sets
+    return load_records(list(sets), spec.classes)

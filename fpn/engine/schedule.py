@@ -1,0 +1,97 @@
+"""Optimiser and learning-rate schedule.
+
+SGD with two parameter groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_factor``, weight
+decay only when ``bias_weight_decay``). Frozen parameters (``requires_grad=False``) are left out.
+
+The schedule is a ``LambdaLR`` stepped once per iteration, so its state dict (the iteration count) resumes it
+exactly. The factor at iteration ``i`` (0-based, iterations done before this one) is::
+
+    warm-up:  warmup_factor * (1 - a) + a,  a = i / warmup_iters,   while i < warmup_iters
+    decay:    lr_decay_gamma ** #{e in lr_decay_epochs : i >= e * iters_per_epoch}
+
+multiplied together. ``lr_decay_epochs=(10,)`` therefore runs epochs 1..10 at the full rate and epochs 11, 12
+at a tenth of it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fpn.config import SolverConfig
+
+
+def lr_factor(
+    iteration: int,
+    iters_per_epoch: int,
+    decay_epochs: Sequence[int],
+    gamma: float,
+    warmup_iters: int,
+    warmup_factor: float,
+) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (see module docstring)."""
+    factor = 1.0
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor = warmup_factor * (1.0 - alpha) + alpha
+    for epoch in decay_epochs:
+        if iteration >= epoch * iters_per_epoch:
+            factor *= gamma
+    return factor
+
+
+def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict]:
+    """Trainable parameters split into weight and bias groups; empty groups are dropped."""
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (biases if name.endswith(".bias") or name == "bias" else weights).append(p)
+    groups = [{"name": "weights", "params": weights}, {"name": "biases", "params": biases}]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g.update(_group_hyper(g["name"], solver))
+    return groups
+
+
+def _group_hyper(name: str, solver: SolverConfig) -> dict:
+    if name == "biases":
+        decay = solver.weight_decay if solver.bias_weight_decay else 0.0
+        return {"lr": solver.lr * solver.bias_lr_factor, "weight_decay": decay, "momentum": solver.momentum}
+    return {"lr": solver.lr, "weight_decay": solver.weight_decay, "momentum": solver.momentum}
+
+
+def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(model, solver), lr=solver.lr, momentum=solver.momentum)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, solver: SolverConfig, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration warm-up + step decay; call ``scheduler.step()`` after every optimiser step."""
+    decay, gamma = tuple(solver.lr_decay_epochs), solver.lr_decay_gamma
+    warmup_iters, warmup_factor = solver.warmup_iters, solver.warmup_factor
+
+    # a plain function (not a callable object) so the scheduler's state dict holds only the iteration count
+    def factor(iteration: int) -> float:
+        return lr_factor(iteration, iters_per_epoch, decay, gamma, warmup_iters, warmup_factor)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConfig) -> None:
+    """After loading a checkpoint's optimiser and scheduler states, make the config's solver values current
+    (base lr, momentum, weight decay per group) at the restored iteration. With an unchanged config this
+    reproduces the restored values exactly; with a changed ``--lr`` the new rate applies from here on."""
+    iteration = scheduler.last_epoch
+    base_lrs = []
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        hyper = _group_hyper(group.get("name", "weights"), solver)
+        base_lrs.append(hyper["lr"])
+        group["initial_lr"] = hyper["lr"]
+        group["weight_decay"], group["momentum"] = hyper["weight_decay"], hyper["momentum"]
+        group["lr"] = hyper["lr"] * fn(iteration)
+    scheduler.base_lrs = base_lrs
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

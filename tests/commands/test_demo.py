@@ -1,0 +1,69 @@
+"""``fpn demo`` end to end on a tiny checkpoint."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fpn.cli import main
+from fpn.data.synthetic import generate
+
+TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "eval_at_end=False"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_cmd")
+    generate(root / "data" / "synthetic", seed=0, n_train=4, n_test=3)
+    argv = ["train", "--dataset", "synthetic", "--data-dir", str(root / "data"), "--save-dir", str(root / "runs"),
+            "--epochs", "1", "--bs", "2", "--workers", "0", "--no-progress", "--set", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    images = root / "images"
+    images.mkdir()
+    for i, name in enumerate(["a.jpg", "b.jpg"]):
+        shutil.copy(root / "data" / "synthetic" / "JPEGImages" / f"00000{5 + i}.jpg", images / name)
+    Image.open(images / "a.jpg").save(images / "c.png")
+    (ckpt,) = (root / "runs" / "res18" / "synthetic" / "default").glob("fpn_1_1_*.pth")
+    return ckpt, images
+
+
+def test_demo_draws_and_writes_json(trained, tmp_path, capsys):
+    ckpt, images = trained
+    rc = main(["demo", str(images), str(images / "a.jpg"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+               "--thresh", "0.0", "--no-progress", "--set", "model.score_thresh=0.0", "model.detections_per_image=3"])
+    assert rc == 0
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == ["a.jpg", "a_1.jpg", "b.jpg", "c.jpg", "detections.json"]
+    info = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert [im["output"] for im in info["images"]] == ["a.jpg", "b.jpg", "c.jpg", "a_1.jpg"]
+    for im in info["images"]:
+        assert len(im["detections"]) == 3 and {"class", "label", "score", "box"} == set(im["detections"][0])
+        with Image.open(im["image"]) as src, Image.open(tmp_path / "o" / im["output"]) as drawn:
+            assert src.size == drawn.size
+            diff = np.abs(np.asarray(src.convert("RGB"), np.int16) - np.asarray(drawn, np.int16)).max(-1)
+            assert (diff > 60).sum() > 50  # the boxes and labels were drawn
+    assert "wrote 4 image(s) and detections.json" in capsys.readouterr().out
+
+    assert main(["demo", str(images / "b.jpg"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p"),
+                 "--no-progress", "--thresh", "1.0"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "p" / "detections.json").read_text())["images"][0]["detections"] == []
+
+
+def test_bad_inputs_one_line_exit_2(trained, tmp_path, capsys):
+    ckpt, images = trained
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([str(tmp_path / "missing.jpg")], str(ckpt), "missing.jpg: image not found"),
+        ([str(tmp_path / "bad.jpg")], str(ckpt), "bad.jpg: not a readable image"),
+        ([str(tmp_path / "empty")], str(ckpt), "empty: folder holds no image files"),
+        ([str(images)], str(tmp_path / "bad.jpg"), "bad.jpg: not a readable checkpoint"),
+    ]
+    for inputs, checkpoint, message in cases:
+        assert main(["demo", *inputs, "--checkpoint", checkpoint, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,221 @@
+"""``fpn train`` end to end on a tiny synthetic set (8 train images at scale 128, res18, CPU)."""
+
+import argparse
+import json
+import signal
+
+import pytest
+import torch
+
+import fpn.model
+from fpn import config as C
+from fpn.cli import main
+from fpn.commands import train as train_cmd
+from fpn.data.synthetic import SYNTH_CLASSES, generate
+from fpn.errors import UserError
+
+# 8 images, no flip, batch 2 -> 4 iterations per epoch
+TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    generate(d / "synthetic", seed=0, n_train=8, n_test=4)
+    return d
+
+
+def train(data_dir, save_dir, *flags, sets=("eval_at_end=False",)):
+    return main(["train", "--dataset", "synthetic", "--data-dir", str(data_dir), "--save-dir", str(save_dir),
+                 "--bs", "2", "--workers", "0", "--log-interval", "2", "--no-progress", *flags,
+                 "--set", *TINY, *sets])  # fmt: skip
+
+
+def run_folder(save_dir, exp="default"):
+    return save_dir / "res18" / "synthetic" / exp
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def patch_forward(monkeypatch, at_call, action, before=False):
+    """Wrap build_detector so the model's ``at_call``-th training forward returns ``action(losses)``
+    (or, with ``before``, calls ``action(at_call)`` instead of the forward)."""
+    real = fpn.model.build_detector
+
+    def build(cfg, num_classes, **kw):
+        model = real(cfg, num_classes, **kw)
+        forward, calls = model.forward, [0]
+
+        def patched(*args, **kwargs):
+            if model.training:
+                calls[0] += 1
+                if calls[0] == at_call:
+                    return action(at_call) if before else action(forward(*args, **kwargs))
+            return forward(*args, **kwargs)
+
+        model.forward = patched
+        return model
+
+    monkeypatch.setattr(fpn.model, "build_detector", build)
+
+
+def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path, capsys):
+    # no data yet: the synthetic set is generated first; the synthetic preset evaluates at the end
+    data_dir = tmp_path / "data"
+    assert train(data_dir, tmp_path, "--epochs", "1", sets=("data.synth_train=8", "data.synth_test=4")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"generating the synthetic dataset in {data_dir / 'synthetic'} (8 train + 4 test images)")
+    assert "[epoch 1/1][iter 2/4] loss " in out and out.rstrip().splitlines()[-1].startswith("mAP = ")
+    assert (data_dir / "synthetic" / "DONE").is_file()
+    run = run_folder(tmp_path)
+    cfg = C.load_json(run / "config.json")
+    assert (cfg.model.backbone, cfg.data.train_scales, cfg.solver.batch_size) == ("res18", (128,), 2)
+    assert cfg.data.workers == 0
+    assert cfg.preset == "synthetic" and cfg.model.roi_batch_per_image == 32
+
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if r["type"] == "train"]
+    assert [(r["epoch"], r["step"], r["iter"]) for r in train_lines] == [(1, 2, 2), (1, 4, 4)]
+    assert set(train_lines[0]["losses"]) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
+    assert train_lines[0]["loss"] == pytest.approx(sum(train_lines[0]["losses"].values()))
+    # lr of the logged iteration: iteration 2 of 2 warm-up iterations is at the full 0.02
+    assert train_lines[1]["lr"] == pytest.approx(0.02) and train_lines[0]["time"] > 0
+    assert lines[-1]["type"] == "eval" and lines[-1]["metric"] == "voc07" and 0.0 <= lines[-1]["map"] <= 1.0
+    assert json.loads((run / "eval_test.json").read_text())["map"] == lines[-1]["map"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert {"loss/total", "loss/rpn_cls", "lr", "eval/mAP"} <= set(acc.Tags()["scalars"])
+
+    assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_3.pth"]
+    ck = load(run / "fpn_1_1_3.pth")
+    assert (ck["epoch"], ck["step"], ck["iteration"], ck["session"], ck["interrupted"]) == (1, 3, 4, 1, False)
+    assert (ck["net"], ck["dataset"], ck["classes"], ck["version"]) == ("res18", "synthetic", SYNTH_CLASSES, 1)
+    assert C.from_dict(ck["config"]) == cfg
+    assert ck["scheduler"]["last_epoch"] == 4 and ck["scaler"] == {} and ck["optimizer"]["state"]
+
+
+def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_path, monkeypatch):
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight") == 0
+    straight = load(run_folder(tmp_path, "straight") / "fpn_1_2_3.pth")
+
+    # one epoch, then resume for the second
+    assert train(data_dir, tmp_path, "--epochs", "1", "--exp-name", "split") == 0
+    first = run_folder(tmp_path, "split") / "fpn_1_1_3.pth"
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "split", "--resume", str(first)) == 0
+    resumed = load(run_folder(tmp_path, "split") / "fpn_1_2_3.pth")
+    assert_same_state(straight["model"], resumed["model"])
+    assert resumed["iteration"] == straight["iteration"] == 8
+    for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+    # a KeyboardInterrupt raised as the 3rd iteration starts: a checkpoint after 2 iterations
+    def interrupt(call):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        patch_forward(m, 3, interrupt, before=True)
+        assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "ctrlc") == 130
+    run = run_folder(tmp_path, "ctrlc")
+    assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_1.pth"]
+    ck = load(run / "fpn_1_1_1.pth")
+    assert (ck["epoch"], ck["step"], ck["iteration"], ck["interrupted"]) == (1, 1, 2, True)
+
+    # resume mid-epoch; a real Ctrl-C (SIGINT) in its 4th iteration (epoch 2, step 2) stops after that iteration
+    def sigint(losses):
+        signal.raise_signal(signal.SIGINT)
+        return losses
+
+    with monkeypatch.context() as m:
+        patch_forward(m, 4, sigint)
+        assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_1_1.pth")) == 130
+    ck = load(run / "fpn_1_2_1.pth")
+    assert (ck["epoch"], ck["step"], ck["iteration"], ck["interrupted"]) == (2, 1, 6, True)
+    assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_2_1.pth")) == 0
+    assert_same_state(straight["model"], load(run / "fpn_1_2_3.pth")["model"])
+    steps = [(r["epoch"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [(1, 2), (1, 4), (2, 2), (2, 4)]  # every step logged once across the three processes
+
+
+def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    def nan(losses):
+        return {**losses, "rcnn_cls": losses["rcnn_cls"] * float("nan")}
+
+    patch_forward(monkeypatch, 6, nan)  # iteration 6 = epoch 2, step 2
+    assert train(data_dir, tmp_path, "--epochs", "2") == 3
+    err = capsys.readouterr().err.strip()
+    last = run_folder(tmp_path) / "fpn_1_1_3.pth"
+    assert err.startswith("error: non-finite loss at iteration 6 (epoch 2, step 2): rpn_cls=")
+    assert "rcnn_cls=nan" in err and f"last good checkpoint: {last};" in err and "\n" not in err
+    assert sorted(p.name for p in run_folder(tmp_path).glob("*.pth")) == ["fpn_1_1_3.pth"]
+
+
+def test_user_errors_exit_2_with_one_line_and_write_nothing(data_dir, tmp_path, capsys):
+    save = tmp_path / "runs"
+    cases = [
+        (["--net", "res9"], "error: --net res9: unknown network; choose one of res18, res34, res50, res101, res152"),
+        (["--dataset", "pascal_voc"], "error: PASCAL VOC2007 not found"),
+        (["--dataset", "nope"], "error: unknown dataset 'nope'"),
+        (["--resume", str(tmp_path / "missing.pth")], "checkpoint file not found"),
+        (["--bs", "0"], "error: --bs 0: the batch size must be at least 1"),
+        (["--set", "solver.nope=1"], "unknown config key"),
+    ]
+    for flags, message in cases:
+        assert train(data_dir, save, *flags) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, (flags, err)
+    assert not save.exists()
+
+
+def test_resume_checks_classes_and_existing_session(data_dir, tmp_path, capsys):
+    assert train(data_dir, tmp_path, "--epochs", "1") == 0
+    ckpt = run_folder(tmp_path) / "fpn_1_1_3.pth"
+    capsys.readouterr()
+    assert train(data_dir, tmp_path, "--epochs", "1") == 2  # would overwrite session 1
+    assert "already holds checkpoints of session 1 (fpn_1_1_3.pth)" in capsys.readouterr().err
+
+    other = load(ckpt)
+    other["classes"] = ("cat", "dog")
+    torch.save(other, tmp_path / "other.pth")
+    assert train(data_dir, tmp_path, "--epochs", "2", "--resume", str(tmp_path / "other.pth")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint classes (2: cat, dog) differ from the dataset's (8: circle" in err and "\n" not in err
+    assert train(data_dir, tmp_path, "--epochs", "1", "--resume", str(ckpt)) == 2
+    assert "has finished epoch 1 of 1; raise --epochs" in capsys.readouterr().err
+    assert train(data_dir, tmp_path, "--epochs", "2", "--net", "res50", "--resume", str(ckpt)) == 2
+    assert "checkpoint is a res18 network, not res50" in capsys.readouterr().err
+
+
+def _args(argv):
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_config_layers_preset_file_flags_set(tmp_path):
+    cfg, resume = train_cmd.resolve_config(_args(["--dataset", "pascal_voc"]))
+    assert resume is None and cfg == C.preset_for_dataset("pascal_voc")
+    saved = C.get_preset("synthetic")
+    saved.solver.lr, saved.solver.epochs = 0.5, 3
+    C.save_json(saved, tmp_path / "config.json")
+    cfg, _ = train_cmd.resolve_config(_args([
+        "--config", str(tmp_path / "config.json"), "--epochs", "5", "--lr-decay-step", "2", "4", "--amp",
+        "--net", "res50", "--set", "solver.epochs=7", "model.fpn_channels=64",
+    ]))  # fmt: skip
+    assert cfg.solver.lr == 0.5  # from the file
+    assert (cfg.model.backbone, cfg.solver.lr_decay_epochs, cfg.solver.amp) == ("res50", (2, 4), "bf16")  # flags
+    assert (cfg.solver.epochs, cfg.model.fpn_channels) == (7, 64)  # --set last
+    assert cfg.data.dataset == "synthetic"
+    with pytest.raises(UserError, match="--dataset is required"):
+        train_cmd.resolve_config(_args([]))

@@ -1,0 +1,82 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fpn.config import Config, to_dict
+from fpn.engine import checkpoint as ck
+from fpn.engine.schedule import build_optimizer, build_scheduler
+from fpn.errors import UserError
+
+
+def _ckpt(**kw):
+    net = nn.Linear(3, 2)
+    cfg = Config()
+    opt = build_optimizer(net, cfg.solver)
+    sched = build_scheduler(opt, cfg.solver, 5)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    args = dict(epoch=2, step=4, iteration=10, config=to_dict(cfg), classes=("a", "b"), net="res18",
+                dataset="synthetic", session=1)
+    args.update(kw)
+    return net, ck.make_checkpoint(net, opt, sched, scaler, **args)
+
+
+def test_names_and_run_dir():
+    assert ck.checkpoint_name(1, 7, 5010) == "fpn_1_7_5010.pth"
+    assert str(ck.run_dir("w", "res101", "pascal_voc", "e")) == "w/res101/pascal_voc/e"
+    assert str(ck.run_dir("w", "res18", "/data/my_set/", "e")) == "w/res18/my_set/e"
+
+
+def test_round_trip_has_documented_keys(tmp_path):
+    net, c = _ckpt()
+    path = ck.save_checkpoint(c, tmp_path / "x" / "fpn_1_2_4.pth")
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "iteration", "config", "classes",
+                "net", "dataset", "session", "version"):
+        assert key in loaded
+    assert (loaded["epoch"], loaded["step"], loaded["iteration"], loaded["classes"]) == (2, 4, 10, ("a", "b"))
+    assert loaded["scaler"] == {} and loaded["interrupted"] is False
+    assert torch.equal(loaded["model"]["weight"], net.weight)
+    assert ck.load_checkpoint(path)["net"] == "res18"
+    assert [p.name for p in (tmp_path / "x").iterdir()] == ["fpn_1_2_4.pth"]  # no temporary left behind
+
+
+def test_bad_files_are_one_line_user_errors(tmp_path):
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        ck.load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="junk.pth: not a readable checkpoint") as e:
+        ck.load_checkpoint(tmp_path / "junk.pth")
+    assert "\n" not in str(e.value)
+    _, c = _ckpt()
+    ck.save_checkpoint(c, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cut.pth: not a readable checkpoint"):
+        ck.load_checkpoint(tmp_path / "cut.pth")
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not an fpn checkpoint .missing model"):
+        ck.load_checkpoint(tmp_path / "other.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(UserError, match="holds a list"):
+        ck.load_checkpoint(tmp_path / "list.pth")
+
+
+def test_compatibility_checks():
+    _, c = _ckpt()
+    ck.check_compatible(c, "p", classes=("a", "b"), net="res18")
+    with pytest.raises(UserError, match=r"p: checkpoint classes \(2: a, b\) differ from the dataset's \(1: a\)"):
+        ck.check_compatible(c, "p", classes=("a",))
+    with pytest.raises(UserError, match="p: checkpoint is a res18 network, not res50"):
+        ck.check_compatible(c, "p", net="res50")
+    with pytest.raises(UserError, match="weights do not fit the model"):
+        ck.load_model_state(nn.Linear(4, 2), c, "p")
+
+
+def test_rng_state_round_trip():
+    state = ck.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ck.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a

@@ -1,0 +1,48 @@
+"""DDP on the CPU: 2 processes (gloo) train a few iterations and end with identical parameters."""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from fpn import config as C
+from fpn.data.synthetic import generate
+
+TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2",
+        "solver.batch_size=1", "solver.epochs=1", "data.workers=0", "eval_at_end=False", "device=cpu"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, data_dir, save_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from fpn.engine.trainer import train
+
+    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY)
+    cfg.data.data_dir, cfg.save_dir = str(data_dir), str(save_dir)
+    result = train(cfg, progress=False, log=lambda s: None)
+    torch.save({"params": dict(result.model.named_parameters()), "iteration": result.iteration}, out / f"rank{rank}.pt")
+
+
+def test_two_cpu_processes_stay_in_sync(tmp_path):
+    generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=2)
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path / "data", tmp_path / "runs", tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["iteration"] == r1["iteration"] == 4  # 8 images, batch 1, two shards of 4
+    assert r0["params"].keys() == r1["params"].keys()
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), name
+    run = tmp_path / "runs" / "res18" / "synthetic" / "default"
+    assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_3.pth"]  # written once, by rank 0
+    ckpt = torch.load(run / "fpn_1_1_3.pth", map_location="cpu", weights_only=False)
+    assert len(ckpt["rng"]) == 2  # each rank's RNG state, for an exact resume
+    assert torch.equal(ckpt["model"]["backbone.conv1.weight"], r0["params"]["backbone.conv1.weight"])
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # log_interval 10: the epoch end only

@@ -1,0 +1,80 @@
+import pytest
+from torch import nn
+
+from fpn.config import SolverConfig
+from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def test_lr_factor_warmup_then_step_decay():
+    f = lambda i: lr_factor(i, iters_per_epoch=10, decay_epochs=(2, 3), gamma=0.1, warmup_iters=4, warmup_factor=0.2)
+    # warm-up: 0.2 * (1 - i/4) + i/4
+    assert [f(i) for i in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert f(19) == 1.0  # last iteration of epoch 2
+    assert f(20) == pytest.approx(0.1)  # epoch 3 runs after the decay at the end of epoch 2
+    assert f(29) == pytest.approx(0.1)
+    assert f(30) == pytest.approx(0.01)
+
+
+def test_seed_recipe_decays_after_epoch_10_of_12():
+    f = lambda i: lr_factor(i, 100, (10,), 0.1, 0, 1.0)
+    assert f(999) == 1.0 and f(1000) == pytest.approx(0.1) and f(1199) == pytest.approx(0.1)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 3)
+        self.frozen = nn.Linear(3, 1)
+        self.frozen.requires_grad_(False)
+
+
+def test_param_groups_bias_lr_decay_and_frozen_excluded():
+    solver = SolverConfig(lr=0.5, weight_decay=0.01, bias_lr_factor=2.0, bias_weight_decay=False, momentum=0.8)
+    net = _Net()
+    groups = param_groups(net, solver)
+    assert [g["name"] for g in groups] == ["weights", "biases"]
+    assert groups[0]["params"] == [net.a.weight] and groups[1]["params"] == [net.a.bias]
+    assert (groups[0]["lr"], groups[0]["weight_decay"]) == (0.5, 0.01)
+    assert (groups[1]["lr"], groups[1]["weight_decay"]) == (1.0, 0.0)
+    solver.bias_weight_decay = True
+    assert param_groups(net, solver)[1]["weight_decay"] == 0.01
+
+
+def test_scheduler_steps_per_iteration_and_resumes_exactly():
+    solver = SolverConfig(lr=1.0, warmup_iters=2, warmup_factor=0.5, lr_decay_epochs=(1,), lr_decay_gamma=0.1)
+    net = nn.Linear(2, 2)
+    opt = build_optimizer(net, solver)
+    sched = build_scheduler(opt, solver, iters_per_epoch=3)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5, 0.75, 1.0, 0.1, 0.1])
+    state_opt, state_sched = opt.state_dict(), sched.state_dict()
+
+    net2 = nn.Linear(2, 2)
+    opt2 = build_optimizer(net2, solver)
+    sched2 = build_scheduler(opt2, solver, iters_per_epoch=3)
+    opt2.load_state_dict(state_opt)
+    sched2.load_state_dict(state_sched)
+    apply_solver(opt2, sched2, solver)
+    assert sched2.last_epoch == 5
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    opt.step(), sched.step(), opt2.step(), sched2.step()
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+def test_apply_solver_makes_a_new_base_lr_current():
+    solver = SolverConfig(lr=1.0, warmup_iters=0, lr_decay_epochs=(1,), lr_decay_gamma=0.1, bias_lr_factor=2.0)
+    opt = build_optimizer(nn.Linear(2, 2), solver)
+    sched = build_scheduler(opt, solver, iters_per_epoch=2)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    solver.lr = 4.0
+    apply_solver(opt, sched, solver)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.4, 0.8])
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.4, 0.8])
