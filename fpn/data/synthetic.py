@@ -42,12 +42,14 @@ from fpn.errors import UserError
 from fpn.io import atomic_write_bytes, atomic_write_text
 
 SYNTH_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent")
+CLASS_HUES = {name: i / len(SYNTH_CLASSES) for i, name in enumerate(SYNTH_CLASSES)}  # evenly spaced on the wheel
+HUE_JITTER = 0.03  # std of an object's hue around its class hue (neighbouring classes are 0.125 apart)
 
 DEFAULT_SEED = DataConfig.synth_seed  # the config is the one source of the defaults
 DEFAULT_TRAIN = DataConfig.synth_train
 DEFAULT_TEST = DataConfig.synth_test
 
-GENERATOR_VERSION = 1  # bump when the drawing changes: `fpn synth` then regenerates an existing dataset
+GENERATOR_VERSION = 2  # bump when the drawing changes: `fpn synth` then regenerates an existing dataset
 OWNER_MARKER = ".fpn_synthetic"
 DONE_MARKER = "DONE"
 MAX_IMAGES = 999_999  # ids are six digits
@@ -186,17 +188,27 @@ def _front_strokes(rng: np.random.Generator, canvas: np.ndarray, owner: np.ndarr
     owner[hit] = -1
 
 
-def _colour_against(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
-    """A random colour at least MIN_CONTRAST from ``bg`` (the best of a few tries)."""
-    cand = rng.uniform(0, 255, (16, 3))
+def _class_colours(rng: np.random.Generator, name: str, n: int) -> np.ndarray:
+    """``n`` RGB candidates in the class's colour family: its hue (jittered), any saturation and value
+    from medium to full. Clutter uses every colour, so colour hints at the class but shape decides."""
+    hue = (CLASS_HUES[name] + rng.normal(0, HUE_JITTER, n)) % 1.0
+    sat, val = rng.uniform(0.5, 1.0, n), rng.uniform(0.45, 1.0, n)
+    k = (np.array([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6  # HSV -> RGB, vectorised
+    rgb = val[:, None] - val[:, None] * sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+    return rgb * 255
+
+
+def _colour_against(rng: np.random.Generator, bg: np.ndarray, name: str) -> np.ndarray:
+    """A colour of the class's family at least MIN_CONTRAST from ``bg`` (the best of a few tries)."""
+    cand = _class_colours(rng, name, 16)
     dist = np.linalg.norm(cand - bg, axis=1)
     ok = np.flatnonzero(dist >= MIN_CONTRAST)
     return cand[ok[0]] if ok.size else cand[int(dist.argmax())]
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, bg: np.ndarray) -> np.ndarray:
+def _texture(rng: np.random.Generator, h: int, w: int, bg: np.ndarray, name: str) -> np.ndarray:
     """Float32 (h, w, 3) fill for one object: solid, gradient, stripes, checker or speckle."""
-    c1, c2 = _colour_against(rng, bg), _colour_against(rng, bg)
+    c1, c2 = _colour_against(rng, bg, name), _colour_against(rng, bg, name)
     kind = rng.integers(0, 5)
     if kind == 0:
         return np.broadcast_to(c1.astype(np.float32), (h, w, 3))
@@ -327,7 +339,7 @@ def _add_object(rng: np.random.Generator, scene: _Scene, canvas: np.ndarray, bg:
         placed = scene.place(name, *_rasterise(parts, sx, sy, angle, cx, cy))
         if placed is not None:
             (x0, y0, x1, y1), m = placed
-            tex = _texture(rng, y1 - y0, x1 - x0, bg[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))])
+            tex = _texture(rng, y1 - y0, x1 - x0, bg[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))], name)
             canvas[y0:y1, x0:x1][m] = tex[m]
             return
 

@@ -55,9 +55,12 @@ class ResNetBackbone(nn.Module):
     """Stem + layer1..layer4 of a torchvision ResNet with the same parameter names (so torchvision
     state dicts load directly); ``forward`` returns [C2, C3, C4, C5]."""
 
-    def __init__(self, depth: int, norm: str = "frozen_bn", freeze_at: int = 1, caffe: bool = False):
+    def __init__(self, depth: int, norm: str = "frozen_bn", freeze_at: int = 1, caffe: bool = False, width: int = 64):
         super().__init__()
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
+        if width == 64:
+            net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
+        else:
+            net = _NarrowResNet(depth, width, _norm_layer(norm))
         if caffe:
             # caffe ResNets downsample in the bottleneck's 1x1 conv1 (torchvision: in the 3x3 conv2);
             # BasicBlocks (res18/34) have no 1x1 conv and are unchanged
@@ -68,7 +71,8 @@ class ResNetBackbone(nn.Module):
             net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = [256, 512, 1024, 2048] if depth >= 50 else [64, 128, 256, 512]
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels = [width * expansion * 2**i for i in range(4)]
         self.strides = (4, 8, 16, 32)
         self.frozen: list[nn.Module] = []
         if freeze_at >= 1:
@@ -93,6 +97,30 @@ class ResNetBackbone(nn.Module):
         return [c2, c3, c4, c5]
 
 
+class _NarrowResNet(torchvision.models.resnet.ResNet):
+    """A torchvision ResNet whose stage widths are ``width * (1, 2, 4, 8)`` instead of 64 * (1, 2, 4, 8):
+    same blocks and depths, a quarter of the compute at width 32. For training from scratch on small
+    data (the ``synthetic`` preset); ImageNet weights exist only for width 64."""
+
+    def __init__(self, depth: int, width: int, norm_layer):
+        nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64; rebuild with its helpers
+        block = torchvision.models.resnet.BasicBlock if depth < 50 else torchvision.models.resnet.Bottleneck
+        layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
+        self._norm_layer, self.dilation, self.groups, self.base_width = norm_layer, 1, 1, 64
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
     """The backbone ``cfg.model`` describes; ``load_weights=False`` skips ``cfg.model.pretrained``
     (the architecture, caffe or not, still follows it) for when a checkpoint is loaded afterwards."""
@@ -103,8 +131,13 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         raise UserError(f"model.norm: unknown norm '{m.norm}'; choose one of: {', '.join(NORMS)}")
     if not 0 <= m.freeze_at <= 4:
         raise UserError(f"model.freeze_at: must be 0..4 (0 nothing, 1 stem+layer1, ... 4 all), got {m.freeze_at}")
+    if m.backbone_width < 8 or (m.norm == "gn" and m.backbone_width % 32):
+        raise UserError(f"model.backbone_width: must be at least 8 (a multiple of 32 with gn), got {m.backbone_width}")
+    if m.backbone_width != 64 and load_weights and m.pretrained != "none":
+        raise UserError(f"model.backbone_width={m.backbone_width}: pretrained weights exist only for width 64; "
+                        "set model.pretrained=none")
     caffe = uses_caffe_weights(cfg)
-    backbone = ResNetBackbone(DEPTHS[m.backbone], m.norm, m.freeze_at, caffe=caffe)
+    backbone = ResNetBackbone(DEPTHS[m.backbone], m.norm, m.freeze_at, caffe=caffe, width=m.backbone_width)
     if load_weights and m.pretrained != "none":
         if m.pretrained == "imagenet":
             state, source = _imagenet_state_dict(m.backbone), f"torchvision ImageNet weights for {m.backbone}"

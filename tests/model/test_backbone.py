@@ -10,6 +10,7 @@ from fpn.model.backbone import build_backbone
 
 def _cfg(**model):
     cfg = synthetic()
+    cfg.model.backbone_width = 64  # torchvision's ResNet, so weight files fit
     for k, v in model.items():
         setattr(cfg.model, k, v)
     return cfg
@@ -116,3 +117,22 @@ def test_config_mistakes_are_user_errors():
         build_backbone(_cfg(freeze_at=7))
     with pytest.raises(UserError, match="model.anchor_sizes"):
         build_detector(_cfg(anchor_sizes=(32, 64)), num_classes=3)
+
+
+@pytest.mark.parametrize("backbone, width, channels", [("res18", 32, [32, 64, 128, 256]),
+                                                       ("res50", 16, [64, 128, 256, 512])])
+def test_narrow_backbone_keeps_depth_and_strides(backbone, width, channels):
+    b = build_backbone(_cfg(backbone=backbone, backbone_width=width, pretrained="none"))
+    reference = build_backbone(_cfg(backbone=backbone, backbone_width=64, pretrained="none"))
+    assert b.out_channels == channels
+    assert len(list(b.modules())) == len(list(reference.modules()))  # same blocks, only narrower
+    with torch.no_grad():
+        feats = b(torch.zeros(1, 3, 128, 192))
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, 128 // s, 192 // s) for c, s in zip(channels, (4, 8, 16, 32))]
+
+
+def test_narrow_backbone_refuses_pretrained_weights():
+    with pytest.raises(UserError, match="backbone_width=32: pretrained weights exist only for width 64"):
+        build_backbone(_cfg(backbone_width=32, pretrained="imagenet"))
+    with pytest.raises(UserError, match="model.backbone_width"):
+        build_backbone(_cfg(backbone_width=4, pretrained="none"))
