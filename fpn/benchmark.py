@@ -1,0 +1,212 @@
+"""Timing of training steps, inference and (via ``fpn.data.bench``) the data loader.
+
+Inputs are VOC-sized: ``num`` random images of ``image_size`` (w, h) pixels with a few boxes each, resized
+to ``scale`` / ``max_size`` exactly as the data loader does. Each timing runs ``warmup`` untimed
+iterations first, then ``iters`` timed ones; on CUDA the clock is read between device synchronisations,
+so asynchronous work is counted. Results are plain dicts (images/s, ms per iteration, peak memory,
+achieved TFLOP/s from a FlopCounterMode count of one iteration).
+
+``compare="torchvision"`` builds torchvision's Faster R-CNN FPN with the same ResNet depth, input size,
+batch and precision. It receives the original-size images (its own transform resizes them on the device,
+which is how it is used); ours receives the batch the loader would give (already resized on the loader's
+CPU workers).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fpn.config import Config, preset_for_dataset
+from fpn.data.transforms import resize_factor, resized_size
+from fpn.engine.device import autocast, check_amp, make_scaler
+from fpn.errors import UserError
+
+NETS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
+
+
+@dataclass
+class BenchInput:
+    originals: list[torch.Tensor]  # N x (3, h, w) unnormalised 0..1 images, for torchvision
+    original_targets: list[dict]
+    images: torch.Tensor  # (N, 3, H, W) padded, resized batch, for ours
+    image_sizes: list[tuple[int, int]]
+    targets: list[dict]  # boxes in resized pixels
+
+
+def make_input(batch: int, image_size: tuple[int, int], scale: int, max_size: int, device, seed: int = 0,
+               size_divisible: int = 32) -> BenchInput:
+    """A reproducible batch: random images with 3 random boxes each, also resized like the loader does."""
+    g = torch.Generator().manual_seed(seed)
+    w, h = image_size
+    f = resize_factor(h, w, scale, max_size)
+    rh, rw = resized_size(h, w, f)
+    ph, pw = (math.ceil(v / size_divisible) * size_divisible for v in (rh, rw))
+    originals, original_targets, targets = [], [], []
+    images = torch.zeros(batch, 3, ph, pw)
+    for i in range(batch):
+        img = torch.rand(3, h, w, generator=g)
+        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = 20 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        labels = torch.randint(1, 21, (3,), generator=g)
+        originals.append(img.to(device))
+        original_targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+        targets.append({"boxes": (boxes * f).to(device), "labels": labels.to(device)})
+        images[i, :, :rh, :rw] = torch.nn.functional.interpolate(img[None], size=(rh, rw), mode="bilinear")[0]
+    return BenchInput(originals, original_targets, images.to(device), [(rh, rw)] * batch, targets)
+
+
+def build_ours(net: str, num_classes: int = 21) -> torch.nn.Module:
+    from fpn.model import build_detector
+
+    cfg: Config = preset_for_dataset("pascal_voc")
+    cfg.model.backbone = net
+    cfg.model.pretrained = "none"
+    return build_detector(cfg, num_classes)
+
+
+def build_torchvision(net: str, scale: int, max_size: int, num_classes: int = 21) -> torch.nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    backbone = resnet_fpn_backbone(backbone_name=f"resnet{NETS[net]}", weights=None, trainable_layers=3)
+    return FasterRCNN(backbone, num_classes=num_classes, min_size=scale, max_size=max_size)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _time(fn, warmup: int, iters: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _summary(times: list[float], images_per_iter: int, flops: float, device: torch.device) -> dict:
+    median = statistics.median(times)
+    out = {
+        "iters": len(times),
+        "ms_per_iter": median * 1e3,
+        "images_per_s": images_per_iter / median,
+        "gflop_per_image": flops / images_per_iter / 1e9,
+        "tflops": flops / median / 1e12,
+    }
+    if device.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def bench_train(model, inp: BenchInput, impl: str, amp: str, device, warmup: int, iters: int,
+                channels_last: bool = False) -> dict:
+    """Median time of one training step: forward, loss sum, backward, SGD step."""
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    scaler = make_scaler(device, amp)
+
+    def step():
+        with autocast(device, amp):
+            if impl == "ours":
+                losses = model(inp.images, inp.image_sizes, inp.targets)
+            else:
+                losses = model(inp.originals, inp.original_targets)
+            loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    flops = _count_flops(step)
+    return _summary(_time(step, warmup, iters, device), len(inp.image_sizes), flops, device)
+
+
+@torch.no_grad()
+def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int, iters: int) -> dict:
+    """Median time of one batched forward pass in eval mode (post-processing included)."""
+    model.to(device).eval()
+
+    def forward():
+        with autocast(device, amp):
+            if impl == "ours":
+                model(inp.images, inp.image_sizes)
+            else:
+                model(inp.originals)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    flops = _count_flops(forward)
+    return _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
+
+
+def run_benchmarks(net: str, batch: int, mode: str, device: torch.device, amp: str = "none", scale: int = 600,
+                   max_size: int = 1000, image_size: tuple[int, int] = (500, 375), compare: str | None = None,
+                   warmup: int = 3, iters: int = 10, channels_last: bool = False) -> dict:
+    """Run the requested benchmarks; returns {"config": ..., "<impl>/<what>": result dict, "ratio/...": x}."""
+    if net not in NETS:
+        raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
+    check_amp(amp)
+    torch.manual_seed(0)
+    impls = ["ours"] + (["torchvision"] if compare == "torchvision" else [])
+    results: dict = {"config": {"net": net, "batch": batch, "mode": mode, "device": str(device), "amp": amp,
+                                "scale": scale, "max_size": max_size, "image_size": list(image_size),
+                                "torch": torch.__version__, "channels_last": channels_last}}
+    if device.type == "cuda":
+        results["config"]["gpu"] = torch.cuda.get_device_name(device)
+    for impl in impls:
+        model = build_ours(net) if impl == "ours" else build_torchvision(net, scale, max_size)
+        if mode in ("train", "all"):
+            inp = make_input(batch, image_size, scale, max_size, device)
+            results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, amp, device, warmup, iters,
+                                                             channels_last and impl == "ours")
+        if mode in ("infer", "all"):
+            for bs in sorted({1, batch}):
+                inp = make_input(bs, image_size, scale, max_size, device)
+                results[f"{impl}/infer_bs{bs}"] = bench_infer(model, inp, impl, amp, device, warmup, iters)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if compare == "torchvision":
+        for key in [k for k in results if k.startswith("ours/")]:
+            what = key.split("/", 1)[1]
+            results[f"ratio/{what}"] = results[key]["images_per_s"] / results[f"torchvision/{what}"]["images_per_s"]
+    return results
+
+
+def format_results(results: dict) -> str:
+    rows = [f"{'run':<26}{'img/s':>10}{'ms/iter':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}{'peak GiB':>10}"]
+    for key, r in results.items():
+        if key == "config" or key.startswith("ratio/") or "images_per_s" not in r:
+            continue
+        mem = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
+        rows.append(f"{key:<26}{r['images_per_s']:>10.2f}{r['ms_per_iter']:>10.1f}{r['gflop_per_image']:>11.1f}"
+                    f"{r['tflops']:>9.2f}{mem:>10}")
+    for key, ratio in results.items():
+        if key.startswith("ratio/"):
+            rows.append(f"ours / torchvision, {key[6:]}: {ratio:.2f}x")
+    return "\n".join(rows)

@@ -1,0 +1,67 @@
+"""``fpn bench``: time training steps, inference and the data loader (see fpn/benchmark.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fpn.errors import UserError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w > 0 and h > 0:
+            return w, h
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 500x375, got '{text}'")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--net", default="res101", help="res18 | res34 | res50 | res101 | res152 (default res101)")
+    p.add_argument("--bs", type=int, default=2, help="batch size (default 2)")
+    p.add_argument("--scale", type=int, default=600, help="shorter side after resize (default 600)")
+    p.add_argument("--max-size", type=int, default=1000, help="longer side limit (default 1000)")
+    p.add_argument("--image-size", type=_size, default=(500, 375), help="input image WxH (default 500x375)")
+    p.add_argument("--amp", default="none", help="none | bf16 | fp16 (autocast)")
+    p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")
+    p.add_argument("--channels-last", action="store_true", help="run our model in channels_last layout")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
+    p.add_argument("--workers", type=int, default=1, help="loader workers for --mode data (default 1)")
+    p.add_argument("--images", type=int, default=100, help="images for --mode data (default 100)")
+    p.add_argument("--json", help="write the results as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpn.benchmark import format_results, run_benchmarks
+    from fpn.engine.device import resolve_device
+    from fpn.io import atomic_write_text
+
+    for flag, value in (("--bs", args.bs), ("--scale", args.scale), ("--max-size", args.max_size),
+                        ("--iters", args.iters), ("--images", args.images)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    if args.warmup < 0 or args.workers < 0:
+        raise UserError("--warmup and --workers must not be negative")
+    device = resolve_device(args.device)
+    results: dict = {}
+    if args.mode != "data":
+        results = run_benchmarks(args.net, args.bs, args.mode, device, amp=args.amp, scale=args.scale,
+                                 max_size=args.max_size, image_size=args.image_size, compare=args.compare,
+                                 warmup=args.warmup, iters=args.iters, channels_last=args.channels_last)
+        print(format_results(results))
+    if args.mode in ("data", "all"):
+        from fpn.data.bench import time_loader
+
+        data = time_loader(n_images=args.images, workers=args.workers, batch_size=args.bs, scale=args.scale,
+                           max_size=args.max_size)
+        results["data"] = data
+        print(f"data loader: {data['images_per_s']:.1f} images/s with {data['workers']} worker(s) "
+              f"({data['images_per_s_per_worker']:.1f} per worker), start-up {data['startup_s']:.1f} s")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    return 0

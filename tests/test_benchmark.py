@@ -1,0 +1,43 @@
+import json
+
+import pytest
+import torch
+
+from fpn.benchmark import make_input
+from fpn.cli import main
+
+
+def test_bench_input_is_resized_like_the_loader():
+    inp = make_input(2, (500, 375), 600, 1000, torch.device("cpu"))
+    assert inp.images.shape == (2, 3, 608, 800)  # 375x500 -> 600x800, padded to multiples of 32
+    assert inp.image_sizes == [(600, 800), (600, 800)]
+    f = 600 / 375
+    torch.testing.assert_close(inp.targets[0]["boxes"], inp.original_targets[0]["boxes"] * f)
+
+
+def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--net", "res18", "--bs", "2", "--scale", "64", "--max-size", "96", "--mode", "all",
+               "--iters", "1", "--warmup", "0", "--compare", "torchvision", "--images", "4", "--workers", "0",
+               "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    for key in ("ours/train_bs2", "ours/infer_bs1", "ours/infer_bs2", "torchvision/train_bs2", "torchvision/infer_bs2"):
+        assert res[key]["images_per_s"] > 0 and res[key]["gflop_per_image"] > 0
+    ratio = res["ours/train_bs2"]["images_per_s"] / res["torchvision/train_bs2"]["images_per_s"]
+    assert res["ratio/train_bs2"] == pytest.approx(ratio)
+    assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
+    printed = capsys.readouterr().out
+    assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--net", "res7"], "--net res7: unknown network"),
+    (["--bs", "0"], "--bs 0: must be at least 1"),
+    (["--amp", "fp8"], "--amp fp8"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_bench_bad_flags(argv, message, capsys):
+    assert main(["bench", "--mode", "infer", "--iters", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
