@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fpn.engine.seed_compat import add_bool, device_flag, fail, run_fpn, seed_checkpoint
-from fpn.errors import UserError
+from fpn.engine.seed_compat import add_bool, device_flag, script_main, seed_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +60,7 @@ def to_fpn_argv(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        fpn_argv = to_fpn_argv(args)
-    except UserError as e:
-        return fail(str(e))
-    return run_fpn(fpn_argv)
+    return script_main(build_parser, to_fpn_argv, argv)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,13 @@ def run_fpn(fpn_argv: list[str]) -> int:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return UserError.exit_code
+
+
+def script_main(build_parser, to_fpn_argv, argv: list[str] | None = None) -> int:
+    """The seed scripts' ``main``: parse the old flags, map them with ``to_fpn_argv(args)`` and run ``fpn``."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        fpn_argv = to_fpn_argv(args)
+    except UserError as e:
+        return fail(str(e))
+    return run_fpn(fpn_argv)
