@@ -7,19 +7,13 @@ import torch
 
 from fpn.cli import main
 from fpn.data.synthetic import SYNTH_CLASSES, generate
-
-TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
-        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2",
-        "eval_at_end=False"]  # fmt: skip
-
+from tiny_run import train
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("test_cmd")
     generate(root / "data" / "synthetic", seed=0, n_train=8, n_test=4)
-    argv = ["train", "--dataset", "synthetic", "--data-dir", str(root / "data"), "--save-dir", str(root / "runs"),
-            "--epochs", "1", "--bs", "2", "--workers", "0", "--no-progress", "--set", *TINY]  # fmt: skip
-    assert main(argv) == 0
+    assert train(root / "data", root / "runs", "--epochs", "1") == 0
     return root, root / "runs" / "res18" / "synthetic" / "default" / "fpn_1_1_3.pth"
 
 

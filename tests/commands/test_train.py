@@ -13,23 +13,13 @@ from fpn.cli import main
 from fpn.commands import train as train_cmd
 from fpn.data.synthetic import SYNTH_CLASSES, generate
 from fpn.errors import UserError
-
-# 8 images, no flip, batch 2 -> 4 iterations per epoch
-TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
-        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2"]  # fmt: skip
-
+from tiny_run import train
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     generate(d / "synthetic", seed=0, n_train=8, n_test=4)
     return d
-
-
-def train(data_dir, save_dir, *flags, sets=("eval_at_end=False",)):
-    return main(["train", "--dataset", "synthetic", "--data-dir", str(data_dir), "--save-dir", str(save_dir),
-                 "--bs", "2", "--workers", "0", "--log-interval", "2", "--no-progress", *flags,
-                 "--set", *TINY, *sets])  # fmt: skip
 
 
 def run_folder(save_dir, exp="default"):
