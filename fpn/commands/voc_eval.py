@@ -11,6 +11,7 @@ import argparse
 import re
 from pathlib import Path
 
+from fpn.data.catalog import read_classes
 from fpn.data.voc import VOC_CLASSES, parse_voc_xml
 from fpn.errors import UserError
 from fpn.evaluation.report import format_table, plot_pr_curves, write_json
@@ -64,12 +65,8 @@ def resolve_classes(arg: str | None, voc_dir: Path) -> tuple[str, ...]:
     if arg is not None:
         return _check_classes([c.strip() for c in arg.split(",") if c.strip()], "--classes")
     path = voc_dir / "classes.txt"
-    if path.is_file():
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: cannot read ({e})") from None
-        return _check_classes([ln.strip() for ln in lines if ln.strip()], str(path))
+    if path.is_file():  # the data catalog's reader, plus this command's file-name rules
+        return _check_classes(list(read_classes(path)), str(path))
     return VOC_CLASSES
 
 
