@@ -25,20 +25,40 @@ from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.matcher import IGNORE, Matcher
+from fpn.model.roi_align import sparse_roi_align
 from fpn.model.postprocess import PostProcessor
 from fpn.model.sampler import BalancedSampler
 from fpn.model.targets import GroundTruth
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign (aligned=True: continuous pixel boxes) of each RoI on the level ``LevelMapper`` picks."""
+    """RoIAlign (aligned=True: continuous pixel boxes) of each RoI on the level ``LevelMapper`` picks.
 
-    def __init__(self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper):
+    ``impl``: "torchvision" (one ``roi_align`` call per level), "sparse" (all levels in one sparse matrix
+    product, ``fpn.model.roi_align``; several times faster on CPU) or "auto": sparse on CPU with a fixed
+    sampling ratio, torchvision otherwise. Both give the same values (tests compare them).
+    """
+
+    IMPLS = ("auto", "torchvision", "sparse")
+
+    def __init__(
+        self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper, impl: str = "auto"
+    ):
         super().__init__()
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl must be one of {self.IMPLS}, got {impl!r}")
+        if impl == "sparse" and sampling_ratio <= 0:
+            raise ValueError("the sparse RoIAlign needs a fixed sampling_ratio > 0")
         self.scales = [1.0 / s for s in strides]
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.mapper = mapper
+        self.impl = impl
+
+    def _use_sparse(self, features: list[Tensor]) -> bool:
+        if self.impl == "auto":
+            return features[0].device.type == "cpu" and self.sampling_ratio > 0
+        return self.impl == "sparse"
 
     def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
         """features P2..P5, boxes (N, B, 4) network-input pixels -> (N*B, C, s, s), image-major."""
@@ -46,6 +66,8 @@ class MultiScaleRoIAlign(nn.Module):
         image = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(b)  # (N*B,)
         rois = torch.cat((image.unsqueeze(1), boxes.reshape(n * b, 4)), dim=1)  # (N*B, 5): image, x1, y1, x2, y2
         level = self.mapper(rois[:, 1:]) - self.mapper.min_level  # (R,) index into features
+        if self._use_sparse(features):
+            return sparse_roi_align(features, rois, level, self.scales, self.output_size, self.sampling_ratio)
         # one roi_align call per level on that level's RoIs: sort by level, split, put back in order
         order = torch.argsort(level, stable=True)
         counts = torch.bincount(level, minlength=len(features)).tolist()  # host sync: roi_align needs the sizes

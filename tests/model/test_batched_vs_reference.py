@@ -1,5 +1,6 @@
 """The batched (padded, loop-free) paths give exactly what a plain per-image implementation gives."""
 
+import pytest
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, roi_align
 
@@ -146,11 +147,12 @@ def test_proposal_selection_equals_per_image_reference():
         assert valid.sum(1).max() == 70 or not per_level  # per level, some image has more than 70 survivors
 
 
-def test_multiscale_roi_align_equals_per_roi_reference():
+@pytest.mark.parametrize("impl", ["torchvision", "sparse"])
+def test_multiscale_roi_align_equals_per_roi_reference(impl):
     g = torch.Generator().manual_seed(4)
     feats = [torch.randn(2, 3, 32 // 2**i, 48 // 2**i, generator=g) for i in range(4)]
     mapper = LevelMapper(canonical_size=56, canonical_level=4)
-    pooler = MultiScaleRoIAlign((4, 8, 16, 32), output_size=7, sampling_ratio=2, mapper=mapper)
+    pooler = MultiScaleRoIAlign((4, 8, 16, 32), output_size=7, sampling_ratio=2, mapper=mapper, impl=impl)
     boxes = torch.stack([_random_boxes(g, 9, size=100, max_wh=100), _random_boxes(g, 9, size=100, max_wh=100)])
     out = pooler(feats, boxes)
     assert out.shape == (18, 3, 7, 7)

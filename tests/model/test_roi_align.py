@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from fpn.model.level_mapper import LevelMapper
+from fpn.model.roi_align import sparse_roi_align
+from fpn.model.roi_heads import MultiScaleRoIAlign
+
+SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+
+def _features(g, n=3, c=5, h=40, w=56, grad=False):
+    return [torch.randn(n, c, h // 2**i, w // 2**i, generator=g).requires_grad_(grad) for i in range(4)]
+
+
+def _rois(g, r, n=3, size=(224.0, 160.0)):
+    """Boxes of every size, some reaching past the image (and the feature maps) on any side."""
+    xy = torch.rand(r, 2, generator=g) * torch.tensor(size) * 1.2 - 20
+    wh = torch.exp(torch.rand(r, 2, generator=g) * 5) + 0.5  # 1.5 .. 150 px
+    image = torch.randint(0, n, (r, 1), generator=g).float()
+    return torch.cat([image, xy, xy + wh], 1)
+
+
+def _torchvision_per_level(feats, rois, level, s, ratio):
+    out = torch.zeros(rois.shape[0], feats[0].shape[1], s, s)
+    for lvl in range(len(feats)):
+        sel = level == lvl
+        if sel.any():
+            out[sel] = roi_align(feats[lvl], rois[sel], s, SCALES[lvl], ratio, aligned=True)
+    return out
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 3])
+def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio):
+    g = torch.Generator().manual_seed(ratio)
+    feats = _features(g, grad=True)
+    rois = _rois(g, 300)
+    level = torch.randint(0, 4, (300,), generator=g)
+    ours = sparse_roi_align(feats, rois, level, SCALES, 7, ratio)
+    ref = _torchvision_per_level(feats, rois, level, 7, ratio)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float rounding of the weights differs
+    weights = torch.randn(ref.shape, generator=g)
+    grads = torch.autograd.grad((ours * weights).sum(), feats)
+    grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # summation order differs
+
+
+def test_sparse_roi_align_hand_computed_linear_map():
+    # bilinear interpolation of a linear map is exact: each bin is the map at the mean of its samples
+    h, w = 10, 12
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    fmap = (xs + 100 * ys).view(1, 1, h, w)
+    rois = torch.tensor([[0.0, 8.0, 4.0, 24.0, 20.0]])  # at scale 1/4: x 1.5..5.5, y 0.5..4.5 after -0.5
+    out = sparse_roi_align([fmap], rois, torch.tensor([0]), [0.25], 2, 2)
+    # 2x2 bins of 2x2 feature pixels; bin centres x = 2.5, 4.5 and y = 1.5, 3.5
+    expected = torch.tensor([[2.5 + 150, 4.5 + 150], [2.5 + 350, 4.5 + 350]])
+    torch.testing.assert_close(out[0, 0], expected)
+
+
+def test_sparse_roi_align_no_rois_and_dtype():
+    g = torch.Generator().manual_seed(0)
+    feats = [f.bfloat16() for f in _features(g)]
+    empty = sparse_roi_align(feats, torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), SCALES, 7, 2)
+    assert empty.shape == (0, 5, 7, 7)
+    with torch.autocast("cpu", torch.bfloat16):  # the sparse product has no bf16 kernel: must run in fp32
+        out = sparse_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 2)
+    assert out.dtype == torch.float32  # as torchvision's autocast rule for roi_align
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        sparse_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 0)
+
+
+def test_multiscale_roi_align_auto_picks_an_implementation():
+    mapper = LevelMapper(canonical_size=224, canonical_level=4)
+    g = torch.Generator().manual_seed(1)
+    feats = _features(g)
+    boxes = _rois(g, 6, n=1)[:, 1:].unsqueeze(0)
+    outs = {}
+    for impl, ratio in [("auto", 2), ("sparse", 2), ("torchvision", 2), ("auto", 0)]:
+        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, ratio, mapper, impl=impl)
+        assert pooler._use_sparse(feats) == (impl == "sparse" or (impl == "auto" and ratio > 0))
+        outs[impl, ratio] = pooler([f[:1] for f in feats], boxes)
+    torch.testing.assert_close(outs["auto", 2], outs["torchvision", 2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        MultiScaleRoIAlign((4, 8, 16, 32), 7, 0, mapper, impl="sparse")
+    with pytest.raises(ValueError, match="impl"):
+        MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="cuda")
