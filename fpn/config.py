@@ -92,14 +92,16 @@ class ModelConfig:
 @dataclass
 class SolverConfig:
     batch_size: int = 2
+    optimizer: str = "sgd"  # sgd (momentum) | adamw (betas 0.9, 0.999; decoupled weight decay)
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     bias_lr_factor: float = 1.0  # the seed's "double bias" would be 2.0
     bias_weight_decay: bool = False
     epochs: int = 12
     lr_decay_epochs: tuple[int, ...] = (10,)  # lr *= gamma after each of these epochs
     lr_decay_gamma: float = 0.1
+    lr_schedule: str = "step"  # step (lr_decay_epochs, lr_decay_gamma) | cosine (to 0 at the last iteration)
     warmup_iters: int = 100
     warmup_factor: float = 0.1
     amp: str = "none"  # none | bf16 | fp16

@@ -13,6 +13,7 @@ import torch
 
 from fpn.config import Config
 from fpn.engine.device import check_amp
+from fpn.engine.schedule import OPTIMIZERS, SCHEDULES
 from fpn.errors import UserError
 
 NETS = ("res18", "res34", "res50", "res101", "res152")
@@ -25,6 +26,8 @@ def check_config(cfg: Config) -> Config:
         raise UserError(f"--net {m.backbone}: unknown network; choose one of {', '.join(NETS)}")
     check_amp(s.amp)
     checks = [
+        (s.optimizer in OPTIMIZERS, f"solver.optimizer {s.optimizer}: choose one of {', '.join(OPTIMIZERS)}"),
+        (s.lr_schedule in SCHEDULES, f"solver.lr_schedule {s.lr_schedule}: choose one of {', '.join(SCHEDULES)}"),
         (s.batch_size >= 1, f"--bs {s.batch_size}: the batch size must be at least 1"),
         (s.epochs >= 1, f"--epochs {s.epochs}: must be at least 1"),
         (s.lr > 0, f"--lr {s.lr}: the learning rate must be positive"),

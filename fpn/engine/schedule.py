@@ -1,13 +1,15 @@
 """Optimiser and learning-rate schedule.
 
-SGD with two parameter groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_factor``, weight
-decay only when ``bias_weight_decay``). Frozen parameters (``requires_grad=False``) are left out.
+SGD with momentum (the seed's and the VOC presets' choice) or AdamW (``solver.optimizer``), with two parameter
+groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_factor``, weight decay only when
+``bias_weight_decay``). Frozen parameters (``requires_grad=False``) are left out.
 
 The schedule is a ``LambdaLR`` stepped once per iteration, so its state dict (the iteration count) resumes it
 exactly. The factor at iteration ``i`` (0-based, iterations done before this one) is::
 
     warm-up:  warmup_factor * (1 - a) + a,  a = i / warmup_iters,   while i < warmup_iters
-    decay:    lr_decay_gamma ** #{e in lr_decay_epochs : i >= e * iters_per_epoch}
+    step:     lr_decay_gamma ** #{e in lr_decay_epochs : i >= e * iters_per_epoch}
+    cosine:   (1 + cos(pi * i / total_iters)) / 2,  total_iters = epochs * iters_per_epoch
 
 multiplied together. ``lr_decay_epochs=(10,)`` therefore runs epochs 1..10 at the full rate and epochs 11, 12
 at a tenth of it.
@@ -15,12 +17,16 @@ at a tenth of it.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from fpn.config import SolverConfig
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
 
 
 def lr_factor(
@@ -30,12 +36,16 @@ def lr_factor(
     gamma: float,
     warmup_iters: int,
     warmup_factor: float,
+    cosine_iters: int = 0,
 ) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (see module docstring)."""
+    """Multiplier of the base learning rate at ``iteration`` (see module docstring); ``cosine_iters > 0``
+    selects the cosine schedule over that many iterations instead of the step decay."""
     factor = 1.0
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters
         factor = warmup_factor * (1.0 - alpha) + alpha
+    if cosine_iters > 0:
+        return factor * 0.5 * (1.0 + math.cos(math.pi * min(iteration, cosine_iters) / cosine_iters))
     for epoch in decay_epochs:
         if iteration >= epoch * iters_per_epoch:
             factor *= gamma
@@ -57,13 +67,18 @@ def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict]:
 
 
 def _group_hyper(name: str, solver: SolverConfig) -> dict:
+    momentum = {"momentum": solver.momentum} if solver.optimizer == "sgd" else {}
     if name == "biases":
         decay = solver.weight_decay if solver.bias_weight_decay else 0.0
-        return {"lr": solver.lr * solver.bias_lr_factor, "weight_decay": decay, "momentum": solver.momentum}
-    return {"lr": solver.lr, "weight_decay": solver.weight_decay, "momentum": solver.momentum}
+        return {"lr": solver.lr * solver.bias_lr_factor, "weight_decay": decay, **momentum}
+    return {"lr": solver.lr, "weight_decay": solver.weight_decay, **momentum}
 
 
-def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
+    if solver.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups(model, solver), lr=solver.lr)
+    if solver.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose one of {OPTIMIZERS}")
     return torch.optim.SGD(param_groups(model, solver), lr=solver.lr, momentum=solver.momentum)
 
 
@@ -73,10 +88,13 @@ def build_scheduler(
     """Per-iteration warm-up + step decay; call ``scheduler.step()`` after every optimiser step."""
     decay, gamma = tuple(solver.lr_decay_epochs), solver.lr_decay_gamma
     warmup_iters, warmup_factor = solver.warmup_iters, solver.warmup_factor
+    if solver.lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {solver.lr_schedule!r}; choose one of {SCHEDULES}")
+    cosine_iters = solver.epochs * iters_per_epoch if solver.lr_schedule == "cosine" else 0
 
     # a plain function (not a callable object) so the scheduler's state dict holds only the iteration count
     def factor(iteration: int) -> float:
-        return lr_factor(iteration, iters_per_epoch, decay, gamma, warmup_iters, warmup_factor)
+        return lr_factor(iteration, iters_per_epoch, decay, gamma, warmup_iters, warmup_factor, cosine_iters)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -91,7 +109,7 @@ def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConf
         hyper = _group_hyper(group.get("name", "weights"), solver)
         base_lrs.append(hyper["lr"])
         group["initial_lr"] = hyper["lr"]
-        group["weight_decay"], group["momentum"] = hyper["weight_decay"], hyper["momentum"]
+        group.update({k: v for k, v in hyper.items() if k != "lr"})  # weight decay (and SGD momentum)
         group["lr"] = hyper["lr"] * fn(iteration)
     scheduler.base_lrs = base_lrs
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -193,6 +193,11 @@ class _Trainer:
     def _restore(self, ckpt: dict) -> None:
         path, cfg = self.resume_path, self.cfg
         load_model_state(self.model, ckpt, path)
+        saved = ckpt.get("config", {}).get("solver", {}).get("optimizer", "sgd")
+        if saved != cfg.solver.optimizer:
+            raise UserError(
+                f"{path}: the checkpoint was trained with solver.optimizer={saved}, not {cfg.solver.optimizer}"
+            )
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])

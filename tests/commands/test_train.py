@@ -160,6 +160,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data_dir, tmp_path, 
         (["--resume", str(tmp_path / "missing.pth")], "checkpoint file not found"),
         (["--bs", "0"], "error: --bs 0: the batch size must be at least 1"),
         (["--set", "solver.nope=1"], "unknown config key"),
+        (["--set", "solver.optimizer=adam"], "error: solver.optimizer adam: choose one of sgd, adamw"),
+        (["--set", "solver.lr_schedule=poly"], "error: solver.lr_schedule poly: choose one of step, cosine"),
     ]
     for flags, message in cases:
         assert train(data_dir, save, *flags) == 2, flags
@@ -183,6 +185,8 @@ def test_resume_checks_classes_and_existing_session(data_dir, tmp_path, capsys):
     assert "checkpoint classes (2: cat, dog) differ from the dataset's (8: circle" in err and "\n" not in err
     assert train(data_dir, tmp_path, "--epochs", "1", "--resume", str(ckpt)) == 2
     assert "has finished epoch 1 of 1; raise --epochs" in capsys.readouterr().err
+    assert train(data_dir, tmp_path, "--epochs", "2", "--resume", str(ckpt), "--set", "solver.optimizer=adamw") == 2
+    assert "was trained with solver.optimizer=sgd, not adamw" in capsys.readouterr().err
     assert train(data_dir, tmp_path, "--epochs", "2", "--net", "res50", "--resume", str(ckpt)) == 2
     assert "checkpoint is a res18 network, not res50" in capsys.readouterr().err
 

@@ -1,4 +1,7 @@
+import math
+
 import pytest
+import torch
 from torch import nn
 
 from fpn.config import SolverConfig
@@ -78,3 +81,40 @@ def test_apply_solver_makes_a_new_base_lr_current():
     opt.step()
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.4, 0.8])
+
+
+def test_cosine_schedule_after_warmup_ends_at_zero():
+    f = lambda i: lr_factor(i, 10, (1,), 0.1, warmup_iters=2, warmup_factor=0.5, cosine_iters=40)
+    assert f(0) == pytest.approx(0.5 * (1 + math.cos(0)) / 2)  # warm-up times the cosine
+    assert f(20) == pytest.approx(0.5)  # half way; the step decay at epoch 1 is not applied
+    assert f(30) == pytest.approx((1 + math.cos(math.pi * 0.75)) / 2)
+    assert f(40) == pytest.approx(0.0) and f(50) == pytest.approx(0.0)
+    solver = SolverConfig(lr=2.0, warmup_iters=0, epochs=2, lr_schedule="cosine")
+    opt = build_optimizer(nn.Linear(2, 2), solver)
+    sched = build_scheduler(opt, solver, iters_per_epoch=4)  # 8 iterations in all
+    seen = []
+    for _ in range(8):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([2.0 * (1 + math.cos(math.pi * i / 8)) / 2 for i in range(8)])
+
+
+def test_adamw_groups_carry_no_momentum_and_resume():
+    solver = SolverConfig(optimizer="adamw", lr=0.01, weight_decay=0.05, bias_lr_factor=2.0)
+    net = nn.Linear(2, 2)
+    opt = build_optimizer(net, solver)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.01, 0.05), (0.02, 0.0)]
+    assert all("momentum" not in g for g in opt.param_groups)
+    sched = build_scheduler(opt, solver, iters_per_epoch=3)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step(), sched.step()
+    opt2 = build_optimizer(nn.Linear(2, 2), solver)
+    sched2 = build_scheduler(opt2, solver, iters_per_epoch=3)
+    opt2.load_state_dict(opt.state_dict()), sched2.load_state_dict(sched.state_dict())
+    apply_solver(opt2, sched2, solver)
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert all("momentum" not in g for g in opt2.param_groups)
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(net, SolverConfig(optimizer="adam"))
