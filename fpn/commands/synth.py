@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trainval images (default: %(default)s)")  # fmt: skip
     parser.add_argument("--test", type=int, default=synthetic.DEFAULT_TEST, metavar="N",
                         help="test images (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes drawing images (default 0: one per CPU core); same files for any N")  # fmt: skip
 
 
 def summary(info: dict) -> str:
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, n in (("--train", args.train), ("--test", args.test)):
         if n < 1:
             raise UserError(f"{flag}: must be a positive number of images, got {n}")
+    if args.workers < 0:
+        raise UserError(f"--workers: must be 0 (one per CPU core) or more, got {args.workers}")
     if args.train + args.test > synthetic.MAX_IMAGES:
         raise UserError(f"--train/--test: at most {synthetic.MAX_IMAGES} images in all")
     out = Path(args.out)
@@ -52,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out}: already holds this dataset, nothing to do: {summary(synthetic.read_marker(out))}")
         return 0
     start = time.perf_counter()
-    synthetic.generate(out, seed=args.seed, n_train=args.train, n_test=args.test)
+    synthetic.generate(out, seed=args.seed, n_train=args.train, n_test=args.test, workers=args.workers)
     print(f"{out}: wrote {summary(synthetic.read_marker(out))} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -31,6 +31,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +79,7 @@ DIFFICULT_SIZE = 14.0
 DIFFICULT_SIDE = 8
 DIFFICULT_VISIBLE = 0.4
 JPEG_QUALITY = 90
+PARALLEL_MIN_IMAGES = 200  # fewer images are drawn in this process (starting workers costs ~1 s)
 
 # largest rotation per class, degrees (symmetric shapes turn freely)
 _ROTATION = {"circle": 180, "square": 20, "triangle": 25, "star": 180, "cross": 20, "ring": 180,
@@ -417,10 +422,31 @@ def _check_args(out_dir: Path, seed: int, n_train: int, n_test: int) -> None:
         )
 
 
+def _write_image(out: Path, seed: int, index: int, image_id: str) -> list[dict]:
+    """Render image ``index`` and write its JPEG and annotation; returns its VOC objects."""
+    jpeg, w, h, objects = render_image(seed, index)
+    atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", jpeg)
+    write_voc_xml(out / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", w, h, objects, folder="synthetic")
+    return objects
+
+
+def _write_all(out: Path, seed: int, ids: list[str], workers: int):
+    """Objects of every image, in order; images are written by ``workers`` processes (0: one per CPU core).
+    Every image has its own random generator, so the files do not depend on the number of processes."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(ids) < PARALLEL_MIN_IMAGES:
+        return [_write_image(out, seed, index, image_id) for index, image_id in enumerate(ids)]
+    # spawn, not fork: the caller may already run torch's thread pools, which do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = pool.map(_write_image, repeat(out), repeat(seed), range(len(ids)), ids, chunksize=32)
+        return list(jobs)
+
+
 def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAULT_TRAIN,
-             n_test: int = DEFAULT_TEST) -> Path:  # fmt: skip
+             n_test: int = DEFAULT_TEST, workers: int = 0) -> Path:  # fmt: skip
     """Write the dataset (images 1..n_train are ``trainval``, the next n_test are ``test``) and return its
     folder. Always (re)writes; callers that want to reuse an existing dataset check ``matches`` first.
+    ``workers`` processes draw the images (0: one per CPU core); the files are the same for any number.
 
     Raises UserError for bad counts, when ``out_dir`` is a file, or when it is a non-empty folder this
     generator did not create (so a real VOC folder is never overwritten). Files of an earlier synthetic
@@ -440,11 +466,7 @@ def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAU
 
         counts = {"images": 0, "objects": 0, "truncated": 0, "difficult": 0, "empty_images": 0}
         per_class = dict.fromkeys(SYNTH_CLASSES, 0)
-        for index, image_id in enumerate(train_ids + test_ids):
-            jpeg, w, h, objects = render_image(seed, index)
-            atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", jpeg)
-            xml = out / "Annotations" / f"{image_id}.xml"
-            write_voc_xml(xml, f"{image_id}.jpg", w, h, objects, folder="synthetic")
+        for objects in _write_all(out, seed, train_ids + test_ids, workers):
             counts["images"] += 1
             counts["objects"] += len(objects)
             counts["truncated"] += sum(o["truncated"] for o in objects)

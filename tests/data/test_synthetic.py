@@ -47,6 +47,13 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     assert len(jpgs) == 9 and all(a[k] != c[k] for k in jpgs)
 
 
+def test_parallel_generation_writes_the_same_files(tmp_path, monkeypatch):
+    serial = _files(generate(tmp_path / "serial", seed=5, n_train=7, n_test=4, workers=1))
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_IMAGES", 0)  # use the process pool even for 11 images
+    parallel = _files(generate(tmp_path / "parallel", seed=5, n_train=7, n_test=4, workers=2))
+    assert parallel == serial
+
+
 def test_jpeg_encoding_is_deterministic():
     assert synthetic.render_image(7, 2)[0] == synthetic.render_image(7, 2)[0]
 
@@ -236,6 +243,7 @@ def test_cli_writes_then_reuses_then_regenerates(tmp_path, capsys):
     [
         (["--train", "-1"], "error: --train: must be a positive number of images, got -1"),
         (["--test", "0"], "error: --test: must be a positive number of images, got 0"),
+        (["--workers", "-1"], "error: --workers: must be 0 (one per CPU core) or more, got -1"),
         (["--seed", "-3"], "error: --seed: must be >= 0, got -3"),
     ],
 )
