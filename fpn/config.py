@@ -36,7 +36,7 @@ class DataConfig:
     workers: int = 2
     # synthetic generator, used when dataset == "synthetic" and no data exists yet
     synth_seed: int = 0
-    synth_train: int = 2000
+    synth_train: int = 1600
     synth_test: int = 300
 
 
@@ -171,7 +171,7 @@ def synthetic() -> Config:
     s.lr = 1e-3
     s.weight_decay = 0.05
     s.lr_schedule = "cosine"
-    s.epochs = 2  # 2 x 2000 images x 2 (flipped copies) / 8 = 1000 iterations
+    s.epochs = 3  # 3 x 1600 images x 2 (flipped copies) / 8 = 1200 iterations
     s.lr_decay_epochs = ()
     s.warmup_iters = 100
     s.amp = "bf16"

@@ -1,7 +1,8 @@
 """A synthetic detection dataset in the PASCAL VOC devkit layout, small enough to train on a CPU.
 
-Eight shape-defined classes (``SYNTH_CLASSES``) are drawn on cluttered backgrounds. Colour and texture are
-random per instance and shared with the background clutter, so only the shape tells the classes apart.
+Eight shape classes (``SYNTH_CLASSES``) are drawn on cluttered backgrounds. Each class has a colour family
+(``CLASS_HUES``, jittered); texture is random per instance and the clutter uses every colour, so colour hints
+at the class but only the shape tells an object from clutter.
 Every image is drawn from its own ``numpy.random.Generator([seed, index])``; the same seed gives the same
 files byte for byte (on the same numpy / Pillow versions).
 

@@ -65,3 +65,25 @@ def rank_within_groups(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]
     starts = torch.cumsum(counts, 0) - counts  # first position of each group in the sorted sequence
     rank = torch.arange(groups.numel(), device=groups.device) - starts[sorted_groups]
     return order, rank
+
+
+def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float) -> Tensor:
+    """NMS within contiguous segments of ``boxes`` (M, 4) / ``scores`` (M,) of the given sizes: the same
+    kept set and order as ``batched_nms`` with one group per segment, (kept indices, best score first).
+
+    On the CPU this is the fast way: torchvision's ``batched_nms`` loops over the groups too, but finds
+    each group's members with a mask over all M boxes; here a group is a slice. On CUDA use
+    ``batched_nms`` (one kernel over offset boxes)."""
+    from torchvision.ops import nms
+
+    kept, start = [], 0
+    for size in segment_sizes:
+        if size > 0:
+            kept.append(nms(boxes[start : start + size], scores[start : start + size], iou_thresh) + start)
+        start += size
+    if start != boxes.shape[0]:
+        raise ValueError(f"segment sizes add up to {start}, not to the {boxes.shape[0]} boxes")
+    if not kept:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    keep = torch.cat(kept)
+    return keep[scores[keep].argsort(descending=True, stable=True)]

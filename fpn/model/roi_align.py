@@ -35,6 +35,22 @@ def _axis_weights(coord: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, 
     return low.long(), high.long(), (1.0 - frac) * inside, frac * inside
 
 
+class _SparseProduct(torch.autograd.Function):
+    """``a @ dense`` and its gradient ``a.T @ grad`` for a constant sparse ``a``, in fp32 even under autocast
+    (there are no bf16/fp16 sparse kernels; autocast would also apply to a backward run inside it)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, dense: Tensor) -> Tensor:
+        ctx.a = a
+        with torch.autocast(dense.device.type, enabled=False):
+            return a @ dense
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, ctx.a.t() @ grad.float()
+
+
 def sparse_roi_align(
     features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int, sampling_ratio: int
 ) -> Tensor:
@@ -88,6 +104,5 @@ def sparse_roi_align(
 
     # F: every level's pixels as rows, channels last: (sum N*H*W, C)
     stacked = torch.cat([f.float().permute(0, 2, 3, 1).reshape(-1, c) for f in features])
-    with torch.autocast(device.type, enabled=False):  # the sparse product has no bf16/fp16 kernel
-        pooled = a @ stacked  # (R*s*s, C)
+    pooled = _SparseProduct.apply(a, stacked)  # (R*s*s, C)
     return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)

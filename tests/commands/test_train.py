@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import signal
 
 import pytest
@@ -77,8 +78,9 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert [(r["epoch"], r["step"], r["iter"]) for r in train_lines] == [(1, 2, 2), (1, 4, 4)]
     assert set(train_lines[0]["losses"]) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
     assert train_lines[0]["loss"] == pytest.approx(sum(train_lines[0]["losses"].values()))
-    # lr of the logged iteration: iteration 2 of 2 warm-up iterations is at the full 0.02
-    assert train_lines[1]["lr"] == pytest.approx(0.02) and train_lines[0]["time"] > 0
+    # lr of the logged iteration 4 (0-based 3) of the preset's cosine over 4 iterations, base lr 1e-3
+    assert train_lines[1]["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    assert train_lines[0]["time"] > 0
     assert lines[-1]["type"] == "eval" and lines[-1]["metric"] == "voc07" and 0.0 <= lines[-1]["map"] <= 1.0
     assert json.loads((run / "eval_test.json").read_text())["map"] == lines[-1]["map"]
 
@@ -97,13 +99,15 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
 
 
 def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_path, monkeypatch):
-    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight") == 0
+    # SGD with a step decay: its schedule does not depend on --epochs, so 1 epoch + 1 resumed == 2 epochs
+    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02")
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight", sets=sets) == 0
     straight = load(run_folder(tmp_path, "straight") / "fpn_1_2_3.pth")
 
     # one epoch, then resume for the second
-    assert train(data_dir, tmp_path, "--epochs", "1", "--exp-name", "split") == 0
+    assert train(data_dir, tmp_path, "--epochs", "1", "--exp-name", "split", sets=sets) == 0
     first = run_folder(tmp_path, "split") / "fpn_1_1_3.pth"
-    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "split", "--resume", str(first)) == 0
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "split", "--resume", str(first), sets=sets) == 0
     resumed = load(run_folder(tmp_path, "split") / "fpn_1_2_3.pth")
     assert_same_state(straight["model"], resumed["model"])
     assert resumed["iteration"] == straight["iteration"] == 8
@@ -116,7 +120,7 @@ def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_pat
 
     with monkeypatch.context() as m:
         patch_forward(m, 3, interrupt, before=True)
-        assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "ctrlc") == 130
+        assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "ctrlc", sets=sets) == 130
     run = run_folder(tmp_path, "ctrlc")
     assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_1.pth"]
     ck = load(run / "fpn_1_1_1.pth")
@@ -129,13 +133,26 @@ def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_pat
 
     with monkeypatch.context() as m:
         patch_forward(m, 4, sigint)
-        assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_1_1.pth")) == 130
+        assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_1_1.pth"), sets=sets) == 130
     ck = load(run / "fpn_1_2_1.pth")
     assert (ck["epoch"], ck["step"], ck["iteration"], ck["interrupted"]) == (2, 1, 6, True)
-    assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_2_1.pth")) == 0
+    assert train(data_dir, tmp_path, "--exp-name", "ctrlc", "--resume", str(run / "fpn_1_2_1.pth"), sets=sets) == 0
     assert_same_state(straight["model"], load(run / "fpn_1_2_3.pth")["model"])
     steps = [(r["epoch"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(1, 2), (1, 4), (2, 2), (2, 4)]  # every step logged once across the three processes
+
+
+def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
+    # the synthetic preset: AdamW, cosine over all epochs; resuming the straight run's epoch-1 checkpoint
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight") == 0
+    run = run_folder(tmp_path, "straight")
+    straight = load(run / "fpn_1_2_3.pth")
+    assert set(straight["optimizer"]["state"][0]) >= {"exp_avg", "exp_avg_sq"}
+    assert train(data_dir, tmp_path, "--exp-name", "again", "--resume", str(run / "fpn_1_1_3.pth")) == 0
+    resumed = load(run_folder(tmp_path, "again") / "fpn_1_2_3.pth")
+    assert_same_state(straight["model"], resumed["model"])
+    for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
 def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
@@ -185,8 +202,8 @@ def test_resume_checks_classes_and_existing_session(data_dir, tmp_path, capsys):
     assert "checkpoint classes (2: cat, dog) differ from the dataset's (8: circle" in err and "\n" not in err
     assert train(data_dir, tmp_path, "--epochs", "1", "--resume", str(ckpt)) == 2
     assert "has finished epoch 1 of 1; raise --epochs" in capsys.readouterr().err
-    assert train(data_dir, tmp_path, "--epochs", "2", "--resume", str(ckpt), "--set", "solver.optimizer=adamw") == 2
-    assert "was trained with solver.optimizer=sgd, not adamw" in capsys.readouterr().err
+    assert train(data_dir, tmp_path, "--epochs", "2", "--resume", str(ckpt), "--set", "solver.optimizer=sgd") == 2
+    assert "was trained with solver.optimizer=adamw, not sgd" in capsys.readouterr().err
     assert train(data_dir, tmp_path, "--epochs", "2", "--net", "res50", "--resume", str(ckpt)) == 2
     assert "checkpoint is a res18 network, not res50" in capsys.readouterr().err
 

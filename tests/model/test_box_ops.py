@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torchvision.ops import batched_nms
+
+from fpn.model.box_ops import segment_nms
+
+
+def _boxes(g, m):
+    xy = torch.rand(m, 2, generator=g) * 50
+    return torch.cat([xy, xy + 2 + torch.rand(m, 2, generator=g) * 30], 1)
+
+
+@pytest.mark.parametrize("sizes", [[40, 0, 25, 7, 1], [100], [0, 0]])
+def test_segment_nms_equals_batched_nms_with_a_group_per_segment(sizes):
+    g = torch.Generator().manual_seed(len(sizes))
+    m = sum(sizes)
+    boxes = _boxes(g, m)
+    scores = torch.rand(m, generator=g)
+    if m:
+        scores[::9] = float("-inf")  # rejected boxes, as the RPN marks them
+        boxes[::9] = 0.0
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    ours = segment_nms(boxes, scores, sizes, 0.5)
+    ref = batched_nms(boxes, scores, group, 0.5)
+    assert sorted(ours.tolist()) == sorted(ref.tolist())
+    assert torch.equal(scores[ours], scores[ref])  # best first in both
+    finite = scores[ours][scores[ours].isfinite()]
+    assert (finite.diff() <= 0).all()
+
+
+def test_segment_nms_hand_made_case():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    scores = torch.tensor([0.5, 0.9, 0.8, 0.1])
+    # segment 1: boxes 0, 1 (overlapping: keep 1); segment 2: boxes 2, 3 (apart: keep both)
+    assert segment_nms(boxes, scores, [2, 2], 0.5).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="add up to 3"):
+        segment_nms(boxes, scores, [2, 1], 0.5)
