@@ -71,9 +71,9 @@ def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thr
     """NMS within contiguous segments of ``boxes`` (M, 4) / ``scores`` (M,) of the given sizes: the same
     kept set and order as ``batched_nms`` with one group per segment, (kept indices, best score first).
 
-    On the CPU this is the fast way: torchvision's ``batched_nms`` loops over the groups too, but finds
-    each group's members with a mask over all M boxes; here a group is a slice. On CUDA use
-    ``batched_nms`` (one kernel over offset boxes)."""
+    For the CPU: torchvision's ``batched_nms`` loops over the groups there too, but finds each group's
+    members with a mask over all M boxes; here a group is a slice (a few % of a synthetic-recipe step).
+    On CUDA use ``batched_nms`` (one kernel over offset boxes)."""
     from torchvision.ops import nms
 
     kept, start = [], 0
