@@ -11,7 +11,7 @@ import argparse
 import re
 from pathlib import Path
 
-from fpn.data.catalog import read_classes
+from fpn.data.catalog import read_classes, read_image_list
 from fpn.data.voc import VOC_CLASSES, parse_voc_xml
 from fpn.errors import UserError
 from fpn.evaluation.report import format_table, plot_pr_curves, write_json
@@ -70,30 +70,6 @@ def resolve_classes(arg: str | None, voc_dir: Path) -> tuple[str, ...]:
     return VOC_CLASSES
 
 
-def read_image_set(path: Path) -> list[str]:
-    """Image ids of an ImageSets/Main list, one per line; duplicates and extra fields are errors."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: image set list not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
-    ids, seen = [], set()
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 1:
-            raise UserError(f"{path}:{lineno}: expected one image id, got {len(fields)} fields")
-        if fields[0] in seen:
-            raise UserError(f"{path}:{lineno}: image id '{fields[0]}' is listed twice")
-        seen.add(fields[0])
-        ids.append(fields[0])
-    if not ids:
-        raise UserError(f"{path}: image set is empty")
-    return ids
-
-
 def run(args: argparse.Namespace) -> int:
     devkit = Path(args.devkit)
     if not devkit.is_dir():
@@ -106,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not ann_dir.is_dir():
         raise UserError(f"{ann_dir}: annotations folder not found")
     classes = resolve_classes(args.classes, voc_dir)
-    image_ids = read_image_set(voc_dir / "ImageSets" / "Main" / f"{args.split}.txt")
+    image_ids, _ = read_image_list(voc_dir / "ImageSets" / "Main" / f"{args.split}.txt", args.split)
 
     class_to_label = {c.lower(): i for i, c in enumerate(classes, start=1)}  # the XML parser lowercases names
     # The image is never opened; its path only fills the record.

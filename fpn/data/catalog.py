@@ -200,12 +200,14 @@ def load_records(
     return records
 
 
-def _read_ids(image_set: ImageSet) -> tuple[list[str], bytes]:
-    path = image_set.list_file
+def read_image_list(path: Path, split: str) -> tuple[list[str], bytes]:
+    """Image ids of an ``ImageSets/Main/<split>.txt`` list (one per line, blank lines skipped) and the
+    file's bytes; a missing or empty file, a line with several fields or an id listed twice is a one-line
+    UserError naming the file (and line)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: image set '{image_set.split}' not found (is its archive extracted here?)") from None
+        raise UserError(f"{path}: image set '{split}' not found (is its archive extracted here?)") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read image set ({e.strerror})") from None
     try:
@@ -317,7 +319,7 @@ def _write_cache(files: list[Path], signature: str, records: list[dict]) -> None
 
 def _load_image_set(image_set: ImageSet, classes: tuple[str, ...], cache_dir: str | Path | None) -> list[dict]:
     root = Path(image_set.root)
-    ids, raw_list = _read_ids(image_set)
+    ids, raw_list = read_image_list(image_set.list_file, image_set.split)
     signature = _signature(image_set, ids, raw_list, classes)
     _check_images(image_set, ids)
     name = cache_file_name(image_set, classes)

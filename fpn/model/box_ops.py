@@ -6,6 +6,8 @@ Every helper here works on any number of leading batch dimensions.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
 
@@ -67,23 +69,37 @@ def rank_within_groups(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]
     return order, rank
 
 
+_NMS_POOL: ThreadPoolExecutor | None = None
+
+
+def _nms_pool() -> ThreadPoolExecutor:
+    global _NMS_POOL
+    if _NMS_POOL is None:
+        _NMS_POOL = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="fpn-nms")
+    return _NMS_POOL
+
+
 def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float) -> Tensor:
     """NMS within contiguous segments of ``boxes`` (M, 4) / ``scores`` (M,) of the given sizes: the same
     kept set and order as ``batched_nms`` with one group per segment, (kept indices, best score first).
 
-    For the CPU: torchvision's ``batched_nms`` loops over the groups there too, but finds each group's
-    members with a mask over all M boxes; here a group is a slice (a few % of a synthetic-recipe step).
-    On CUDA use ``batched_nms`` (one kernel over offset boxes)."""
+    For the CPU, where torchvision's NMS kernel runs on one core: the segments are spread over
+    ``torch.get_num_threads()`` threads (the kernel releases the GIL; each segment's result does not
+    depend on the thread), and each group is a slice rather than a mask over all M boxes as in
+    ``batched_nms``. On CUDA use ``batched_nms`` (one kernel over offset boxes)."""
     from torchvision.ops import nms
 
-    kept, start = [], 0
-    for size in segment_sizes:
-        if size > 0:
-            kept.append(nms(boxes[start : start + size], scores[start : start + size], iou_thresh) + start)
-        start += size
-    if start != boxes.shape[0]:
-        raise ValueError(f"segment sizes add up to {start}, not to the {boxes.shape[0]} boxes")
-    if not kept:
+    if sum(segment_sizes) != boxes.shape[0]:
+        raise ValueError(f"segment sizes add up to {sum(segment_sizes)}, not to the {boxes.shape[0]} boxes")
+    starts = [sum(segment_sizes[:i]) for i in range(len(segment_sizes))]
+    jobs = [(start, size) for start, size in zip(starts, segment_sizes) if size > 0]
+    if not jobs:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    keep = torch.cat(kept)
+
+    def one(job: tuple[int, int]) -> Tensor:
+        start, size = job
+        return nms(boxes[start : start + size], scores[start : start + size], iou_thresh) + start
+
+    parallel = len(jobs) > 1 and torch.get_num_threads() > 1
+    keep = torch.cat(list(_nms_pool().map(one, jobs)) if parallel else [one(job) for job in jobs])
     return keep[scores[keep].argsort(descending=True, stable=True)]

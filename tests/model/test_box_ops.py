@@ -35,3 +35,17 @@ def test_segment_nms_hand_made_case():
     assert segment_nms(boxes, scores, [2, 2], 0.5).tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="add up to 3"):
         segment_nms(boxes, scores, [2, 1], 0.5)
+
+
+def test_segment_nms_threads_do_not_change_the_result():
+    g = torch.Generator().manual_seed(7)
+    sizes = [300, 120, 0, 45, 300, 9]
+    boxes, scores = _boxes(g, sum(sizes)), torch.rand(sum(sizes), generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = segment_nms(boxes, scores, sizes, 0.7)
+        torch.set_num_threads(2)
+        assert torch.equal(segment_nms(boxes, scores, sizes, 0.7), serial)
+    finally:
+        torch.set_num_threads(threads)
