@@ -7,6 +7,7 @@ Every helper here works on any number of leading batch dimensions.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -91,7 +92,7 @@ def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thr
 
     if sum(segment_sizes) != boxes.shape[0]:
         raise ValueError(f"segment sizes add up to {sum(segment_sizes)}, not to the {boxes.shape[0]} boxes")
-    starts = [sum(segment_sizes[:i]) for i in range(len(segment_sizes))]
+    starts = accumulate(segment_sizes, initial=0)
     jobs = [(start, size) for start, size in zip(starts, segment_sizes) if size > 0]
     if not jobs:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -103,3 +104,20 @@ def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thr
     parallel = len(jobs) > 1 and torch.get_num_threads() > 1
     keep = torch.cat(list(_nms_pool().map(one, jobs)) if parallel else [one(job) for job in jobs])
     return keep[scores[keep].argsort(descending=True, stable=True)]
+
+
+def grouped_nms(
+    boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float, use_batched: bool | None = None
+) -> Tensor:
+    """NMS within contiguous segments (see ``segment_nms``): torchvision's ``batched_nms`` (one kernel over
+    boxes offset per group) on CUDA, ``segment_nms`` on a CPU; ``use_batched`` forces one of them (tests)."""
+    from torchvision.ops import batched_nms
+
+    if use_batched if use_batched is not None else boxes.is_cuda:
+        group = torch.repeat_interleave(  # (M,) segment of each box; output_size avoids a host sync
+            torch.arange(len(segment_sizes), device=boxes.device),
+            torch.tensor(segment_sizes, device=boxes.device),
+            output_size=boxes.shape[0],
+        )
+        return batched_nms(boxes, scores, group, iou_thresh)
+    return segment_nms(boxes, scores, segment_sizes, iou_thresh)

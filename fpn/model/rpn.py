@@ -9,9 +9,8 @@ same channel (the seed paired softmax channels differently in its loss and its i
 
 Proposal selection (no gradient): top ``pre_nms_top_n`` logits per level (or jointly over all levels
 with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, drop boxes smaller than
-``rpn_min_size``, NMS per image and level (group = image * L + level; or per image only in the joint
-mode: one ``batched_nms`` call on CUDA, ``segment_nms`` over the contiguous groups on a CPU), then the best ``post_nms_top_n`` per image. The output is padded:
-(N, P, 4) boxes with a (N, P) validity mask.
+``rpn_min_size``, NMS per image and level (per image only in the joint mode; ``grouped_nms``), then the best ``post_nms_top_n`` per image.
+The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
 
 Losses: anchors are matched to the ground truth (IoU >= rpn_fg_iou or best anchor of an object ->
 positive, < rpn_bg_iou -> negative), ``rpn_batch_per_image`` are sampled per image with at most
@@ -25,13 +24,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from fpn.config import Config
 from fpn.errors import UserError
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder
-from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups, segment_nms
+from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, grouped_nms, rank_within_groups
 from fpn.model.matcher import Matcher
 from fpn.model.sampler import BalancedSampler
 from fpn.model.targets import GroundTruth
@@ -111,24 +109,21 @@ class RegionProposalNetwork(nn.Module):
         pre_n = self.pre_nms_top_n[0 if self.training else 1]
         post_n = self.post_nms_top_n[0 if self.training else 1]
         logits = pred_logits.float()
-        images = torch.arange(n, device=logits.device).unsqueeze(1)  # (N, 1)
         if self.per_level_top_n:
-            scores, index, level = [], [], []
+            scores, index, sizes = [], [], []
             start = 0
-            for lvl, count in enumerate(level_counts):
+            for count in level_counts:
                 k = min(pre_n, count)
                 s, i = logits[:, start:start + count].topk(k, dim=1)  # (N, k_l) best of this level
                 scores.append(s)
                 index.append(i + start)
-                level.append(torch.full((k,), lvl, device=logits.device))
+                sizes.append(k)
                 start += count
             scores, index = torch.cat(scores, dim=1), torch.cat(index, dim=1)  # (N, K)
-            group = images * len(level_counts) + torch.cat(level).unsqueeze(0)  # (N, K): NMS per image and level
-            segments = [t.shape[0] for t in level] * n  # the groups' sizes, image-major
+            segments = sizes * n  # NMS groups (image, level): contiguous in the flattened (N*K,) order
         else:
             scores, index = logits.topk(min(pre_n, num_anchors), dim=1)  # (N, K) jointly over levels
-            group = images.expand_as(index)  # (N, K): NMS per image, across levels (the seed)
-            segments = [index.shape[1]] * n
+            segments = [index.shape[1]] * n  # NMS per image, across levels (the seed)
         k = index.shape[1]
 
         deltas = pred_deltas.gather(1, index.unsqueeze(2).expand(n, k, 4))  # (N, K, 4)
@@ -141,10 +136,7 @@ class RegionProposalNetwork(nn.Module):
 
         flat_boxes = boxes.reshape(n * k, 4)
         # data-dependent output size: the one host sync of proposal selection
-        if flat_boxes.is_cuda:  # one kernel over boxes offset per group
-            keep = batched_nms(flat_boxes, scores.reshape(n * k), group.reshape(n * k), self.nms_thresh)  # (M,)
-        else:  # groups are contiguous slices: cheaper than batched_nms's per-group masks on a CPU
-            keep = segment_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh)  # (M,)
+        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh)  # (M,)
         # keep is sorted by score; group it by image (order kept) and take each image's first P
         image = keep // k  # (M,) image of each kept box
         order, rank = rank_within_groups(image, n)

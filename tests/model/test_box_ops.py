@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from fpn.model.box_ops import segment_nms
+from fpn.model.box_ops import grouped_nms, segment_nms
 
 
 def _boxes(g, m):
@@ -49,3 +49,13 @@ def test_segment_nms_threads_do_not_change_the_result():
         assert torch.equal(segment_nms(boxes, scores, sizes, 0.7), serial)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_grouped_nms_batched_path_equals_segment_path():
+    # the CUDA path (batched_nms over group ids built from the sizes), run on the CPU
+    g = torch.Generator().manual_seed(3)
+    sizes = [50, 0, 30, 12]
+    boxes, scores = _boxes(g, sum(sizes)), torch.rand(sum(sizes), generator=g)
+    batched = grouped_nms(boxes, scores, sizes, 0.5, use_batched=True)
+    assert torch.equal(batched, grouped_nms(boxes, scores, sizes, 0.5))  # CPU default: segment_nms
+    assert torch.equal(batched, segment_nms(boxes, scores, sizes, 0.5))
