@@ -9,8 +9,8 @@ same channel (the seed paired softmax channels differently in its loss and its i
 
 Proposal selection (no gradient): top ``pre_nms_top_n`` logits per level (or jointly over all levels
 with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, drop boxes smaller than
-``rpn_min_size``, NMS per image and level (per image only in the joint mode; ``grouped_nms``), then the best ``post_nms_top_n`` per image.
-The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
+``rpn_min_size``, NMS per image and level (per image only in the joint mode; ``grouped_nms``), then the
+best ``post_nms_top_n`` per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
 
 Losses: anchors are matched to the ground truth (IoU >= rpn_fg_iou or best anchor of an object ->
 positive, < rpn_bg_iou -> negative), ``rpn_batch_per_image`` are sampled per image with at most
