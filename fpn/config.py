@@ -48,6 +48,7 @@ class ModelConfig:
     norm: str = "frozen_bn"  # frozen_bn | bn | gn  (bn/gn when training from scratch)
     freeze_at: int = 1  # 0: nothing frozen, 1: stem + layer1 frozen, 2: + layer2 ...
     fpn_channels: int = 256
+    channels_last: bool = False  # NHWC convolutions: much faster on the CPU (oneDNN); not measured on GPUs yet
     # anchors: one size per level P2..P6
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -157,6 +158,7 @@ def synthetic() -> Config:
     m.norm = "bn"
     m.freeze_at = 0
     m.fpn_channels = 64
+    m.channels_last = True
     m.rpn_channels = 64
     m.fc_dim = 256
     m.anchor_sizes = (16, 32, 64, 128, 256)

@@ -42,19 +42,25 @@ class FPNDetector(nn.Module):
     Works on CPU and CUDA, in float32 and under ``torch.autocast`` (bf16/fp16): logits and deltas
     are cast to float32 before losses, box decoding and NMS.
 
+    ``channels_last``: convolutions run on channels-last (NHWC) tensors: weights are stored that way and
+    the input batch is converted in ``forward``. Same arithmetic up to rounding; on the CPU oneDNN's
+    convolutions and the stem's max-pool are much faster in that layout (docs/PERFORMANCE.md).
+
     Device-to-host syncs in a training step come only from data-dependent sizes around torchvision
     ops: the RPN's ``batched_nms`` and the RoI pooler's per-level RoI counts. Nothing calls ``.item()``;
     the only other transfers are the small host-to-device copies of the image sizes and object counts.
     """
 
     def __init__(self, backbone: ResNetBackbone, neck: FPNNeck, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 size_divisible: int = 32):
+                 size_divisible: int = 32, channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.size_divisible = size_divisible
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)  # 4-D weights; later .to(device) keeps the layout
 
     def forward(
         self,
@@ -66,7 +72,7 @@ class FPNDetector(nn.Module):
     ):
         images, image_sizes = self._batch(images, image_sizes)
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)  # (N, 2) (h, w)
-        features = self.neck(self.backbone(images))  # [P2, P3, P4, P5, P6]
+        features = self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))  # [P2..P6]
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for detections")
@@ -117,7 +123,7 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
     neck = FPNNeck(backbone.out_channels, m.fpn_channels)
     return FPNDetector(
         backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
-        size_divisible=cfg.data.size_divisible,
+        size_divisible=cfg.data.size_divisible, channels_last=m.channels_last,
     )
 
 

@@ -66,6 +66,8 @@ def test_sparse_roi_align_no_rois_and_dtype():
     with torch.autocast("cpu", torch.bfloat16):  # the sparse product has no bf16 kernel: must run in fp32
         out = sparse_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 2)
     assert out.dtype == torch.float32  # as torchvision's autocast rule for roi_align
+    double = sparse_roi_align([f.double() for f in feats], _rois(g, 4).double(), torch.zeros(4, dtype=torch.long), SCALES, 7, 2)
+    assert double.dtype == torch.float64
     with pytest.raises(ValueError, match="sampling_ratio"):
         sparse_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 0)
 
@@ -85,3 +87,21 @@ def test_multiscale_roi_align_auto_picks_an_implementation():
         MultiScaleRoIAlign((4, 8, 16, 32), 7, 0, mapper, impl="sparse")
     with pytest.raises(ValueError, match="impl"):
         MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="cuda")
+
+
+def test_csr_transpose_with_repeated_entries():
+    """The backward's transpose equals the dense transpose, also where a row repeats a column (a box
+    clamped at a map edge puts several samples on one pixel)."""
+    from fpn.model.roi_align import _csr, _transpose
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols, per_row = 7, 5, 4
+    col = torch.randint(0, cols, (rows * per_row,), generator=g)
+    col[:4] = 3  # row 0: one column four times
+    values = torch.rand(rows * per_row, generator=g)
+    a = _csr(torch.arange(0, rows * per_row + 1, per_row), col, values, (rows, cols))
+    at = _transpose(a, per_row)
+    assert at.shape == (cols, rows)
+    torch.testing.assert_close(at.to_dense(), a.to_dense().t())
+    x = torch.randn(rows, 3, generator=g)
+    torch.testing.assert_close(at @ x, a.to_dense().t() @ x)
