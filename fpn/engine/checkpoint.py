@@ -13,6 +13,8 @@ Keys (loadable with ``torch.load(path, map_location="cpu", weights_only=False)``
     net, dataset, session, version (the checkpoint format), fpn_version
     rng          list of per-rank RNG states (python, numpy, torch, cuda)
 
+Reading an older format upgrades it in memory (``upgraded_from`` then names the format read).
+
 File name: ``fpn_{session}_{epoch}_{step}.pth`` inside the run folder
 ``{save_dir}/{net}/{dataset}/{exp_name}/``.
 """
@@ -27,13 +29,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import fpn
 from fpn.errors import UserError
 from fpn.io import atomic_torch_save
 
-CHECKPOINT_VERSION = 1
+# 1: box head fc1 read each RoI in (channel, y, x) order; 2: in (y, x, channel) order (upgraded on load)
+CHECKPOINT_VERSION = 2
+FC1_WEIGHT = "roi_heads.box_head.fc1.weight"
 REQUIRED_KEYS = ("model", "epoch", "step", "iteration", "config", "classes", "net", "dataset", "session", "version")
 
 
@@ -147,7 +151,37 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, A
         raise UserError(
             f"{path}: checkpoint format {ckpt['version']} is newer than this fpn supports ({CHECKPOINT_VERSION})"
         )
+    if ckpt["version"] < 2:
+        _upgrade_from_1(ckpt)
     return ckpt
+
+
+def fc1_to_yxc(weight: Tensor, ckpt: dict) -> Tensor:
+    """A format-1 fc1 weight or optimiser buffer, (fc_dim, C*s*s) in (channel, y, x) order, in (y, x, channel)."""
+    model_cfg = ckpt["config"].get("model", {})
+    s = int(model_cfg.get("pool_size", 7))
+    c = weight.shape[1] // (s * s)
+    return weight.reshape(-1, c, s, s).permute(0, 2, 3, 1).reshape(weight.shape).contiguous()
+
+
+def _upgrade_from_1(ckpt: dict) -> None:
+    if FC1_WEIGHT in ckpt["model"]:
+        ckpt["model"][FC1_WEIGHT] = fc1_to_yxc(ckpt["model"][FC1_WEIGHT], ckpt)
+    ckpt["upgraded_from"] = ckpt["version"]  # the optimiser state is upgraded on resume (it needs the model)
+    ckpt["version"] = CHECKPOINT_VERSION
+
+
+def upgrade_optimizer_state(ckpt: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Reorder the format-1 optimiser buffers of fc1 (momentum, Adam moments) as its weight."""
+    if ckpt.get("upgraded_from", CHECKPOINT_VERSION) >= 2:
+        return
+    weight = dict(unwrap(model).named_parameters()).get(FC1_WEIGHT)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's index order
+    index = next((i for i, p in enumerate(params) if p is weight), None)
+    state = ckpt["optimizer"].get("state", {}).get(index, {})
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.shape == weight.shape:
+            state[key] = fc1_to_yxc(value, ckpt)
 
 
 def check_compatible(

@@ -75,11 +75,18 @@ def _group_hyper(name: str, solver: SolverConfig) -> dict:
 
 
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``param_groups``; build it after moving the model to its device: the fused
+    (one kernel for all parameters) implementation is used where the device has one (CPU and CUDA)."""
+    groups = param_groups(model, solver)
+    fused = all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
     if solver.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, solver), lr=solver.lr)
+        return torch.optim.AdamW(groups, lr=solver.lr, fused=fused or None)
     if solver.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose one of {OPTIMIZERS}")
-    return torch.optim.SGD(param_groups(model, solver), lr=solver.lr, momentum=solver.momentum)
+    return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum, fused=fused or None)
+
+
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 def build_scheduler(
@@ -110,6 +117,7 @@ def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConf
         base_lrs.append(hyper["lr"])
         group["initial_lr"] = hyper["lr"]
         group.update({k: v for k, v in hyper.items() if k != "lr"})  # weight decay (and SGD momentum)
+        group["fused"] = optimizer.defaults.get("fused")  # this run's implementation, not the checkpoint's
         group["lr"] = hyper["lr"] * fn(iteration)
     scheduler.base_lrs = base_lrs
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -47,6 +47,7 @@ from fpn.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
     unwrap,
+    upgrade_optimizer_state,
 )
 from fpn.engine.device import autocast, make_scaler
 from fpn.engine.logger import RunLogger, format_eta, format_train_line
@@ -198,6 +199,7 @@ class _Trainer:
             raise UserError(
                 f"{path}: the checkpoint was trained with solver.optimizer={saved}, not {cfg.solver.optimizer}"
             )
+        upgrade_optimizer_state(ckpt, self.optimizer, self.model)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -93,7 +93,7 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_3.pth"]
     ck = load(run / "fpn_1_1_3.pth")
     assert (ck["epoch"], ck["step"], ck["iteration"], ck["session"], ck["interrupted"]) == (1, 3, 4, 1, False)
-    assert (ck["net"], ck["dataset"], ck["classes"], ck["version"]) == ("res18", "synthetic", SYNTH_CLASSES, 1)
+    assert (ck["net"], ck["dataset"], ck["classes"], ck["version"]) == ("res18", "synthetic", SYNTH_CLASSES, 2)
     assert C.from_dict(ck["config"]) == cfg
     assert ck["scheduler"]["last_epoch"] == 4 and ck["scaler"] == {} and ck["optimizer"]["state"]
 

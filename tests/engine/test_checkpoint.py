@@ -80,3 +80,42 @@ def test_rng_state_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ck.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_format_1_checkpoint_is_upgraded(tmp_path):
+    """Format 1 stored box-head fc1 for (channel, y, x) inputs; loading reorders the weight to (y, x,
+    channel) and resuming reorders its optimiser moments, so an old checkpoint computes the same function."""
+    from fpn.config import synthetic
+    from fpn.model import build_detector
+
+    cfg = synthetic()
+    cfg.model.fc_dim = 16
+    model = build_detector(cfg, num_classes=3)
+    fc1 = model.roi_heads.box_head.fc1.weight  # (16, 64 * 7 * 7)
+    opt = build_optimizer(model, cfg.solver)
+    fc1.grad = torch.randn_like(fc1)
+    opt.step()
+    c = ck.make_checkpoint(model, opt, build_scheduler(opt, cfg.solver, 5), None, epoch=1, step=4, iteration=5,
+                           config=to_dict(cfg), classes=("a", "b"), net="res18", dataset="synthetic", session=1)
+
+    def to_cyx(w):  # the inverse of the upgrade: what format 1 stored
+        return w.reshape(16, 7, 7, 64).permute(0, 3, 1, 2).reshape(16, -1)
+
+    index = next(i for i, p in enumerate(p for g in opt.param_groups for p in g["params"]) if p is fc1)
+    old = {**c, "version": 1, "model": dict(c["model"])}
+    old["model"][ck.FC1_WEIGHT] = to_cyx(fc1.detach())
+    moments = {k: v for k, v in c["optimizer"]["state"][index].items() if torch.is_tensor(v) and v.dim() == 2}
+    assert set(moments) == {"exp_avg", "exp_avg_sq"}
+    old["optimizer"] = {**c["optimizer"], "state": dict(c["optimizer"]["state"])}
+    old["optimizer"]["state"][index] = {k: (to_cyx(v) if k in moments else v) for k, v in c["optimizer"]["state"][index].items()}
+    assert not torch.equal(old["model"][ck.FC1_WEIGHT], fc1)
+    ck.save_checkpoint(old, tmp_path / "old.pth")
+
+    loaded = ck.load_checkpoint(tmp_path / "old.pth")
+    assert loaded["version"] == ck.CHECKPOINT_VERSION and loaded["upgraded_from"] == 1
+    assert torch.equal(loaded["model"][ck.FC1_WEIGHT], fc1)
+    ck.upgrade_optimizer_state(loaded, opt, model)
+    for k, v in moments.items():
+        assert torch.equal(loaded["optimizer"]["state"][index][k], v)
+    current = ck.load_checkpoint(ck.save_checkpoint(c, tmp_path / "new.pth"))
+    assert "upgraded_from" not in current and torch.equal(current["model"][ck.FC1_WEIGHT], fc1)

@@ -118,3 +118,29 @@ def test_adamw_groups_carry_no_momentum_and_resume():
     assert all("momentum" not in g for g in opt2.param_groups)
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizer(net, SolverConfig(optimizer="adam"))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_steps_like_the_plain_one_and_stays_fused_on_resume(name):
+    solver = SolverConfig(optimizer=name, lr=0.01, weight_decay=0.05)
+    torch.manual_seed(0)
+    fused_net, plain_net = nn.Linear(5, 3), nn.Linear(5, 3)
+    plain_net.load_state_dict(fused_net.state_dict())
+    fused = build_optimizer(fused_net, solver)
+    assert all(g["fused"] for g in fused.param_groups)
+    cls = type(fused)
+    plain = cls(param_groups(plain_net, solver), lr=solver.lr, **({"momentum": 0.9} if name == "sgd" else {}))
+    x = torch.randn(4, 5)
+    for _ in range(3):
+        for net, opt in ((fused_net, fused), (plain_net, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    torch.testing.assert_close(fused_net.weight, plain_net.weight)
+    # a checkpoint written by an unfused optimiser resumes fused
+    resumed = build_optimizer(nn.Linear(5, 3), solver)
+    sched = build_scheduler(resumed, solver, iters_per_epoch=3)
+    resumed.load_state_dict(plain.state_dict())
+    assert not any(g["fused"] for g in resumed.param_groups)
+    apply_solver(resumed, sched, solver)
+    assert all(g["fused"] for g in resumed.param_groups)
