@@ -163,7 +163,7 @@ def synthetic() -> Config:
     m.fc_dim = 256
     m.anchor_sizes = (16, 32, 64, 128, 256)
     m.roi_canonical_size = 112.0
-    m.rpn_pre_nms_top_n_train = 500  # per level; 1000 cost ~10% more time per step for the same mAP
+    m.rpn_pre_nms_top_n_train = 500  # per level; 1000: ~11% more time per step, same mAP (seed 0)
     m.rpn_post_nms_top_n_train = 500
     m.rpn_pre_nms_top_n_test = 500
     m.rpn_post_nms_top_n_test = 300

@@ -74,6 +74,9 @@ def _group_hyper(name: str, solver: SolverConfig) -> dict:
     return {"lr": solver.lr, "weight_decay": solver.weight_decay, **momentum}
 
 
+_FUSED_DEVICES = ("cpu", "cuda")  # devices with fused SGD / AdamW kernels used here
+
+
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
     """SGD or AdamW over ``param_groups``; build it after moving the model to its device: the fused
     (one kernel for all parameters) implementation is used where the device has one (CPU and CUDA)."""
@@ -84,9 +87,6 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optim
     if solver.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose one of {OPTIMIZERS}")
     return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum, fused=fused or None)
-
-
-_FUSED_DEVICES = ("cpu", "cuda")
 
 
 def build_scheduler(
