@@ -60,7 +60,8 @@ class FPNDetector(nn.Module):
         self.roi_heads = roi_heads
         self.size_divisible = size_divisible
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(memory_format=self.memory_format)  # 4-D weights; later .to(device) keeps the layout
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # 4-D weights; a later .to(device) keeps the layout
 
     def forward(
         self,

@@ -100,8 +100,9 @@ class BoxHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """(R, C_feat, s, s) -> pred_class_logits (R, C+1), pred_deltas (R, K, 4)."""
-        # fc1 reads each RoI's bins in (y, x, channel) order: free for the sparse pooler's channels-last
-        # output, one copy for torchvision's (a copy that (channel, y, x) order would need the other way)
+        # fc1 reads each RoI's bins in (y, x, channel) order: a free view of the sparse pooler's output
+        # (channels-last strides); torchvision's contiguous output is copied once (as (channel, y, x) order
+        # would copy the sparse one)
         x = F.relu(self.fc1(pooled.permute(0, 2, 3, 1).flatten(1)))  # (R, s*s*C_feat) -> (R, fc_dim)
         x = F.relu(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x).view(-1, self.num_reg, 4)  # (R, K*4) -> (R, K, 4)
