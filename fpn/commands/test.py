@@ -9,7 +9,8 @@ The model is rebuilt from the checkpoint alone (its config and classes). Written
 - ``vis/<id>.jpg`` with ``--vis N``: the first N test images with their detections drawn.
 
 The evaluation reads the result files back, so the printed numbers are exactly those ``fpn voc-eval``
-gives for them. The last line printed is ``mAP = ...``.
+gives for them. The last line printed is ``mAP = ...``. The evaluation after training goes the same way
+at the recipe's batch size and precision: ``--bs``/``--amp`` set to those reproduce its numbers exactly.
 """
 
 from __future__ import annotations
@@ -58,12 +59,10 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> C.Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.engine.inference import predict_records
+    from fpn.engine.inference import evaluate_outputs, predict_records
     from fpn.engine.prepare import resolve, split_records
     from fpn.engine.visualize import detections_record, draw_detections
     from fpn.evaluation.report import format_table, plot_pr_curves, write_json
-    from fpn.evaluation.results import detections_from_outputs, read_result_files, write_result_files
-    from fpn.evaluation.voc_eval import evaluate, ground_truth_from_records
     from fpn.io import atomic_write_text
 
     if args.bs < 1:
@@ -93,11 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     out_dir = Path(args.output_dir) if args.output_dir else path.parent / f"test_{dataset_dirname(cfg.data.dataset)}"
-    results_dir = out_dir / "results"
-    detections = detections_from_outputs(ids, outputs, classes)
-    write_result_files(results_dir, split, detections, classes)
-    gt = ground_truth_from_records(records, classes)
-    result = evaluate(read_result_files(results_dir, split, classes, gt.keys()), gt, classes, metric=spec.metric)
+    _, result = evaluate_outputs(ids, outputs, records, classes, spec.metric, split, out_dir / "results")
 
     by_id = dict(zip(ids, outputs))
     images = [detections_record(r["id"], str(r["image"]), by_id[r["id"]], classes) for r in records]

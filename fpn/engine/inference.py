@@ -64,11 +64,28 @@ def predict_records(
     return predict(model, loader, device, amp=amp, progress=progress, desc=desc)
 
 
-def evaluate_outputs(ids: Sequence[str], outputs: Sequence[dict], records: Sequence[dict], classes, metric: str):
-    """(detections, EvalResult) of model outputs against the records' ground truth, as ``fpn voc-eval``."""
-    from fpn.evaluation.results import detections_from_outputs
+def evaluate_outputs(
+    ids: Sequence[str],
+    outputs: Sequence[dict],
+    records: Sequence[dict],
+    classes,
+    metric: str,
+    split: str,
+    results_dir,
+):
+    """(detections, EvalResult) of model outputs against the records' ground truth.
+
+    The detections go through the VOC result files written to ``results_dir`` (scores rounded as the
+    devkit's format has them) and are scored from those files, exactly as ``fpn voc-eval`` would score
+    them: the evaluation after training and ``fpn test`` therefore print the same numbers for the same
+    outputs.
+    """
+    from fpn.evaluation.results import detections_from_outputs, read_result_files, write_result_files
     from fpn.evaluation.voc_eval import evaluate, ground_truth_from_records
 
-    detections = detections_from_outputs(list(ids), list(outputs), tuple(classes))
-    result = evaluate(detections, ground_truth_from_records(records, tuple(classes)), tuple(classes), metric=metric)
+    classes = tuple(classes)
+    detections = detections_from_outputs(list(ids), list(outputs), classes)
+    write_result_files(results_dir, split, detections, classes)
+    gt = ground_truth_from_records(records, classes)
+    result = evaluate(read_result_files(results_dir, split, classes, gt.keys()), gt, classes, metric=metric)
     return detections, result

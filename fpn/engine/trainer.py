@@ -468,7 +468,9 @@ class _Trainer:
             amp=cfg.solver.amp, progress=self.progress, desc=f"eval {split}",
         )  # fmt: skip
         self.model.train()
-        _, result = evaluate_outputs(ids, outputs, records, self.classes, self.spec.metric)
+        _, result = evaluate_outputs(
+            ids, outputs, records, self.classes, self.spec.metric, split, self.run_dir / f"results_{split}"
+        )
         self.say(f"evaluation on {len(records)} {split} images ({format_eta(time.perf_counter() - t0)}):")
         self.say(format_table(result))
         write_json(result, self.run_dir / f"eval_{split}.json")

@@ -83,6 +83,12 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert train_lines[0]["time"] > 0
     assert lines[-1]["type"] == "eval" and lines[-1]["metric"] == "voc07" and 0.0 <= lines[-1]["map"] <= 1.0
     assert json.loads((run / "eval_test.json").read_text())["map"] == lines[-1]["map"]
+    # scored from the VOC result files, as fpn test scores them: same batch and precision, same numbers
+    written = sorted(p.name for p in (run / "results_test").iterdir())
+    assert written == sorted(f"comp4_det_test_{c}.txt" for c in SYNTH_CLASSES)
+    assert main(["test", "--checkpoint", str(run / "fpn_1_1_3.pth"), "--bs", str(cfg.solver.batch_size),
+                 "--amp", cfg.solver.amp, "--json", str(tmp_path / "test.json"), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "test.json").read_text()) == json.loads((run / "eval_test.json").read_text())
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
