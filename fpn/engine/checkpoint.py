@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 import fpn
+from fpn.config import ModelConfig
 from fpn.errors import UserError
 from fpn.io import atomic_torch_save
 
@@ -159,7 +160,7 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, A
 def fc1_to_yxc(weight: Tensor, ckpt: dict) -> Tensor:
     """A format-1 fc1 weight or optimiser buffer, (fc_dim, C*s*s) in (channel, y, x) order, in (y, x, channel)."""
     model_cfg = ckpt["config"].get("model", {})
-    s = int(model_cfg.get("pool_size", 7))
+    s = int(model_cfg.get("pool_size", ModelConfig.pool_size))  # a missing key means the default, as in from_dict
     c = weight.shape[1] // (s * s)
     return weight.reshape(-1, c, s, s).permute(0, 2, 3, 1).reshape(weight.shape).contiguous()
 
