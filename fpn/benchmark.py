@@ -23,7 +23,7 @@ import torch
 
 from fpn.config import Config, preset_for_dataset
 from fpn.data.transforms import resize_factor, resized_size
-from fpn.engine.device import autocast, check_amp, make_scaler
+from fpn.engine.device import autocast, make_scaler, resolve_precision
 from fpn.errors import UserError
 
 NETS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
@@ -170,10 +170,12 @@ def run_benchmarks(net: str, batch: int, mode: str, device: torch.device, amp: s
     """Run the requested benchmarks; returns {"config": ..., "<impl>/<what>": result dict, "ratio/...": x}."""
     if net not in NETS:
         raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
-    check_amp(amp)
+    precision = resolve_precision(amp, device)
+    amp = precision.amp
     torch.manual_seed(0)
     impls = ["ours"] + (["torchvision"] if compare == "torchvision" else [])
     results: dict = {"config": {"net": net, "batch": batch, "mode": mode, "device": str(device), "amp": amp,
+                                "precision": str(precision),
                                 "scale": scale, "max_size": max_size, "image_size": list(image_size),
                                 "torch": torch.__version__, "channels_last": channels_last}}
     if device.type == "cuda":

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=600, help="shorter side after resize (default 600)")
     p.add_argument("--max-size", type=int, default=1000, help="longer side limit (default 1000)")
     p.add_argument("--image-size", type=_size, default=(500, 375), help="input image WxH (default 500x375)")
-    p.add_argument("--amp", default="none", help="none | bf16 | fp16 (autocast)")
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 (autocast; default auto)")
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")

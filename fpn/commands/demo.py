@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresh", type=float, default=0.5, help="minimum score of a shown detection (default 0.5)")
     p.add_argument("--bs", type=int, default=1, help="images per batch (default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 inference precision (default auto)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override test-time config fields, e.g. --set model.nms_thresh=0.4")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from fpn import config as C
     from fpn.commands.test import build_model_from_checkpoint, checkpoint_config
     from fpn.engine.checkpoint import load_checkpoint
-    from fpn.engine.device import resolve_device
+    from fpn.engine.device import resolve_device, resolve_precision
     from fpn.engine.inference import predict_records
     from fpn.engine.visualize import detections_record, draw_detections
     from fpn.io import atomic_open, atomic_write_text
@@ -100,9 +101,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = checkpoint_config(ckpt, args.checkpoint)
     C.apply_overrides(cfg, args.overrides)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.amp, device)
+    print(f"precision: {precision}")
     classes = tuple(ckpt["classes"])
     model = build_model_from_checkpoint(ckpt, args.checkpoint, cfg, device)
-    ids, outputs = predict_records(model, cfg, records, classes, device, args.bs, progress=args.progress, desc="demo")
+    ids, outputs = predict_records(
+        model, cfg, records, classes, device, args.bs, amp=precision.amp, progress=args.progress, desc="demo"
+    )
     by_id = dict(zip(ids, outputs))
 
     out = Path(args.out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fpn import config as C
 from fpn.engine.checkpoint import check_compatible, dataset_dirname, load_checkpoint, load_model_state
-from fpn.engine.device import AMP_MODES, check_amp, resolve_device
+from fpn.engine.device import AMP_MODES, check_amp, resolve_device, resolve_precision
 from fpn.errors import UserError
 
 
@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soft-nms", action="store_true", help="soft-NMS instead of NMS in post-processing")
     p.add_argument("--bs", type=int, default=4, help="images per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", default="none", metavar="|".join(AMP_MODES), help="inference precision (default none)")
+    p.add_argument("--amp", default="auto", metavar="|".join(AMP_MODES),
+                   help="inference precision (default auto: bf16 where the device has it natively, else fp32 "
+                   "on a CPU, fp16 on an older GPU)")  # fmt: skip
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override test-time config fields, e.g. --set model.score_thresh=0.01")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.model.soft_nms = True
     C.apply_overrides(cfg, args.overrides)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.amp, device)
+    print(f"precision: {precision}")
 
     spec = resolve(cfg, generate=True)
     classes = tuple(spec.classes)
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     split = spec.test_sets[0].split
     model = build_model_from_checkpoint(ckpt, path, cfg, device)
     ids, outputs = predict_records(
-        model, cfg, records, classes, device, args.bs, amp=args.amp, progress=args.progress, desc=f"test {split}"
+        model, cfg, records, classes, device, args.bs, amp=precision.amp, progress=args.progress, desc=f"test {split}"
     )
 
     out_dir = Path(args.output_dir) if args.output_dir else path.parent / f"test_{dataset_dirname(cfg.data.dataset)}"

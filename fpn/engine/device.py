@@ -1,20 +1,35 @@
 """Device selection and mixed precision.
 
-``resolve_device("auto")`` is CUDA when available, else the CPU. ``autocast(device, amp)`` wraps the forward
-pass: ``bf16`` and ``fp16`` run it under ``torch.autocast``; the losses are summed and backpropagated in fp32.
-``fp16`` needs a ``GradScaler`` (``make_scaler``) against gradient underflow; ``bf16`` does not.
+``resolve_device("auto")`` is CUDA when available, else the CPU.
+
+Precision (``--amp`` / ``solver.amp``): ``auto`` | ``none`` (fp32) | ``bf16`` | ``fp16``.
+``resolve_precision(amp, device)`` turns a request into the precision a run uses, with the reason:
+
+* ``auto`` on a CPU: bf16 where the CPU computes bf16 natively (AMX or AVX512-BF16, and neither
+  ``ATEN_CPU_CAPABILITY`` nor ``ONEDNN_MAX_CPU_ISA`` caps torch below it), else fp32: elsewhere bf16 is
+  emulated and about 10x slower than fp32 (measured in docs/PERFORMANCE.md);
+* ``auto`` on CUDA: bf16 where the card supports it natively (Ampere and newer), else fp16 with a GradScaler;
+* an explicit ``bf16`` where it is not native is a one-line ``UserError`` naming the alternative; an
+  explicit ``fp16`` on a CPU is allowed (tests use it) and is slow there.
+
+``autocast(device, amp)`` wraps the forward pass; losses are summed and backpropagated in fp32. fp16
+needs a ``GradScaler`` (``make_scaler``) against gradient underflow; bf16 and fp32 do not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+from dataclasses import dataclass
 
 import torch
 
 from fpn.errors import UserError
 
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def resolve_device(name: str, flag: str = "--device") -> torch.device:
@@ -42,13 +57,95 @@ def check_amp(amp: str, flag: str = "--amp") -> str:
     return amp
 
 
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: ``amp`` is ``none`` (fp32), ``bf16`` or ``fp16``; ``reason`` says why."""
+
+    amp: str
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return PRECISION_NAMES[self.amp]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_support() -> tuple[bool, str]:
+    """(native, description) for bf16 on this CPU, as torch will actually run it."""
+    cpu = getattr(torch, "cpu", None)
+
+    def flag(name: str) -> bool:
+        fn = getattr(cpu, name, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except Exception:  # an older torch without the probe
+            return False
+
+    amx, avx512_bf16 = flag("_is_amx_tile_supported"), flag("_is_avx512_bf16_supported")
+    if not (amx or avx512_bf16):
+        return False, "CPU without native bf16"
+    hw = "AMX" if amx else "AVX512-BF16"
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if not capability.startswith("AVX512"):  # ATEN_CPU_CAPABILITY=avx2, or a build without AVX512 kernels
+        return False, f"CPU has {hw} but torch runs {capability} kernels"
+    onednn_isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if onednn_isa != "ALL" and "BF16" not in onednn_isa and "AMX" not in onednn_isa:
+        return False, f"CPU has {hw} but ONEDNN_MAX_CPU_ISA={onednn_isa}"
+    return True, f"CPU with {hw}"
+
+
+def _cuda_bf16_support(device: torch.device) -> tuple[bool, str]:
+    name = torch.cuda.get_device_name(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    native = major >= 8
+    return native, f"{name}, compute capability {major}.{minor}{'' if native else ': no native bf16'}"
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """(native, description) of bf16 on ``device``."""
+    if device.type == "cuda":
+        return _cuda_bf16_support(device)
+    return cpu_bf16_support()
+
+
+def resolve_precision(amp: str, device: torch.device, flag: str = "--amp") -> Precision:
+    """The precision ``amp`` means on ``device`` (see the module docstring); UserError for bf16 where it
+    is not native."""
+    check_amp(amp, flag)
+    device = torch.device(device)
+    if amp == "none":
+        return Precision("none", "asked for")
+    if amp == "fp16":
+        return Precision("fp16", "asked for; with a GradScaler in training")
+    native, what = bf16_support(device)
+    if amp == "bf16":
+        if not native:
+            other = "fp16" if device.type == "cuda" else "none (fp32)"
+            raise UserError(f"{flag} bf16: {what}, bf16 would be emulated and slow; use {flag} auto or {other}")
+        return Precision("bf16", f"asked for; {what}")
+    if native:
+        return Precision("bf16", what)
+    if device.type == "cuda":
+        return Precision("fp16", f"{what}; with a GradScaler in training")
+    return Precision("none", what)
+
+
 def autocast(device: torch.device, amp: str):
-    """Context manager for the forward pass: autocast to ``amp``'s dtype, or nothing when amp is ``none``."""
-    if check_amp(amp) == "none":
+    """Context manager for the forward pass: autocast to ``amp``'s dtype (``auto`` is resolved for
+    ``device``), or nothing for fp32."""
+    if check_amp(amp) == "auto":
+        amp = resolve_precision(amp, device).amp
+    if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
+    return torch.autocast(device_type=torch.device(device).type, dtype=_AMP_DTYPES[amp])
 
 
 def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for fp16 (disabled scalers pass losses and steps through)."""
-    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+    """A GradScaler that is active only for fp16 (disabled scalers pass losses and steps through);
+    ``amp`` must already be resolved."""
+    if amp == "auto":
+        raise ValueError("make_scaler needs a resolved precision (resolve_precision)")
+    return torch.amp.GradScaler(torch.device(device).type, enabled=(amp == "fp16"))

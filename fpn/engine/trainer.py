@@ -49,7 +49,7 @@ from fpn.engine.checkpoint import (
     unwrap,
     upgrade_optimizer_state,
 )
-from fpn.engine.device import autocast, make_scaler
+from fpn.engine.device import autocast, make_scaler, resolve_precision
 from fpn.engine.logger import RunLogger, format_eta, format_train_line
 from fpn.engine.prepare import check_config, resolve, seed_everything, split_records
 from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler
@@ -135,6 +135,8 @@ class _Trainer:
         self.cfg, self.info, self.device, self.session = cfg, info, device, int(session)
         self.main = info.is_main
         self.say = (log or (lambda s: tqdm.write(s, file=sys.stdout))) if self.main else (lambda s: None)
+        self.precision = resolve_precision(cfg.solver.amp, device, flag="--amp")
+        cfg.solver.amp_used = self.precision.amp  # saved in config.json and every checkpoint
         self.tensorboard, self.progress = tensorboard, progress
         if self.session < 1:
             raise UserError(f"--session {session}: must be 1 or more")
@@ -176,7 +178,7 @@ class _Trainer:
             )
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
-        self.scaler = make_scaler(device, cfg.solver.amp)
+        self.scaler = make_scaler(device, self.precision.amp)
         seed_everything(cfg.seed + info.rank)  # weights are equal on all ranks; sampling differs per rank
 
         self.epoch, self.start_step, self.iteration = 1, 0, 0
@@ -235,6 +237,7 @@ class _Trainer:
             purge = self.iteration + 1 if self.resume_path is not None else None  # drop events after the checkpoint
             self.logger = RunLogger(self.run_dir, tensorboard=self.tensorboard, purge_step=purge)
             what = f"resuming {self.resume_path} at" if self.resume_path else "training from"
+            self.say(f"precision: {self.precision}")
             self.say(
                 f"{what} epoch {self.epoch} step {self.start_step}: {cfg.model.backbone} on {cfg.data.dataset} "
                 f"({len(self.classes)} classes), {self.iters_per_epoch} iterations/epoch x {cfg.solver.epochs} "
@@ -273,7 +276,7 @@ class _Trainer:
 
     def _run_epoch(self, epoch: int, start_step: int) -> None:
         cfg, ipe, device = self.cfg, self.iters_per_epoch, self.device
-        amp = cfg.solver.amp
+        amp = self.precision.amp
         self.loader.batch_sampler.set_epoch(epoch, start_step)
         state = torch.get_rng_state()
         data = iter(self.loader)  # creating the iterator draws a seed: keep the RNG stream independent of it
@@ -465,7 +468,7 @@ class _Trainer:
         t0 = time.perf_counter()
         ids, outputs = predict_records(
             self.model, cfg, records, self.classes, self.device, batch_size=max(1, cfg.solver.batch_size),
-            amp=cfg.solver.amp, progress=self.progress, desc=f"eval {split}",
+            amp=self.precision.amp, progress=self.progress, desc=f"eval {split}",
         )  # fmt: skip
         self.model.train()
         _, result = evaluate_outputs(

@@ -26,3 +26,44 @@ def test_autocast_and_scaler():
     assert make_scaler(cpu, "fp16").is_enabled()
     with pytest.raises(UserError, match="--amp fp8"):
         autocast(cpu, "fp8")
+
+
+def _fake_cpu(monkeypatch, native: bool):
+    from fpn.engine import device as D
+
+    what = "CPU with AMX" if native else "CPU without native bf16"
+    monkeypatch.setattr(D, "cpu_bf16_support", lambda: (native, what))
+
+
+def test_auto_precision_on_cpu(monkeypatch):
+    from fpn.engine.device import resolve_precision
+
+    cpu = torch.device("cpu")
+    _fake_cpu(monkeypatch, native=True)
+    assert resolve_precision("auto", cpu).amp == "bf16"
+    assert str(resolve_precision("auto", cpu)) == "bf16 (CPU with AMX)"
+    _fake_cpu(monkeypatch, native=False)
+    p = resolve_precision("auto", cpu)
+    assert (p.amp, str(p)) == ("none", "fp32 (CPU without native bf16)")
+    assert resolve_precision("fp16", cpu).amp == "fp16"  # allowed on a CPU (slow; tests use it)
+    assert resolve_precision("none", cpu).amp == "none"
+    with pytest.raises(UserError, match=r"^--amp bf16: CPU without native bf16, .*use --amp auto or none"):
+        resolve_precision("bf16", cpu)
+
+
+def test_cpu_bf16_probe_respects_isa_caps(monkeypatch):
+    from fpn.engine import device as D
+
+    D.cpu_bf16_support.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert D.cpu_bf16_support() == (False, "CPU has AMX but ONEDNN_MAX_CPU_ISA=AVX2")
+    D.cpu_bf16_support.cache_clear()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert D.cpu_bf16_support() == (True, "CPU with AMX")
+    D.cpu_bf16_support.cache_clear()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert D.cpu_bf16_support() == (False, "CPU has AMX but torch runs AVX2 kernels")
+    D.cpu_bf16_support.cache_clear()
