@@ -10,3 +10,8 @@ class UserError(Exception):
     """A problem with the user's input; printed as a single line by the CLI, exit code 2."""
 
     exit_code = 2
+
+
+class DataWarning(UserWarning):
+    """Something in the user's data was repaired or left out (e.g. bad boxes dropped); the CLI prints it as
+    one ``warning: ...`` line."""

@@ -77,3 +77,13 @@ def test_bad_config_file(tmp_path):
     bad.write_text('{"model": {"colour": 1}}')
     with pytest.raises(UserError, match="unknown config key 'model.colour'"):
         C.load_json(bad)
+
+
+def test_coco_presets_are_the_1x_schedule():
+    cfg = C.preset_for_dataset("coco")
+    d, s = cfg.data, cfg.solver
+    assert (cfg.preset, cfg.model.backbone, d.dataset) == ("coco_res50", "res50", "coco")
+    assert (s.batch_size, s.lr, s.epochs, s.lr_decay_epochs, s.warmup_iters) == (16, 0.02, 12, (8, 11), 1000)
+    assert (d.train_scales, d.test_scale, d.max_size, d.flip, d.flip_random) == ((800,), 800, 1333, True, True)
+    assert cfg.eval_at_end and C.get_preset("coco_res101").model.backbone == "res101"
+    assert C.preset_for_dataset("/my/coco_json_folder").preset == "voc07_res101"  # own datasets: the VOC recipe

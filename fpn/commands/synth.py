@@ -1,4 +1,4 @@
-"""``fpn synth``: write the synthetic VOC-layout dataset (see ``fpn.data.synthetic``).
+"""``fpn synth``: write the synthetic dataset in the VOC layout, as COCO JSON, or both (see ``fpn.data.synthetic``).
 
 A folder that already holds a complete dataset with the same parameters is left alone; a folder of an
 earlier or interrupted synthetic dataset is regenerated; any other non-empty folder is refused.
@@ -14,6 +14,9 @@ from fpn.data import synthetic
 from fpn.errors import UserError
 
 
+FORMAT_CHOICES = {"voc": ("voc",), "coco": ("coco",), "both": ("voc", "coco")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="data/synthetic", metavar="DIR",
                         help="output folder (default: data/synthetic, where '--dataset synthetic' looks "
@@ -26,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test images (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="processes drawing images (default 0: one per CPU core); same files for any N")  # fmt: skip
-
+    parser.add_argument("--format", choices=sorted(FORMAT_CHOICES), default="voc",
+                        help="voc (the devkit layout, default), coco (annotations/instances_{trainval,test}.json) "
+                        "or both")  # fmt: skip
 
 def summary(info: dict) -> str:
     """One line from the DONE marker: images, objects, classes, truncated / difficult counts."""
@@ -52,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
 
-    if synthetic.matches(out, args.seed, args.train, args.test):
+    formats = FORMAT_CHOICES[args.format]
+    if synthetic.matches(out, args.seed, args.train, args.test, formats):
         print(f"{out}: already holds this dataset, nothing to do: {summary(synthetic.read_marker(out))}")
         return 0
     start = time.perf_counter()
-    synthetic.generate(out, seed=args.seed, n_train=args.train, n_test=args.test, workers=args.workers)
+    synthetic.generate(out, seed=args.seed, n_train=args.train, n_test=args.test, workers=args.workers, formats=formats)
     print(f"{out}: wrote {summary(synthetic.read_marker(out))} in {time.perf_counter() - start:.1f} s")
     return 0

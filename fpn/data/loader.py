@@ -69,6 +69,8 @@ class DetectionDataset(Dataset):
     :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
 
     Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
+    Crowd regions (COCO ``iscrowd=1``) are never objects: an image with any gets ``target["crowd_boxes"]``
+    (M, 4), transformed like the boxes, for the matchers to ignore (see ``fpn.model.targets``).
     """
 
     def __init__(
@@ -85,11 +87,13 @@ class DetectionDataset(Dataset):
         self.max_size = max_size
         self.flip = flip
         # numpy (not torch) arrays: cheap to share with workers, converted per item
-        self._boxes, self._labels = [], []
+        self._boxes, self._labels, self._crowd = [], [], []
         for r in self.records:
-            keep = slice(None) if use_difficult else ~np.asarray(r["difficult"], dtype=bool)
-            self._boxes.append(np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4)[keep])
-            self._labels.append(np.asarray(r["labels"], dtype=np.int64)[keep])
+            objects, crowd = training_objects(r, use_difficult)
+            boxes = np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4)
+            self._boxes.append(boxes[objects])
+            self._labels.append(np.asarray(r["labels"], dtype=np.int64)[objects])
+            self._crowd.append(boxes[crowd] if crowd.any() else None)
 
     def __len__(self) -> int:
         return len(self.records) * (2 if self.flip else 1)
@@ -114,12 +118,26 @@ class DetectionDataset(Dataset):
             return LoadFailure(
                 f"{rec['image']}: image is {w}x{h} but its annotation says {rec['width']}x{rec['height']}"
             )
-        boxes = torch.from_numpy(self._boxes[index % n])
+        boxes, crowd = torch.from_numpy(self._boxes[index % n]), self._crowd[index % n]
+        k = len(boxes)
+        if crowd is not None:  # (K + M, 4): transformed together, split after
+            boxes = torch.cat((boxes, torch.from_numpy(crowd)))
         image, boxes, factor = flip_resize(image, boxes, scale, self.max_size, flip=flipped)
-        target = {"boxes": boxes, "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
+        target = {"boxes": boxes[:k], "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
+        if crowd is not None:
+            target["crowd_boxes"] = boxes[k:]
         meta = {"id": rec["id"], "image": rec["image"], "orig_size": (int(h), int(w)), "scale": factor,
                 "flipped": flipped}  # fmt: skip
         return image, target, meta
+
+
+def training_objects(record: dict, use_difficult: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(objects, crowd) bool (K,) masks over a record's boxes: the objects trained on (not crowd, not
+    difficult unless ``use_difficult``) and the crowd regions (``record["crowd"]``, COCO only)."""
+    k = len(np.asarray(record["labels"]).reshape(-1))
+    crowd = np.asarray(record.get("crowd", np.zeros(k, dtype=bool)), dtype=bool).reshape(-1)
+    objects = ~crowd if use_difficult else ~crowd & ~np.asarray(record["difficult"], dtype=bool).reshape(-1)
+    return objects, crowd
 
 
 class Collator:
@@ -172,6 +190,9 @@ class GroupedBatchSampler(Sampler):
     ``world_size`` > 1 the epoch's batch list is cut to a multiple of ``world_size`` (the few leftover
     batches, random ones each epoch, are skipped) and rank r takes batches r, r + world_size, ...
 
+    With ``random_mirror`` the second half of the items mirrors the first (a dataset with flip): each epoch
+    takes one item of each pair, the mirror with probability 1/2, so every image is seen once per epoch.
+
     ``set_epoch(epoch, start_iter)`` selects the epoch and skips its first ``start_iter`` batches (resume);
     ``len()`` is always the full epoch's number of batches for one rank.
     """
@@ -186,20 +207,25 @@ class GroupedBatchSampler(Sampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        random_mirror: bool = False,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
         self.group_ids = np.asarray(group_ids, dtype=np.int64)
+        if random_mirror and len(self.group_ids) % 2:
+            raise ValueError(f"random_mirror needs pairs of items, got {len(self.group_ids)} items")
+        self.random_mirror = random_mirror
         self.batch_size = int(batch_size)
         self.scales = tuple(int(s) for s in scales)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_iter = 0, 0
-        groups = np.unique(self.group_ids)
-        total = sum(math.ceil(int((self.group_ids == g).sum()) / self.batch_size) for g in groups)
+        seen = self.group_ids[: len(self.group_ids) // 2] if random_mirror else self.group_ids  # one epoch's items
+        groups = np.unique(seen)
+        total = sum(math.ceil(int((seen == g).sum()) / self.batch_size) for g in groups)
         self._num_batches = total // world_size
         if self._num_batches == 0:
             raise UserError(
@@ -218,7 +244,12 @@ class GroupedBatchSampler(Sampler):
         """All of this rank's batches of ``epoch``, start_iter not applied."""
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.group_ids)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.random_mirror:
+            half = n // 2
+            items = np.arange(half) + half * (rng.random(half) < 0.5)  # image i or its mirror i + half
+        else:
+            items = np.arange(n)
+        order = items[rng.permutation(len(items))] if self.shuffle else items
         scales = pick_scales(self.scales, n, rng)
         ordered_groups = self.group_ids[order]
         batches = []
@@ -297,18 +328,23 @@ def build_train_loader(
     cfg: Config, records: Sequence[dict], classes: Sequence[str], rank: int = 0, world_size: int = 1
 ) -> DetectionLoader:
     """Shuffled, aspect-grouped training batches of ``cfg.solver.batch_size`` images per process (each
-    image plus its mirror when ``cfg.data.flip``). Call ``loader.batch_sampler.set_epoch(epoch,
+    image plus its mirror when ``cfg.data.flip``; the image or its mirror with ``cfg.data.flip_random``;
+    images without objects left out with ``cfg.data.filter_empty``). Call ``loader.batch_sampler.set_epoch(epoch,
     start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch."""
     _check_config(cfg)
     _check_records(records, classes, "training")
     d = cfg.data
+    if d.filter_empty:
+        records = [r for r in records if training_objects(r, d.use_difficult)[0].any()]
+        if not records:
+            raise UserError("data.filter_empty: no training image has an object to train on")
     dataset = DetectionDataset(
         records, default_scale=d.train_scales[0], max_size=d.max_size, flip=d.flip,
         use_difficult=d.use_difficult,
     )  # fmt: skip
     sampler = GroupedBatchSampler(
         dataset.group_ids(), cfg.solver.batch_size, d.train_scales, shuffle=True, seed=cfg.seed,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, random_mirror=d.flip and d.flip_random,
     )  # fmt: skip
     return _loader(dataset, sampler, cfg, persistent=True)
 

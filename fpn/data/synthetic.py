@@ -1,4 +1,5 @@
-"""A synthetic detection dataset in the PASCAL VOC devkit layout, small enough to train on a CPU.
+"""A synthetic detection dataset in the PASCAL VOC devkit layout and/or as COCO JSON, small enough to train
+on a CPU.
 
 Eight shape classes (``SYNTH_CLASSES``) are drawn on cluttered backgrounds. Each class has a colour family
 (``CLASS_HUES``, jittered); texture is random per instance and the clutter uses every colour, so colour hints
@@ -21,10 +22,13 @@ image; ``difficult=1`` when the visible box is tiny (``sqrt(w*h) < DIFFICULT_SIZ
 an earlier object less than ``MIN_VISIBLE`` visible is retried (up to ``PLACEMENT_TRIES`` times, then
 the object is skipped), so annotated objects are never mostly hidden.
 
-Layout written under ``out_dir``: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``,
-``ImageSets/Main/{trainval,test}.txt``, ``classes.txt``, plus two markers: ``.fpn_synthetic`` (written
-first: the folder belongs to this generator and may be overwritten) and ``DONE`` (written last, JSON with
-the parameters and counts). A folder without ``DONE`` is an interrupted run.
+Layout written under ``out_dir``: ``JPEGImages/<id>.jpg``; format "voc": ``Annotations/<id>.xml``,
+``ImageSets/Main/{trainval,test}.txt``, ``classes.txt``; format "coco": ``annotations/instances_trainval.json``
+and ``annotations/instances_test.json`` (the same boxes; difficult objects as crowd regions, ignored as
+VOC ignores them; image id = the number in the file name; category ids 1..8); plus two markers:
+``.fpn_synthetic`` (written first: the folder belongs to this generator and may be overwritten) and
+``DONE`` (written last, JSON with the parameters, formats and counts). A folder without ``DONE`` is an
+interrupted run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fpn.config import DataConfig
+from fpn.data.coco import records_to_coco, write_coco_json
 from fpn.data.voc import write_voc_xml
 from fpn.errors import UserError
 from fpn.io import atomic_write_bytes, atomic_write_text
@@ -58,6 +63,7 @@ GENERATOR_VERSION = 2  # bump when the drawing changes: `fpn synth` then regener
 OWNER_MARKER = ".fpn_synthetic"
 DONE_MARKER = "DONE"
 MAX_IMAGES = 999_999  # ids are six digits
+FORMATS = ("voc", "coco")
 
 # image geometry
 IMAGE_LONG_SIDE = (240, 400)
@@ -391,17 +397,32 @@ def is_complete(out_dir: str | Path) -> bool:
     return read_marker(out_dir) is not None
 
 
-def parameters(seed: int, n_train: int, n_test: int) -> dict:
+def formats(out_dir: str | Path) -> tuple[str, ...]:
+    """The formats of the complete dataset in ``out_dir`` (() when there is none; a marker from before
+    formats existed means VOC)."""
+    info = read_marker(out_dir)
+    return () if info is None else tuple(info.get("formats", ("voc",)))
+
+
+def parameters(seed: int, n_train: int, n_test: int, formats: tuple[str, ...] = ("voc",)) -> dict:
     """What identifies a generated dataset; equal parameters mean identical files."""
     return {"generator": "fpn.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
-            "n_train": n_train, "n_test": n_test}  # fmt: skip
+            "n_train": n_train, "n_test": n_test, "formats": list(formats)}  # fmt: skip
 
 
-def matches(out_dir: str | Path, seed: int, n_train: int, n_test: int) -> bool:
+def matches(out_dir: str | Path, seed: int, n_train: int, n_test: int, formats: tuple[str, ...] = ("voc",)) -> bool:
     """True when ``out_dir`` holds a complete dataset generated with exactly these parameters."""
     info = read_marker(out_dir)
-    want = parameters(seed, n_train, n_test)
-    return info is not None and all(info.get(k) == v for k, v in want.items())
+    if info is None:
+        return False
+    info = {"formats": ["voc"], **info}  # written before formats existed: VOC
+    return all(info.get(k) == v for k, v in parameters(seed, n_train, n_test, formats).items())
+
+
+def _check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    if not formats or any(f not in FORMATS for f in formats):
+        raise UserError(f"synthetic dataset: formats must be some of {', '.join(FORMATS)}, got {formats!r}")
+    return tuple(f for f in FORMATS if f in formats)  # canonical order
 
 
 def _check_args(out_dir: Path, seed: int, n_train: int, n_test: int) -> None:
@@ -423,31 +444,49 @@ def _check_args(out_dir: Path, seed: int, n_train: int, n_test: int) -> None:
         )
 
 
-def _write_image(out: Path, seed: int, index: int, image_id: str) -> list[dict]:
-    """Render image ``index`` and write its JPEG and annotation; returns its VOC objects."""
+def _write_image(out: Path, seed: int, index: int, image_id: str, voc: bool = True) -> tuple[int, int, list[dict]]:
+    """Render image ``index`` and write its JPEG (and, with ``voc``, its XML); returns its size and VOC objects."""
     jpeg, w, h, objects = render_image(seed, index)
     atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", jpeg)
-    write_voc_xml(out / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", w, h, objects, folder="synthetic")
-    return objects
+    if voc:
+        write_voc_xml(out / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", w, h, objects, folder="synthetic")
+    return w, h, objects
 
 
-def _write_all(out: Path, seed: int, ids: list[str], workers: int):
-    """Objects of every image, in order; images are written by ``workers`` processes (0: one per CPU core).
-    Every image has its own random generator, so the files do not depend on the number of processes."""
+def _write_all(out: Path, seed: int, ids: list[str], workers: int, voc: bool):
+    """(width, height, objects) of every image, in order; images are written by ``workers`` processes (0: one
+    per CPU core). Every image has its own random generator, so the files do not depend on the number of
+    processes."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(ids) < PARALLEL_MIN_IMAGES:
-        return [_write_image(out, seed, index, image_id) for index, image_id in enumerate(ids)]
+        return [_write_image(out, seed, index, image_id, voc) for index, image_id in enumerate(ids)]
     # spawn, not fork: the caller may already run torch's thread pools, which do not survive a fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = pool.map(_write_image, repeat(out), repeat(seed), range(len(ids)), ids, chunksize=32)
+        jobs = pool.map(_write_image, repeat(out), repeat(seed), range(len(ids)), ids, repeat(voc), chunksize=32)
         return list(jobs)
 
 
+def _coco_split(out: Path, ids: list[str], images: list[tuple[int, int, list[dict]]]) -> dict:
+    """One split's COCO dict from the VOC objects (1-based inclusive boxes -> continuous)."""
+    label = {c: i + 1 for i, c in enumerate(SYNTH_CLASSES)}
+    records = []
+    for image_id, (w, h, objects) in zip(ids, images):
+        boxes = [(x1 - 1, y1 - 1, x2, y2) for x1, y1, x2, y2 in (o["bbox"] for o in objects)]
+        records.append({
+            "image": str(out / "JPEGImages" / f"{image_id}.jpg"), "image_id": int(image_id), "width": w, "height": h,
+            "boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            "labels": np.asarray([label[o["name"]] for o in objects], dtype=np.int64),
+            "difficult": np.asarray([o["difficult"] for o in objects], dtype=bool),
+        })  # fmt: skip
+    return records_to_coco(records, SYNTH_CLASSES, images_dir=out / "JPEGImages")
+
+
 def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAULT_TRAIN,
-             n_test: int = DEFAULT_TEST, workers: int = 0) -> Path:  # fmt: skip
-    """Write the dataset (images 1..n_train are ``trainval``, the next n_test are ``test``) and return its
-    folder. Always (re)writes; callers that want to reuse an existing dataset check ``matches`` first.
-    ``workers`` processes draw the images (0: one per CPU core); the files are the same for any number.
+             n_test: int = DEFAULT_TEST, workers: int = 0, formats: tuple[str, ...] = ("voc",)) -> Path:  # fmt: skip
+    """Write the dataset (images 1..n_train are ``trainval``, the next n_test are ``test``) in ``formats``
+    (some of "voc", "coco") and return its folder. Always (re)writes; callers that want to reuse an existing
+    dataset check ``matches`` first. ``workers`` processes draw the images (0: one per CPU core); the files
+    are the same for any number.
 
     Raises UserError for bad counts, when ``out_dir`` is a file, or when it is a non-empty folder this
     generator did not create (so a real VOC folder is never overwritten). Files of an earlier synthetic
@@ -455,19 +494,22 @@ def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAU
     """
     out = Path(out_dir)
     _check_args(out, seed, n_train, n_test)
+    formats = _check_formats(tuple(formats))
+    voc = "voc" in formats
     seed, n_train, n_test = int(seed), int(n_train), int(n_test)  # numpy integers are not JSON
     train_ids, test_ids = _ids(n_train, n_test)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE_MARKER).unlink(missing_ok=True)  # from here on the folder is incomplete
-        atomic_write_text(out / OWNER_MARKER, json.dumps(parameters(seed, n_train, n_test)) + "\n")
-        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        atomic_write_text(out / OWNER_MARKER, json.dumps(parameters(seed, n_train, n_test, formats)) + "\n")
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main") if voc else ("JPEGImages",):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        _remove_stale(out, set(train_ids + test_ids))
+        _remove_stale(out, set(train_ids + test_ids), formats)
 
         counts = {"images": 0, "objects": 0, "truncated": 0, "difficult": 0, "empty_images": 0}
         per_class = dict.fromkeys(SYNTH_CLASSES, 0)
-        for objects in _write_all(out, seed, train_ids + test_ids, workers):
+        images = _write_all(out, seed, train_ids + test_ids, workers, voc)
+        for _, _, objects in images:
             counts["images"] += 1
             counts["objects"] += len(objects)
             counts["truncated"] += sum(o["truncated"] for o in objects)
@@ -476,11 +518,16 @@ def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAU
             for o in objects:
                 per_class[o["name"]] += 1
 
-        main = out / "ImageSets" / "Main"
-        atomic_write_text(main / "trainval.txt", "".join(f"{i}\n" for i in train_ids))
-        atomic_write_text(main / "test.txt", "".join(f"{i}\n" for i in test_ids))
-        atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in SYNTH_CLASSES))
-        info = {**parameters(seed, n_train, n_test), "classes": list(SYNTH_CLASSES), **counts}
+        if voc:
+            main = out / "ImageSets" / "Main"
+            atomic_write_text(main / "trainval.txt", "".join(f"{i}\n" for i in train_ids))
+            atomic_write_text(main / "test.txt", "".join(f"{i}\n" for i in test_ids))
+            atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in SYNTH_CLASSES))
+        if "coco" in formats:
+            splits = (("trainval", train_ids, images[:n_train]), ("test", test_ids, images[n_train:]))
+            for split, ids, split_images in splits:
+                write_coco_json(out / "annotations" / f"instances_{split}.json", _coco_split(out, ids, split_images))
+        info = {**parameters(seed, n_train, n_test, formats), "classes": list(SYNTH_CLASSES), **counts}
         info["per_class"] = per_class
         atomic_write_text(out / DONE_MARKER, json.dumps(info, indent=1) + "\n")  # last: the dataset is complete
     except OSError as e:
@@ -488,9 +535,21 @@ def generate(out_dir: str | Path, seed: int = DEFAULT_SEED, n_train: int = DEFAU
     return out
 
 
-def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Delete images/annotations of an earlier, larger synthetic dataset in this (owned) folder."""
+def _remove_stale(out: Path, keep: set[str], formats: tuple[str, ...]) -> None:
+    """Delete images/annotations of an earlier, larger synthetic dataset in this (owned) folder, and the files
+    of a format no longer written (so the folder's layout is unambiguous)."""
     for sub, ext in (("JPEGImages", ".jpg"), ("Annotations", ".xml")):
         for f in (out / sub).glob(f"*{ext}"):
-            if f.stem not in keep:
+            if f.stem not in keep or (ext == ".xml" and "voc" not in formats):
                 f.unlink()
+    if "voc" not in formats:
+        for f in ("ImageSets/Main/trainval.txt", "ImageSets/Main/test.txt", "classes.txt"):
+            (out / f).unlink(missing_ok=True)
+        for d in ("ImageSets/Main", "ImageSets", "Annotations"):  # left when empty, else VOC would be detected
+            try:
+                (out / d).rmdir()
+            except OSError:
+                pass
+    if "coco" not in formats:
+        for split in ("trainval", "test"):
+            (out / "annotations" / f"instances_{split}.json").unlink(missing_ok=True)

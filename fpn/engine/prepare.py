@@ -55,25 +55,35 @@ def ensure_synthetic(cfg: Config, log=print) -> None:
     from fpn.data import synthetic
 
     root = Path(cfg.data.data_dir) / "synthetic"
-    if synthetic.is_complete(root):
+    if synthetic.is_complete(root) and "voc" in synthetic.formats(root):
         return
     d = cfg.data
     log(f"generating the synthetic dataset in {root} ({d.synth_train} train + {d.synth_test} test images) ...")
     synthetic.generate(root, seed=d.synth_seed, n_train=d.synth_train, n_test=d.synth_test)
 
 
-def resolve(cfg: Config, generate: bool = True, log=print):
-    """The dataset's ``DatasetSpec``; for ``synthetic`` the data is generated first when missing."""
+def resolve(cfg: Config, generate: bool = True, log=print, classes_from: str = "train"):
+    """The dataset's ``DatasetSpec``; for ``synthetic`` the data is generated first when missing. A dataset
+    folder's layout is logged. ``classes_from``: the split whose COCO categories are the classes."""
     from fpn.data.catalog import resolve_dataset
 
-    if generate and cfg.data.dataset == "synthetic":
+    d = cfg.data
+    if generate and d.dataset == "synthetic" and not (d.train_json or d.test_json):
         ensure_synthetic(cfg, log=log)
-    return resolve_dataset(cfg.data.dataset, cfg.data.data_dir)
+    spec = resolve_dataset(
+        d.dataset, d.data_dir, train_json=d.train_json, train_images=d.train_images, test_json=d.test_json,
+        test_images=d.test_images, classes_from=classes_from,
+    )  # fmt: skip
+    if spec.layout:
+        log(f"dataset {spec.name}: {spec.layout}")
+    return spec
 
 
 def split_records(spec, which: str) -> list[dict]:
-    """Records of the dataset's ``train`` or ``test`` image sets."""
+    """Records of the dataset's ``train`` or ``test`` splits; a UserError when it has none."""
     from fpn.data.catalog import load_records
 
     sets = spec.train_sets if which == "train" else spec.test_sets
-    return load_records(list(sets), spec.classes)
+    if not sets:
+        raise UserError(f"dataset {spec.name} has no {which} split (give one with --set data.{which}_json=FILE)")
+    return load_records(list(sets), spec.classes, category_ids=spec.category_ids or None)

@@ -35,6 +35,21 @@ def batched_iou(gt: Tensor, boxes: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
+def batched_ioa(regions: Tensor, boxes: Tensor) -> Tensor:
+    """Intersection over the box's area ("how much of the box lies inside the region"), per image.
+
+    regions: (N, M, 4); boxes: (N, B, 4) or (B, 4) -> (N, M, B). Empty boxes get 0.
+    """
+    if boxes.dim() == 2:
+        boxes = boxes.unsqueeze(0)  # (1, B, 4), broadcast over images
+    r = regions.unsqueeze(2)  # (N, M, 1, 4)
+    b = boxes.unsqueeze(1)  # (N or 1, 1, B, 4)
+    iw = (torch.minimum(r[..., 2], b[..., 2]) - torch.maximum(r[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.minimum(r[..., 3], b[..., 3]) - torch.maximum(r[..., 1], b[..., 1])).clamp(min=0)
+    area = box_area(boxes).unsqueeze(1)  # (N or 1, 1, B)
+    return torch.where(area > 0, iw * ih / area.clamp(min=1e-12), torch.zeros_like(iw))
+
+
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     """Clip boxes to their image. boxes: (N, ..., 4); image_sizes: (N, 2) float (h, w) -> (N, ..., 4)."""
     # (N, 2) -> (N, 1, ..., 1) per coordinate, so it broadcasts over the boxes' middle dimensions

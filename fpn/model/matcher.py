@@ -15,6 +15,10 @@ Ground truths whose best IoU is 0 (no overlap with any candidate) are left out o
 every zero-IoU candidate would "tie" and become positive.
 
 An image without ground truth has only negatives, whatever ``bg_lo`` (it still teaches "background").
+
+Crowd regions (``crowd_ioa``: the largest fraction of each candidate's area inside one, see
+``GroundTruth.crowd_ioa``): a candidate with ``crowd_ioa >= crowd_thresh`` that is not positive is
+ignored, as in Detectron's crowd filter (0.7): it is neither an object nor background.
 """
 
 from __future__ import annotations
@@ -26,17 +30,22 @@ POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 
 
 class Matcher:
-    def __init__(self, fg_thresh: float, bg_hi: float, bg_lo: float = 0.0, allow_low_quality: bool = False):
+    def __init__(
+        self, fg_thresh: float, bg_hi: float, bg_lo: float = 0.0, allow_low_quality: bool = False,
+        crowd_thresh: float = 0.7,
+    ):  # fmt: skip
         if not bg_lo <= bg_hi <= fg_thresh:
             raise ValueError(f"matcher thresholds must satisfy bg_lo <= bg_hi <= fg: {bg_lo}, {bg_hi}, {fg_thresh}")
         self.fg_thresh = fg_thresh
         self.bg_hi = bg_hi
         self.bg_lo = bg_lo
         self.allow_low_quality = allow_low_quality
+        self.crowd_thresh = crowd_thresh
 
-    def __call__(self, iou: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor]:
-        """iou (N, G, B) float, gt_valid (N, G) bool -> (matched (N, B) int64 index into G,
-        labels (N, B) int64 in {1, 0, -1}). ``matched`` is meaningful only where labels == 1."""
+    def __call__(self, iou: Tensor, gt_valid: Tensor, crowd_ioa: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """iou (N, G, B) float, gt_valid (N, G) bool, crowd_ioa (N, B) float or None -> (matched (N, B)
+        int64 index into G, labels (N, B) int64 in {1, 0, -1}). ``matched`` is meaningful only where
+        labels == 1."""
         # padded ground truths must never win: their IoU is 0, like "no overlap"
         iou = iou.masked_fill(~gt_valid.unsqueeze(2), 0.0)
         best_iou, matched = iou.max(dim=1)  # (N, B): best ground truth per candidate (first on ties)
@@ -52,4 +61,6 @@ class Matcher:
             is_best = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=1)
             # the argmax ground truth of such a candidate overlaps it at least as much, so `matched` stays
             labels.masked_fill_(is_best, POSITIVE)
+        if crowd_ioa is not None:
+            labels.masked_fill_((crowd_ioa >= self.crowd_thresh) & (labels != POSITIVE), IGNORE)
         return matched, labels

@@ -7,7 +7,8 @@ classes (C+1 scores with background 0), K regression outputs per RoI (C+1, or 1 
 
 Training: the ground-truth boxes join the proposals (so every object has a perfect RoI from the
 first iteration); candidates are matched (IoU >= roi_fg_iou -> its object's class, IoU in
-[roi_bg_iou_lo, roi_bg_iou_hi) -> background, else ignored) and ``roi_batch_per_image`` are sampled
+[roi_bg_iou_lo, roi_bg_iou_hi) -> background, else ignored; not foreground and mostly inside a crowd
+region -> ignored) and ``roi_batch_per_image`` are sampled
 per image with at most ``roi_positive_fraction`` foreground. Only the sampled RoIs are pooled.
 Losses: cross-entropy over the sampled RoIs + smooth-L1 (beta ``rcnn_smooth_l1_beta``) on the
 foreground RoIs' deltas of their ground-truth class, both divided by the number of sampled RoIs.
@@ -143,7 +144,8 @@ class RoIHeads(nn.Module):
         index, labels (N, P+G) in {1, 0, -1}; padding slots are -1)."""
         candidates = torch.cat((proposals, gt.boxes), dim=1)
         candidate_valid = torch.cat((proposal_valid, gt.valid), dim=1)
-        matched, labels = self.matcher(batched_iou(gt.boxes, candidates), gt.valid)  # IoU (N, G, P+G)
+        # IoU (N, G, P+G); candidates mostly inside a crowd region are ignored
+        matched, labels = self.matcher(batched_iou(gt.boxes, candidates), gt.valid, gt.crowd_ioa(candidates))
         labels = torch.where(candidate_valid, labels, torch.full_like(labels, IGNORE))
         return candidates, matched, labels
 
@@ -186,7 +188,7 @@ def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads
     return RoIHeads(
         pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper),
         box_head=BoxHead(in_channels * m.pool_size**2, m.fc_dim, num_classes, m.class_agnostic),
-        matcher=Matcher(m.roi_fg_iou, m.roi_bg_iou_hi, m.roi_bg_iou_lo, allow_low_quality=False),
+        matcher=Matcher(m.roi_fg_iou, m.roi_bg_iou_hi, m.roi_bg_iou_lo, allow_low_quality=False, crowd_thresh=m.crowd_ioa),
         sampler=BalancedSampler(m.roi_batch_per_image, m.roi_positive_fraction),
         box_coder=box_coder,
         postprocessor=PostProcessor(

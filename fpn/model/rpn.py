@@ -13,7 +13,7 @@ with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, 
 best ``post_nms_top_n`` per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
 
 Losses: anchors are matched to the ground truth (IoU >= rpn_fg_iou or best anchor of an object ->
-positive, < rpn_bg_iou -> negative), ``rpn_batch_per_image`` are sampled per image with at most
+positive, < rpn_bg_iou -> negative; mostly inside a crowd region -> ignored), ``rpn_batch_per_image`` are sampled per image with at most
 ``rpn_positive_fraction`` positives; BCE over the sampled anchors plus smooth-L1 (beta
 ``rpn_smooth_l1_beta``) on the positives' deltas, both divided by the number of sampled anchors in the
 batch. An image without objects contributes negatives only; its regression loss is exactly 0.
@@ -152,7 +152,7 @@ class RegionProposalNetwork(nn.Module):
 
     def label_anchors(self, anchors: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor]:
         """anchors (A, 4) -> (matched (N, A) ground-truth index, labels (N, A) in {1, 0, -1})."""
-        return self.matcher(batched_iou(gt.boxes, anchors), gt.valid)  # IoU (N, G, A)
+        return self.matcher(batched_iou(gt.boxes, anchors), gt.valid, gt.crowd_ioa(anchors))  # IoU (N, G, A)
 
     def losses(self, anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt: GroundTruth) -> dict[str, Tensor]:
         """anchors (A, 4), pred_logits (N, A), pred_deltas (N, A, 4) -> {"rpn_cls", "rpn_box"} fp32 scalars."""
@@ -188,7 +188,7 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
     return RegionProposalNetwork(
         head=RPNHead(in_channels, m.rpn_channels, anchors.num_anchors_per_cell),
         anchor_generator=anchors,
-        matcher=Matcher(m.rpn_fg_iou, m.rpn_bg_iou, 0.0, allow_low_quality=True),
+        matcher=Matcher(m.rpn_fg_iou, m.rpn_bg_iou, 0.0, allow_low_quality=True, crowd_thresh=m.crowd_ioa),
         sampler=BalancedSampler(m.rpn_batch_per_image, m.rpn_positive_fraction),
         pre_nms_top_n=(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test),
         post_nms_top_n=(m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test),

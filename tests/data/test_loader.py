@@ -110,6 +110,27 @@ def test_sampler_without_shuffle_keeps_order_within_groups():
     assert [[i for i, _ in b] for b in s] == [[0, 2, 3], [1, 4, 5], [6, 8, 9], [7, 11], [10, 12]]
 
 
+
+def test_sampler_random_mirror_takes_each_image_once_an_epoch():
+    groups = np.tile(GROUPS, 2)  # items 13..25 mirror 0..12
+    s = GroupedBatchSampler(groups, 3, (600,), seed=2, random_mirror=True)
+    assert len(s) == 3 + 2  # as many batches as without mirrors
+    mirrored = []
+    for epoch in range(6):
+        s.set_epoch(epoch)
+        items = _indices(list(s))
+        assert sorted(i % 13 for i in items) == list(range(13))  # every image once, itself or its mirror
+        mirrored.append(sum(i >= 13 for i in items))
+        for b in s:
+            assert len({int(groups[i]) for i, _ in b}) == 1
+    assert 0 < sum(mirrored) < 6 * 13 and len(set(mirrored)) > 1  # a fresh coin per image and epoch
+    s.set_epoch(3)
+    again = GroupedBatchSampler(groups, 3, (600,), seed=2, random_mirror=True)
+    again.set_epoch(3)
+    assert list(s) == list(again)
+    with pytest.raises(ValueError, match="pairs"):
+        GroupedBatchSampler(GROUPS, 3, (600,), random_mirror=True)
+
 # --- collate -----------------------------------------------------------------------------------------------
 
 
@@ -164,6 +185,17 @@ def test_dataset_flip_difficult_and_empty_images(voc_folder):
         keep[3]
 
 
+
+def test_crowd_regions_are_no_objects_and_travel_with_the_image_as_crowd_boxes(voc_folder):
+    rec = {"id": "x", "image": str(voc_folder / "JPEGImages" / "a.jpg"), "width": 64, "height": 48,
+           "labels": np.array([1, 2, 1]), "boxes": np.array([[0, 0, 32, 24], [8, 8, 16, 16], [40, 0, 64, 48]], np.float32),
+           "difficult": np.array([False, True, True]), "crowd": np.array([False, False, True])}  # fmt: skip
+    ds = DetectionDataset([rec], default_scale=96, max_size=160, flip=True, use_difficult=True)
+    _, target, _ = ds[(1, 48)]  # the mirror, factor 1
+    assert target["boxes"].tolist() == [[32, 0, 64, 24], [48, 8, 56, 16]]  # the difficult object kept (use_difficult)
+    assert target["labels"].tolist() == [1, 2]
+    assert target["crowd_boxes"].tolist() == [[0, 0, 24, 48]]  # mirrored too; never an object, even with use_difficult
+
 def test_dataset_size_mismatch_is_a_failure(voc_folder):
     recs = _records(voc_folder)
     recs[1]["width"] = 41
@@ -200,6 +232,14 @@ def test_train_loader_without_flip_and_test_loader(voc_folder):
     assert ids == ["a", "c", "b"] and not any(m["flipped"] for b in batches for m in b.metas)
     assert batches[0].image_sizes == [(48, 64), (48, 60)] and batches[0].images.shape == (2, 3, 64, 64)
 
+
+
+def test_filter_empty_drops_training_images_without_objects(voc_folder):
+    recs = _records(voc_folder)  # "c" has no objects
+    assert len(build_train_loader(_cfg(flip=False, filter_empty=True), recs, CLASSES).dataset) == 2
+    assert "crowd_boxes" not in build_train_loader(_cfg(), recs, CLASSES).dataset[0][1]  # VOC: no crowd regions
+    with pytest.raises(UserError, match="data.filter_empty: no training image has an object"):
+        build_train_loader(_cfg(filter_empty=True), [recs[2]], CLASSES)
 
 def test_bad_config_and_records(voc_folder):
     recs = _records(voc_folder)

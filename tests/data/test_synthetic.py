@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -237,6 +238,42 @@ def test_cli_writes_then_reuses_then_regenerates(tmp_path, capsys):
     assert main(["synth", "--out", str(out), "--train", "3", "--test", "2", "--seed", "5"]) == 0
     assert "wrote 5 images" in capsys.readouterr().out and not (out / "JPEGImages/000006.jpg").exists()
 
+
+
+def test_coco_format_holds_the_voc_boxes_with_difficult_objects_as_crowd(tmp_path):
+    from fpn.data.catalog import CocoSplit, ImageSet, load_records, resolve_dataset
+
+    both = generate(tmp_path / "both", seed=2, n_train=6, n_test=3, formats=("coco", "voc"))
+    for split in ("trainval", "test"):
+        voc = load_records([ImageSet(both, split)], SYNTH_CLASSES)
+        coco = load_records([CocoSplit(both / "annotations" / f"instances_{split}.json", both / "JPEGImages", split)],
+                            SYNTH_CLASSES)  # fmt: skip
+        assert [r["image"] for r in voc] == [r["image"] for r in coco]
+        assert [int(r["id"]) for r in voc] == [r["image_id"] for r in coco]
+        for v, c in zip(voc, coco):
+            np.testing.assert_array_equal(v["boxes"], c["boxes"])
+            np.testing.assert_array_equal(v["labels"], c["labels"])
+            np.testing.assert_array_equal(v["difficult"], c["crowd"])
+    assert resolve_dataset(str(both)).metric == "voc07"  # both layouts: the VOC files win
+    coco_only = generate(tmp_path / "coco", seed=2, n_train=6, n_test=3, formats=("coco",))
+    assert not (coco_only / "classes.txt").exists() and not (coco_only / "ImageSets").exists()
+    assert resolve_dataset(str(coco_only)).metric == "coco"
+    assert _files(coco_only)["JPEGImages/000004.jpg"] == _files(both)["JPEGImages/000004.jpg"]
+
+
+def test_cli_format_switch_rewrites_and_leaves_no_other_format(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["synth", "--out", str(out), "--train", "3", "--test", "2", "--format", "both"]) == 0
+    assert matches(out, 0, 3, 2, ("voc", "coco")) and not matches(out, 0, 3, 2)
+    assert main(["synth", "--out", str(out), "--train", "3", "--test", "2", "--format", "coco"]) == 0
+    assert "wrote 5 images" in capsys.readouterr().out
+    assert synthetic.formats(out) == ("coco",) and not list(out.glob("Annotations/*.xml"))
+    assert main(["synth", "--out", str(out), "--train", "3", "--test", "2", "--format", "voc"]) == 0
+    assert not (out / "annotations" / "instances_test.json").exists() and (out / "classes.txt").is_file()
+    marker = read_marker(out)
+    del marker["formats"]  # a dataset written before formats existed is VOC
+    (out / "DONE").write_text(json.dumps(marker))
+    assert matches(out, 0, 3, 2) and synthetic.formats(out) == ("voc",)
 
 @pytest.mark.parametrize(
     "flags, message",

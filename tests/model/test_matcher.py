@@ -47,3 +47,16 @@ def test_padded_ground_truth_never_matches_and_empty_image_is_all_negative():
     matched, labels = matcher(iou, valid)
     assert labels.tolist() == [[1, -1, 1, 0], [0, 0, 0, 0]]
     assert matched[0, [0, 2]].tolist() == [0, 1]
+
+
+def test_candidates_inside_crowd_regions_are_ignored_unless_positive():
+    matcher = Matcher(fg_thresh=0.7, bg_hi=0.3, allow_low_quality=True, crowd_thresh=0.7)
+    iou = IOU.unsqueeze(0)
+    crowd_ioa = torch.tensor([[0.9, 0.9, 0.9, 0.7]])  # a0, a2 positive; a1 ignored anyway; a3 a negative
+    _, labels = matcher(iou, torch.ones(1, 3, dtype=torch.bool), crowd_ioa)
+    assert labels.tolist() == [[1, -1, 1, -1]]  # a3 (0.7 >= 0.7 inside a crowd region) is no longer background
+    _, labels = matcher(iou, torch.ones(1, 3, dtype=torch.bool), torch.tensor([[0.9, 0.9, 0.9, 0.69]]))
+    assert labels.tolist() == [[1, -1, 1, 0]]
+    # an image whose only annotations are crowd regions: negatives outside them, ignored inside
+    _, labels = matcher(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool), torch.tensor([[0.0, 1.0, 0.2, 0.8]]))
+    assert labels.tolist() == [[0, -1, 0, -1]]
