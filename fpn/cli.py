@@ -1,7 +1,8 @@
-"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|bench``.
+"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|coco-eval|bench``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
-this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2.
+this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2; a ``DataWarning``
+one ``warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from fpn.errors import UserError
+from fpn.errors import DataWarning, UserError
 
 # subcommand -> (module, one-line help); modules are imported lazily so `fpn --help` stays fast
 COMMANDS = {
     "train": ("fpn.commands.train", "train a detector"),
     "test": ("fpn.commands.test", "evaluate a checkpoint on a dataset's test split"),
     "demo": ("fpn.commands.demo", "draw detections on images"),
-    "synth": ("fpn.commands.synth", "write the synthetic VOC-layout dataset"),
+    "synth": ("fpn.commands.synth", "write the synthetic dataset (VOC layout and/or COCO JSON)"),
     "voc-eval": ("fpn.commands.voc_eval", "evaluate VOC result files against a devkit"),
+    "coco-eval": ("fpn.commands.coco_eval", "evaluate a COCO results file against COCO annotations"),
     "bench": ("fpn.commands.bench", "time training, inference and data loading"),
 }
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    _show_data_warnings_as_one_line()
     try:
         return int(module.run(args) or 0)
     except UserError as e:
@@ -52,6 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show_data_warnings_as_one_line() -> None:
+    """``warning: message`` for a DataWarning (bad boxes dropped ...); other warnings as Python shows them."""
+    show = warnings.showwarning
+    if getattr(show, "fpn_data_warnings", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.fpn_data_warnings = True
+    warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":

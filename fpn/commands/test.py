@@ -3,13 +3,18 @@
 The model is rebuilt from the checkpoint alone (its config and classes). Written to the output folder
 (default: the checkpoint's folder / ``test_<dataset>``):
 
-- ``results/comp4_det_{split}_{class}.txt``: VOC result files (``fpn voc-eval --results-dir`` reads them);
+- ``results/comp4_det_{split}_{class}.txt``: VOC result files (``fpn voc-eval --results-dir`` reads them),
+  with ``--metric voc07|area``;
+- ``results/coco_results.json`` (COCO results format, the dataset's category ids) with ``--metric coco``,
+  plus ``results/coco_gt.json`` (the ground truth in COCO form) when the dataset is not COCO JSON itself
+  (``fpn coco-eval --gt ... --results ...`` reads them);
 - ``detections.json``: every detection per image, boxes continuous xyxy in original-image pixels;
 - ``pr_curves.png``: precision/recall curve per class;
 - ``vis/<id>.jpg`` with ``--vis N``: the first N test images with their detections drawn.
 
-The evaluation reads the result files back, so the printed numbers are exactly those ``fpn voc-eval``
-gives for them. The last line printed is ``mAP = ...``. The evaluation after training goes the same way
+The metric defaults to the dataset's (coco for COCO JSON, voc07 or area for VOC). The evaluation reads
+the result files back, so the printed numbers are exactly those ``fpn voc-eval`` / ``fpn coco-eval``
+give for them. The last line printed is ``mAP = ...``. The evaluation after training goes the same way
 at the recipe's batch size and precision: ``--bs``/``--amp`` set to those reproduce its numbers exactly.
 """
 
@@ -30,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset to test on (default: the checkpoint's); its classes must match")
     p.add_argument("--data-dir", help="folder holding the datasets (default: the checkpoint's data_dir)")
     p.add_argument("--output-dir", metavar="DIR", help="where results go (default: CHECKPOINT_DIR/test_<dataset>)")
-    p.add_argument("--json", metavar="FILE", help="also write {metric, ap, map} as JSON (fpn voc-eval's shape)")
+    p.add_argument("--metric", choices=("coco", "voc07", "area"),
+                   help="coco (AP@[.50:.95], ...), voc07 (11-point AP@0.5) or area (VOC2010+ AP@0.5); "
+                   "default: the dataset's (coco for COCO JSON)")  # fmt: skip
+    p.add_argument("--json", metavar="FILE", help="also write {metric, ap, map[, stats]} as JSON (fpn voc-eval's shape)")
     p.add_argument("--vis", type=int, default=0, metavar="N", help="save N test images with detections drawn")
     p.add_argument("--vis-thresh", type=float, default=0.5, help="score threshold of drawn boxes (default 0.5)")
     p.add_argument("--soft-nms", action="store_true", help="soft-NMS instead of NMS in post-processing")
@@ -76,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     cfg.data.dataset = args.dataset or ckpt["dataset"]
+    if args.dataset:  # a dataset named here replaces the checkpoint's explicit COCO files
+        cfg.data.train_json = cfg.data.train_images = cfg.data.test_json = cfg.data.test_images = ""
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if args.soft_nms:
@@ -85,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.amp, device)
     print(f"precision: {precision}")
 
-    spec = resolve(cfg, generate=True)
+    spec = resolve(cfg, generate=True, classes_from="test")
+    metric = args.metric or spec.metric
     classes = tuple(spec.classes)
     check_compatible(ckpt, path, classes=classes)
     records = split_records(spec, "test")
@@ -96,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     out_dir = Path(args.output_dir) if args.output_dir else path.parent / f"test_{dataset_dirname(cfg.data.dataset)}"
-    _, result = evaluate_outputs(ids, outputs, records, classes, spec.metric, split, out_dir / "results")
+    _, result = evaluate_outputs(ids, outputs, records, classes, metric, split, out_dir / "results", spec=spec)
 
     by_id = dict(zip(ids, outputs))
     images = [detections_record(r["id"], str(r["image"]), by_id[r["id"]], classes) for r in records]

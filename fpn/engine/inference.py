@@ -1,4 +1,5 @@
-"""Batched inference over a test split and its VOC evaluation (``fpn test`` and evaluation after training)."""
+"""Batched inference over a test split and its evaluation, VOC or COCO (``fpn test`` and evaluation after
+training)."""
 
 from __future__ import annotations
 
@@ -72,14 +73,20 @@ def evaluate_outputs(
     metric: str,
     split: str,
     results_dir,
+    spec=None,
 ):
-    """(detections, EvalResult) of model outputs against the records' ground truth.
+    """(detections, EvalResult) of model outputs against the records' ground truth; ``metric`` is voc07,
+    area or coco.
 
-    The detections go through the VOC result files written to ``results_dir`` (scores rounded as the
-    devkit's format has them) and are scored from those files, exactly as ``fpn voc-eval`` would score
-    them: the evaluation after training and ``fpn test`` therefore print the same numbers for the same
-    outputs.
+    The detections go through result files written to ``results_dir`` and are scored from those files,
+    exactly as ``fpn voc-eval`` / ``fpn coco-eval`` would score them: the evaluation after training and
+    ``fpn test`` therefore print the same numbers for the same outputs. VOC: the devkit's result files
+    (scores rounded as its format has them). COCO: ``coco_results.json`` in the COCO results format; the
+    ground truth is the dataset's own COCO file when ``spec`` (the ``DatasetSpec``) has one test file, else
+    the records in COCO form, written as ``coco_gt.json`` beside it.
     """
+    if metric == "coco":
+        return _evaluate_coco(ids, outputs, records, classes, results_dir, spec)
     from fpn.evaluation.results import detections_from_outputs, read_result_files, write_result_files
     from fpn.evaluation.voc_eval import evaluate, ground_truth_from_records
 
@@ -89,3 +96,24 @@ def evaluate_outputs(
     gt = ground_truth_from_records(records, classes)
     result = evaluate(read_result_files(results_dir, split, classes, gt.keys()), gt, classes, metric=metric)
     return detections, result
+
+
+def _evaluate_coco(ids, outputs, records, classes, results_dir, spec):
+    from pathlib import Path
+
+    from fpn.data.catalog import CocoSplit
+    from fpn.data.coco import coco_image_ids, records_to_coco, write_coco_json
+    from fpn.evaluation.coco_eval import evaluate_coco, load_gt, read_results, results_from_outputs, write_results
+
+    results_dir = Path(results_dir)
+    test_sets = list(spec.test_sets) if spec is not None else []
+    if len(test_sets) == 1 and isinstance(test_sets[0], CocoSplit):
+        gt, category_ids = load_gt(test_sets[0].json), spec.category_ids
+    else:
+        category_ids = list(range(1, len(classes) + 1))
+        gt = records_to_coco(records, classes, category_ids)
+        write_coco_json(results_dir / "coco_gt.json", gt)
+    image_id = dict(zip((str(r["id"]) for r in records), coco_image_ids(records)))
+    path = write_results(results_dir / "coco_results.json", results_from_outputs(ids, outputs, image_id, category_ids))
+    results = read_results(path, gt)
+    return results, evaluate_coco(gt, results)

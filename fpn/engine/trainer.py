@@ -146,6 +146,8 @@ class _Trainer:
         if self.main:
             self.spec = resolve(cfg, generate=True, log=self.say)
             records = split_records(self.spec, "train")
+            # read (and so checked) now, not after hours of training
+            self.test_records = split_records(self.spec, "test") if cfg.eval_at_end else None
         distributed.barrier(info)
         if not self.main:
             self.spec = resolve(cfg, generate=False)
@@ -463,8 +465,8 @@ class _Trainer:
         from fpn.evaluation.report import format_table, write_json
 
         cfg = self.cfg
-        records = split_records(self.spec, "test")
-        split = self.spec.test_sets[0].split if self.spec.test_sets else "test"
+        records = self.test_records
+        split = self.spec.test_sets[0].split
         t0 = time.perf_counter()
         ids, outputs = predict_records(
             self.model, cfg, records, self.classes, self.device, batch_size=max(1, cfg.solver.batch_size),
@@ -472,8 +474,9 @@ class _Trainer:
         )  # fmt: skip
         self.model.train()
         _, result = evaluate_outputs(
-            ids, outputs, records, self.classes, self.spec.metric, split, self.run_dir / f"results_{split}"
-        )
+            ids, outputs, records, self.classes, self.spec.metric, split, self.run_dir / f"results_{split}",
+            spec=self.spec,
+        )  # fmt: skip
         self.say(f"evaluation on {len(records)} {split} images ({format_eta(time.perf_counter() - t0)}):")
         self.say(format_table(result))
         write_json(result, self.run_dir / f"eval_{split}.json")

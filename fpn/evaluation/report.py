@@ -1,4 +1,5 @@
-"""Reports of an ``EvalResult``: a per-class AP table, a JSON summary and precision/recall plots."""
+"""Reports of an ``EvalResult``: a per-class AP table, a JSON summary and precision/recall plots.
+A COCO result (``CocoEvalResult``) adds its 12 summary numbers to the table and the JSON."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 import math
 from pathlib import Path
 
+from fpn.evaluation.coco_eval import CocoEvalResult
 from fpn.evaluation.voc_eval import EvalResult
 from fpn.io import atomic_write_bytes, atomic_write_text
 
-METRIC_NAMES = {"voc07": "voc07 11-point", "area": "area"}
+METRIC_NAMES = {"voc07": "voc07 11-point", "area": "area", "coco": "COCO AP@[.50:.95]"}
 
 
 def _fmt(ap: float | None) -> str:
@@ -27,7 +29,8 @@ def map_line(result: EvalResult) -> str:
 
 
 def format_table(result: EvalResult) -> str:
-    """Aligned table: class, AP ("n/a" when undefined), non-difficult GT count, detections; then the mAP line."""
+    """Aligned table: class, AP ("n/a" when undefined), non-difficult (non-crowd) GT count, detections; for
+    COCO the 12 summary lines as pycocotools prints them; then the mAP line."""
     names = list(result.ap)
     width = max([len("class")] + [len(c) for c in names])
     rows = [f"{'class':<{width}}  {'AP':>6}  {'GT':>6}  {'dets':>7}"]
@@ -35,15 +38,20 @@ def format_table(result: EvalResult) -> str:
         gt, dets = result.npos.get(cls, ""), result.num_detections.get(cls, "")
         rows.append(f"{cls:<{width}}  {_fmt(result.ap[cls]):>6}  {gt:>6}  {dets:>7}")
     rows.append("-" * len(rows[0]))
+    if isinstance(result, CocoEvalResult):
+        rows += result.summary_lines()
     rows.append(map_line(result))
     return "\n".join(rows)
 
 
 def write_json(result: EvalResult, path: str | Path) -> None:
-    """Write ``{"metric": ..., "ap": {class: ap or null}, "map": m or null}`` atomically."""
+    """Write ``{"metric": ..., "ap": {class: ap or null}, "map": m or null}`` atomically; a COCO result
+    adds ``"stats": {"AP": ..., "AP50": ..., ...}`` (null where undefined)."""
     m = None if math.isnan(result.map) else float(result.map)
     ap = {c: (None if v is None else float(v)) for c, v in result.ap.items()}
     data = {"metric": result.metric, "ap": ap, "map": m}
+    if isinstance(result, CocoEvalResult):
+        data["stats"] = dict(result.stats)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 

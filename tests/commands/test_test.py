@@ -58,6 +58,21 @@ def test_end_to_end_outputs_and_same_map_as_voc_eval(trained, tmp_path, capsys):
     assert json.loads((tmp_path / "voc_eval.json").read_text()) == report
 
 
+
+def test_coco_metric_on_a_voc_dataset_writes_both_files_coco_eval_scores(trained, tmp_path, capsys):
+    pytest.importorskip("faster_coco_eval")
+    root, ckpt = trained
+    out = tmp_path / "out"
+    assert main(["test", "--checkpoint", str(ckpt), "--data-dir", str(root / "data"), "--output-dir", str(out),
+                 "--metric", "coco", "--json", str(tmp_path / "test.json"), "--no-progress"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-1].startswith("mAP = ") and "COCO AP@[.50:.95]" in lines[-1]
+    gt = json.loads((out / "results" / "coco_gt.json").read_text())
+    assert [c["name"] for c in gt["categories"]] == list(SYNTH_CLASSES) and len(gt["images"]) == 4
+    assert main(["coco-eval", "--gt", str(out / "results" / "coco_gt.json"), "--results",
+                 str(out / "results" / "coco_results.json"), "--json", str(tmp_path / "c.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads((tmp_path / "test.json").read_text())
+
 def test_user_errors(trained, tmp_path, capsys):
     root, ckpt = trained
     other = torch.load(ckpt, map_location="cpu", weights_only=False)
