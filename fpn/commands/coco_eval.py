@@ -15,8 +15,8 @@ from fpn.evaluation.report import format_table, plot_pr_curves, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt", required=True, metavar="FILE", help="COCO annotation file (e.g. instances_val2017.json)")
-    parser.add_argument("--results", required=True, metavar="FILE", help="COCO results file (a JSON list of detections)")
+    parser.add_argument("--gt", required=True, metavar="FILE", help="COCO annotations (e.g. instances_val2017.json)")
+    parser.add_argument("--results", required=True, metavar="FILE", help="COCO results (a JSON list of detections)")
     parser.add_argument("--json", metavar="FILE", help="also write {metric, ap, map, stats} as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also plot per-class precision/recall curves")
     parser.add_argument("--engine", choices=ENGINES, default="auto",

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=("coco", "voc07", "area"),
                    help="coco (AP@[.50:.95], ...), voc07 (11-point AP@0.5) or area (VOC2010+ AP@0.5); "
                    "default: the dataset's (coco for COCO JSON)")  # fmt: skip
-    p.add_argument("--json", metavar="FILE", help="also write {metric, ap, map[, stats]} as JSON (fpn voc-eval's shape)")
+    p.add_argument("--json", metavar="FILE", help="also write {metric, ap, map[, stats]} as JSON (as *-eval do)")
     p.add_argument("--vis", type=int, default=0, metavar="N", help="save N test images with detections drawn")
     p.add_argument("--vis-thresh", type=float, default=0.5, help="score threshold of drawn boxes (default 0.5)")
     p.add_argument("--soft-nms", action="store_true", help="soft-NMS instead of NMS in post-processing")

@@ -2,8 +2,9 @@
 
 - :func:`time_annotation_loading`: parse n VOC-like XML files without a cache, then load them from it.
 - :func:`time_loader`: the training loader on VOC-sized JPEGs (500x375 -> 800x600, mirror, normalise).
+- :func:`time_coco_loading`: load a generated COCO file of train2017's size, cold and from the cache.
 
-Both write their inputs under ``tmp_dir`` (a temporary folder when None) and return a dict of numbers.
+All write their inputs under ``tmp_dir`` (a temporary folder when None) and return a dict of numbers.
 """
 
 from __future__ import annotations
@@ -137,3 +138,132 @@ def time_loader(
         "images_per_s": rate,
         "images_per_s_per_worker": rate / max(workers, 1),
     }
+
+
+# --- COCO-scale annotation loading -------------------------------------------------------------------------
+
+COCO_TRAIN2017 = {"images": 118_287, "annotations": 860_001}  # instances_train2017.json
+
+
+def write_fake_coco(
+    path: Path, n_images: int, n_annotations: int, seed: int = 0, crowd: float = 0.01, images_dir: Path | None = None
+) -> dict:
+    """Write a COCO annotation file shaped like instances_train2017.json: 80 categories with COCO's id gaps,
+    images with COCO's fields, annotations with a polygon of 6-46 points (2 decimals; 26 on average),
+    ``crowd`` of them crowd regions with an uncompressed RLE mask, and a few degenerate boxes. Written in
+    chunks, so memory stays small; with ``images_dir``, an empty file per image is made there. Returns
+    counts and the file size."""
+    rng = np.random.default_rng(seed)
+    cat_ids = sorted(rng.choice(np.arange(1, 91), 80, replace=False).tolist())
+    image_ids = rng.choice(np.arange(1, 10 * n_images), n_images, replace=False)
+    sizes = rng.choice([(640, 480), (480, 640), (640, 427), (500, 375), (640, 360)], n_images)
+    owner = np.sort(rng.integers(0, n_images, n_annotations))
+    if images_dir is not None:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for i in image_ids.tolist():
+            (images_dir / f"{i:012d}.jpg").touch()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"info":{"description":"fpn fake COCO","version":"1.0","year":2017},"licenses":[{"url":"x","id":1,'
+                '"name":"x"}],"images":[')  # fmt: skip
+        f.write(",".join(
+            f'{{"license":1,"file_name":"{i:012d}.jpg","coco_url":"http://images.cocodataset.org/train2017/{i:012d}'
+            f'.jpg","height":{h},"width":{w},"date_captured":"2013-11-14 11:18:45","flickr_url":"http://farm3.'
+            f'staticflickr.com/2/{i}_abc.jpg","id":{i}}}'
+            for i, (w, h) in zip(image_ids.tolist(), sizes.tolist())
+        ))  # fmt: skip
+        f.write('],"annotations":[')
+        chunk, n_crowd, n_bad = 20_000, 0, 0
+        for start in range(0, n_annotations, chunk):
+            idx = owner[start : start + chunk]
+            k = len(idx)
+            w, h = sizes[idx, 0].astype(float), sizes[idx, 1].astype(float)
+            bw, bh = w * rng.beta(1.2, 4, k), h * rng.beta(1.2, 4, k)
+            x, y = rng.uniform(0, 1, k) * (w - bw), rng.uniform(0, 1, k) * (h - bh)
+            bad = rng.random(k) < 2e-4
+            bw[bad], n_bad = 0.0, n_bad + int(bad.sum())
+            is_crowd = rng.random(k) < crowd
+            n_crowd += int(is_crowd.sum())
+            points = rng.integers(6, 47, k)
+            parts = []
+            for j in range(k):
+                if is_crowd[j]:
+                    counts = ",".join(map(str, rng.integers(1, 400, 40).tolist()))
+                    seg = f'{{"counts":[{counts}],"size":[{int(h[j])},{int(w[j])}]}}'
+                else:
+                    p = np.round(rng.uniform([x[j], y[j]], [x[j] + bw[j], y[j] + bh[j]], (points[j], 2)), 2)
+                    seg = "[[" + ",".join(map(str, p.ravel().tolist())) + "]]"
+                box = ",".join(map(str, np.round([x[j], y[j], bw[j], bh[j]], 2).tolist()))
+                parts.append(
+                    f'{{"segmentation":{seg},"area":{round(bw[j] * bh[j] * 0.6, 4)},"iscrowd":{int(is_crowd[j])},'
+                    f'"image_id":{image_ids[idx[j]]},"bbox":[{box}],"category_id":{cat_ids[rng.integers(80)]},'
+                    f'"id":{start + j + 1}}}'
+                )  # fmt: skip
+            f.write(("," if start else "") + ",".join(parts))
+        f.write('],"categories":[')
+        f.write(",".join(f'{{"supercategory":"thing","id":{c},"name":"class{c}"}}' for c in cat_ids))
+        f.write("]}\n")
+    return {"images": n_images, "annotations": n_annotations, "crowd": n_crowd, "degenerate": n_bad,
+            "bytes": path.stat().st_size}  # fmt: skip
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc (Linux: unlike getrusage's ru_maxrss,
+    the peak starts afresh in a new program, not at the forking parent's size); ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def load_coco_once(json_path: str, images_dir: str, cache_dir: str) -> dict:
+    """Load one COCO split through the catalog (as training does) and time it; run in a fresh process by
+    :func:`time_coco_loading`, so the peak memory is this load's. Keys: seconds, records, boxes,
+    extra_peak_mb (peak resident memory minus that after the imports)."""
+    import warnings
+
+    from fpn.data.catalog import CocoSplit, coco_categories, load_records
+
+    base = _rss_mb("VmRSS")
+    split = CocoSplit(Path(json_path), Path(images_dir), "train")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fake file's degenerate boxes
+        ids, names = coco_categories(split, cache_dir)
+        records = load_records([split], names, cache_dir=cache_dir, category_ids=ids)
+    seconds = time.perf_counter() - t0
+    boxes = sum(len(r["labels"]) for r in records)
+    return {"seconds": seconds, "records": len(records), "boxes": boxes, "extra_peak_mb": _rss_mb("VmHWM") - base}
+
+
+def time_coco_loading(
+    tmp_dir: str | Path | None = None,
+    n_images: int = COCO_TRAIN2017["images"],
+    n_annotations: int = COCO_TRAIN2017["annotations"],
+) -> dict:
+    """Write a COCO file of train2017's size (:func:`write_fake_coco`, ~450 MB) with an empty image file per
+    image, then load it in a fresh process with no cache ("cold": parse + write the cache; the file is in
+    the OS page cache) and again from the cache. Keys: the file's counts, cold / cached: seconds,
+    extra_peak_mb. Everything is written under ``tmp_dir`` (removed after when None)."""
+    import json
+    import subprocess
+    import sys
+
+    with _folder(tmp_dir) as d:
+        path, images, cache = d / "instances_fake.json", d / "images", d / "cache"
+        info = write_fake_coco(path, n_images, n_annotations, images_dir=images)
+        for f in cache.glob("*.pkl"):
+            f.unlink()
+        code = "import json, sys; from fpn.data.bench import load_coco_once as f; print(json.dumps(f(*sys.argv[1:])))"
+        for phase in ("cold", "cached"):
+            out = subprocess.run([sys.executable, "-c", code, str(path), str(images), str(cache)],
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            info[phase] = json.loads(out.strip().splitlines()[-1])
+    return info

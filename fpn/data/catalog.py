@@ -8,7 +8,7 @@ training and for testing, the VOC year and the AP metric. :func:`resolve_dataset
 - ``synthetic``: the folder ``{data_dir}/synthetic`` written by ``fpn synth`` (classes from its classes.txt);
 - ``coco``: COCO 2017, ``{data_dir}/coco/annotations/instances_{train,val}2017.json`` with the images in
   ``{data_dir}/coco/{train,val}2017/`` (train2017 / val2017);
-- any other value: a path to a dataset folder, VOC or COCO JSON, its layout detected (:func:`find_layout`);
+- any other value: a path to a dataset folder, VOC or COCO JSON, its layout detected (:func:`find_coco_layout`);
 - ``train_json`` / ``test_json`` (``data.train_json`` ...) given: those COCO files; the name only names the run.
 
 A split is an :class:`ImageSet` (VOC list file) or a :class:`CocoSplit` (COCO JSON + image folder).
@@ -227,7 +227,8 @@ def _custom_dataset(root: Path) -> DatasetSpec:
         raise UserError(
             f"{root}: neither a VOC-layout folder (JPEGImages/, Annotations/, ImageSets/Main/<split>.txt, "
             "classes.txt) nor COCO JSON (annotations/instances_<split>.json beside image folders, or train/, "
-            "valid/, test/ folders each with one .json and its images)"
+            "valid/, test/ folders each with one .json and its images); COCO files named otherwise: "
+            "--set data.train_json=FILE data.test_json=FILE"
         )
     if not (root / "classes.txt").is_file() and _folder_year(root):
         raise UserError(
@@ -343,7 +344,7 @@ def _coco2017(data_dir: Path, classes_from: str) -> DatasetSpec:
 
 
 def _explicit_coco(name, train_json, train_images, test_json, test_images, classes_from) -> DatasetSpec:
-    if name in DATASET_NAMES or Path(name).is_dir():
+    if name in DATASET_NAMES:
         raise UserError(
             f"--dataset {name}: names a dataset, but data.train_json / data.test_json define one too; with "
             "explicit COCO files --dataset only names the run (e.g. --dataset mydata)"
@@ -647,6 +648,5 @@ def _check_coco_images(split: CocoSplit, coco: CocoAnnotations) -> None:
     if missing:
         i = missing[0]
         more = f" ({len(missing) - 1} more images are missing)" if len(missing) > 1 else ""
-        raise UserError(
-            f"{split.json}: image {int(coco.image_ids[i])} is listed but {folder / coco.file_names[i]} does not exist{more}"
-        )
+        image = folder / coco.file_names[i]
+        raise UserError(f"{split.json}: image {int(coco.image_ids[i])} is listed but {image} does not exist{more}")

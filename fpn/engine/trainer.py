@@ -150,7 +150,7 @@ class _Trainer:
             self.test_records = split_records(self.spec, "test") if cfg.eval_at_end else None
         distributed.barrier(info)
         if not self.main:
-            self.spec = resolve(cfg, generate=False)
+            self.spec = resolve(cfg, generate=False, log=self.say)
             records = split_records(self.spec, "train")
         self.classes = tuple(self.spec.classes)
 

@@ -188,7 +188,9 @@ def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads
     return RoIHeads(
         pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper),
         box_head=BoxHead(in_channels * m.pool_size**2, m.fc_dim, num_classes, m.class_agnostic),
-        matcher=Matcher(m.roi_fg_iou, m.roi_bg_iou_hi, m.roi_bg_iou_lo, allow_low_quality=False, crowd_thresh=m.crowd_ioa),
+        matcher=Matcher(
+            m.roi_fg_iou, m.roi_bg_iou_hi, m.roi_bg_iou_lo, allow_low_quality=False, crowd_thresh=m.crowd_ioa
+        ),
         sampler=BalancedSampler(m.roi_batch_per_image, m.roi_positive_fraction),
         box_coder=box_coder,
         postprocessor=PostProcessor(

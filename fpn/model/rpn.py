@@ -13,10 +13,11 @@ with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, 
 best ``post_nms_top_n`` per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
 
 Losses: anchors are matched to the ground truth (IoU >= rpn_fg_iou or best anchor of an object ->
-positive, < rpn_bg_iou -> negative; mostly inside a crowd region -> ignored), ``rpn_batch_per_image`` are sampled per image with at most
-``rpn_positive_fraction`` positives; BCE over the sampled anchors plus smooth-L1 (beta
-``rpn_smooth_l1_beta``) on the positives' deltas, both divided by the number of sampled anchors in the
-batch. An image without objects contributes negatives only; its regression loss is exactly 0.
+positive, < rpn_bg_iou -> negative; not positive and mostly inside a crowd region -> ignored),
+``rpn_batch_per_image`` are sampled per image with at most ``rpn_positive_fraction`` positives; BCE over
+the sampled anchors plus smooth-L1 (beta ``rpn_smooth_l1_beta``) on the positives' deltas, both divided by
+the number of sampled anchors in the batch. An image without objects contributes negatives only; its
+regression loss is exactly 0.
 """
 
 from __future__ import annotations

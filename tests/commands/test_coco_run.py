@@ -32,7 +32,8 @@ def test_train_and_evaluate_a_coco_json_folder_then_test_and_coco_eval_agree(tmp
 
     # fpn test with the training's batch size and precision prints the same numbers; coco-eval scores its file
     ckpt = run / "fpn_1_1_3.pth"
-    assert main(["test", "--checkpoint", str(ckpt), "--bs", "2", "--json", str(tmp_path / "t.json"), "--no-progress"]) == 0
+    flags = ["--bs", "2", "--json", str(tmp_path / "t.json"), "--no-progress"]
+    assert main(["test", "--checkpoint", str(ckpt), *flags]) == 0
     assert json.loads((tmp_path / "t.json").read_text()) == evaluated
     results_file = run / "test_shapes" / "results" / "coco_results.json"
     gt = data / "annotations" / "instances_test.json"

@@ -75,9 +75,11 @@ def write_coco_file(path: Path, images: dict, categories=((1, "cat"), (2, "dog")
         Image.new("RGB", (w, h), (40 * k % 256, 100, 200)).save(images_dir / name, quality=95)
         data["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
         for cat, bbox, *crowd in anns:
-            data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cat,
-                                        "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": int(bool(crowd and crowd[0])),
-                                        "segmentation": [[bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1]]]})  # fmt: skip
+            data["annotations"].append({
+                "id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cat, "bbox": bbox,
+                "area": bbox[2] * bbox[3], "iscrowd": int(bool(crowd and crowd[0])),
+                "segmentation": [[bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1]]],
+            })  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path

@@ -347,7 +347,8 @@ def test_coco_layout_split_folders(make_coco, tmp_path):
     spec = resolve_dataset(str(root), tmp_path, classes_from="test")
     assert spec.train_sets == [catalog.CocoSplit(root / "train" / "_annotations.coco.json", root / "train", "train")]
     assert spec.test_sets == [catalog.CocoSplit(root / "valid" / "_annotations.coco.json", root / "valid", "valid")]
-    assert "layout train/, valid/ (or val/), test/ folders: train train/_annotations.coco.json (images train/)" in spec.layout
+    assert "layout train/, valid/ (or val/), test/ folders: train train/_annotations.coco.json (images train/)" in (
+        spec.layout)  # fmt: skip
     make_coco(root / "test" / "_annotations.coco.json", ONE)
     assert resolve_dataset(str(root), tmp_path).test_sets[0].split == "test"  # test wins over valid
     (root / "test" / "more.json").write_text("{}")
@@ -387,5 +388,5 @@ def test_coco2017_and_where_to_get_it(make_coco, tmp_path):
     make_coco(root / "annotations" / "instances_val2017.json", ONE, images_dir=root / "val2017")
     spec = resolve_dataset("coco", tmp_path, classes_from="test")  # testing needs only val2017
     assert spec.test_sets[0].split == "val2017" and spec.classes == ("cat", "dog")
-    with pytest.raises(UserError, match=re.escape("instances_train2017.json: COCO annotation file not found; COCO 2017")):
+    with pytest.raises(UserError, match=re.escape("instances_train2017.json: COCO annotation file not found; COCO")):
         resolve_dataset("coco", tmp_path)  # training's classes come from train2017

@@ -78,7 +78,7 @@ def test_bad_boxes_are_dropped_or_clipped_with_one_summary_warning(make_coco, tm
     message = str(caught[0].message)
     assert message.startswith(f"{path}: dropped 4 of 7 annotations") and "ids 1, 2, 3, 7)" in message
     assert "clipped 1 boxes" in message and "(ids 4)" in message
-    np.testing.assert_array_equal(rec["boxes"], np.array([[0, 10, 14, 30], [90, 70, 100, 80], [5, 5, 15, 15]], np.float32))
+    np.testing.assert_array_equal(rec["boxes"], [[0, 10, 14, 30], [90, 70, 100, 80], [5, 5, 15, 15]])
     with pytest.warns(DataWarning, match="dropped 4 of 7"):  # the same warning when read from the cache
         load_records([_split(path)], ("cat",), cache_dir=tmp_path / "cache")
 
@@ -120,7 +120,8 @@ def test_malformed_files_are_one_line_errors_naming_file_and_id(tmp_path, data, 
 def test_missing_files_and_folders(coco_file, tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'none.json'}: COCO annotation file not found; see X")):
         load_records([CocoSplit(tmp_path / "none.json", tmp_path, "x", hint="see X")], ("ant", "zebra"))
-    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'imgs'}: image folder not found (needed by {coco_file})")):
+    no_folder = f"{tmp_path / 'imgs'}: image folder not found (needed by {coco_file})"
+    with pytest.raises(UserError, match=re.escape(no_folder)):
         load_records([CocoSplit(coco_file, tmp_path / "imgs", "x")], ("ant", "zebra"))
     (coco_file.parent / "000003.jpg").unlink()
     (coco_file.parent / "000009.jpg").unlink()
@@ -171,7 +172,8 @@ def test_cache_written_beside_the_json_hit_and_rebuilt_when_the_json_changes(coc
     again = load_records([_split(coco_file)], ("ant", "zebra"))
     assert coco_categories(_split(coco_file)) == ((2, 5), ("ant", "zebra"))
     assert [r["image"] for r in again] == [r["image"] for r in first]
-    np.testing.assert_array_equal(np.concatenate([r["boxes"] for r in again]), np.concatenate([r["boxes"] for r in first]))
+    for a, b in zip(again, first):
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
 
     monkeypatch.setattr(catalog, "parse_coco", coco.parse_coco)
     data = json.loads(coco_file.read_text())

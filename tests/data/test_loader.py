@@ -188,7 +188,7 @@ def test_dataset_flip_difficult_and_empty_images(voc_folder):
 
 def test_crowd_regions_are_no_objects_and_travel_with_the_image_as_crowd_boxes(voc_folder):
     rec = {"id": "x", "image": str(voc_folder / "JPEGImages" / "a.jpg"), "width": 64, "height": 48,
-           "labels": np.array([1, 2, 1]), "boxes": np.array([[0, 0, 32, 24], [8, 8, 16, 16], [40, 0, 64, 48]], np.float32),
+           "labels": np.array([1, 2, 1]), "boxes": np.array([[0, 0, 32, 24], [8, 8, 16, 16], [40, 0, 64, 48.0]]),
            "difficult": np.array([False, True, True]), "crowd": np.array([False, False, True])}  # fmt: skip
     ds = DetectionDataset([rec], default_scale=96, max_size=160, flip=True, use_difficult=True)
     _, target, _ = ds[(1, 48)]  # the mirror, factor 1

