@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from fpn.errors import UserError
 from fpn.evaluation.coco_eval import ENGINES, evaluate_coco, load_gt, read_results
-from fpn.evaluation.report import format_table, plot_pr_curves, write_json
+from fpn.evaluation.report import format_table, write_reports
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +26,5 @@ def run(args: argparse.Namespace) -> int:
     gt = load_gt(args.gt)
     result = evaluate_coco(gt, read_results(args.results, gt), engine=args.engine)
     print(format_table(result))
-    for flag, path, write in (("--json", args.json, write_json), ("--plot", args.plot, plot_pr_curves)):
-        if path:
-            try:
-                write(result, path)
-            except OSError as e:
-                raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    write_reports(result, args.json, args.plot)
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from fpn.data.catalog import read_classes, read_image_list
 from fpn.data.voc import VOC_CLASSES, parse_voc_xml
 from fpn.errors import UserError
-from fpn.evaluation.report import format_table, plot_pr_curves, write_json
+from fpn.evaluation.report import format_table, write_reports
 from fpn.evaluation.results import read_result_files
 from fpn.evaluation.voc_eval import METRICS, evaluate, ground_truth_from_records
 
@@ -94,10 +94,5 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate(detections, ground_truth_from_records(records, classes), classes, args.metric or default_metric)
     print(format_table(result))
-    for flag, path, write in (("--json", args.json, write_json), ("--plot", args.plot, plot_pr_curves)):
-        if path:
-            try:
-                write(result, path)
-            except OSError as e:
-                raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    write_reports(result, args.json, args.plot)
     return 0

@@ -152,13 +152,15 @@ class CocoAnnotations:
         return out
 
 
-def _int_id(value, what: str, path: Path) -> int:
+def int_id(value, what: str, path: Path) -> int:
+    """``value`` when it is an integer, else a UserError naming the file and ``what``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"{path}: {what} must be an integer, got {value!r}")
     return value
 
 
-def _list_of_objects(data: dict, key: str, path: Path) -> list:
+def list_of_objects(data: dict, key: str, path: Path) -> list:
+    """``data[key]`` when it is a list of JSON objects, else a UserError naming the file and key."""
     items = data.get(key)
     if not isinstance(items, list):
         what = "missing" if items is None else f"a {type(items).__name__}, not a list"
@@ -169,11 +171,21 @@ def _list_of_objects(data: dict, key: str, path: Path) -> list:
     return items
 
 
+def bbox_of(ann: dict, ann_id, path: Path) -> list:
+    """An annotation's ``bbox`` when it is 4 numbers, else a UserError naming the file and annotation."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
+    ):
+        raise UserError(f"{path}: annotation {ann_id} has no bbox [x, y, width, height] (got {bbox!r})")
+    return bbox
+
+
 def _categories(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
     by_id: dict[int, str] = {}
     names: set[str] = set()
-    for cat in _list_of_objects(data, "categories", path):
-        cid = _int_id(cat.get("id"), "a category id", path)
+    for cat in list_of_objects(data, "categories", path):
+        cid = int_id(cat.get("id"), "a category id", path)
         name = cat.get("name")
         if not isinstance(name, str) or not name.strip():
             raise UserError(f"{path}: category {cid} has no name")
@@ -199,11 +211,11 @@ def _size(image: dict, key: str, image_id: int, path: Path) -> int:
 
 
 def _images(data: dict, path: Path):
-    images = _list_of_objects(data, "images", path)
+    images = list_of_objects(data, "images", path)
     index: dict[int, int] = {}
     widths, heights, names = [], [], []
     for i, image in enumerate(images):
-        image_id = _int_id(image.get("id"), f"images[{i}].id", path)
+        image_id = int_id(image.get("id"), f"images[{i}].id", path)
         if image_id in index:
             raise UserError(f"{path}: image id {image_id} is listed twice")
         index[image_id] = i
@@ -222,7 +234,7 @@ def parse_coco(data: dict, path: str | Path) -> CocoAnnotations:
     cat_ids, cat_names = _categories(data, path)
     label_of = {c: i + 1 for i, c in enumerate(cat_ids)}
     index, widths, heights, names = _images(data, path)
-    anns = _list_of_objects(data, "annotations", path)
+    anns = list_of_objects(data, "annotations", path)
 
     n = len(anns)
     image_idx = np.empty(n, dtype=np.int64)
@@ -247,12 +259,7 @@ def parse_coco(data: dict, path: str | Path) -> CocoAnnotations:
             raise UserError(
                 f"{path}: annotation {ann_id} has category_id {ann.get('category_id')!r}, which is not in 'categories'"
             ) from None
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
-        ):
-            raise UserError(f"{path}: annotation {ann_id} has no bbox [x, y, width, height] (got {bbox!r})")
-        xywh[k] = bbox
+        xywh[k] = bbox_of(ann, ann_id, path)
         c = ann.get("iscrowd", 0)
         if c not in (0, 1):  # True/False compare equal to 1/0
             raise UserError(f"{path}: annotation {ann_id} has iscrowd {c!r}, expected 0 or 1")

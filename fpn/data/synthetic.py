@@ -416,6 +416,7 @@ def matches(out_dir: str | Path, seed: int, n_train: int, n_test: int, formats: 
     if info is None:
         return False
     info = {"formats": ["voc"], **info}  # written before formats existed: VOC
+    formats = tuple(f for f in FORMATS if f in formats)  # as generate() writes them
     return all(info.get(k) == v for k, v in parameters(seed, n_train, n_test, formats).items())
 
 

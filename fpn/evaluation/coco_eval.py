@@ -28,13 +28,14 @@ import io
 import json
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from fpn.data.coco import parse_coco, read_coco_json
+from fpn.data.coco import bbox_of, int_id, list_of_objects, read_coco_json
 from fpn.errors import DataWarning, UserError
 from fpn.evaluation.voc_eval import EvalResult
 from fpn.io import atomic_write_text
@@ -108,21 +109,34 @@ def _coco_api(coco_class, dataset: dict):
 
 
 def load_gt(path: str | Path) -> dict:
-    """A COCO annotation file checked as training checks it (one-line UserErrors) and ready for COCOeval:
-    ``segmentation`` values cut out (boxes do not need them), a missing ``area`` set to the box area, a
-    missing ``iscrowd`` to 0, a missing annotation ``id`` numbered. Duplicate annotation ids are an error
-    (the COCO API would silently merge them)."""
+    """A COCO annotation file ready for COCOeval, checked for what box evaluation reads (one-line
+    UserErrors): images and categories with unique integer ids, annotations of known images and categories
+    with a ``bbox`` of 4 numbers and unique ids (the COCO API would silently merge duplicates). As for
+    pycocotools, file names, image sizes and category names are not needed. ``segmentation`` values are cut
+    out; a missing ``area`` becomes the box area, ``iscrowd`` 0, an annotation ``id`` its position + 1."""
     data = read_coco_json(path)
-    parse_coco(data, path)  # the checks; the columns are not needed here
+    data.setdefault("annotations", [])  # a file without annotations: nothing to find
+    ids: dict[str, set] = {}
+    for key, what in (("images", "image"), ("categories", "category")):
+        ids[key] = set()
+        for i, item in enumerate(list_of_objects(data, key, path)):
+            item_id = int_id(item.get("id"), f"{key}[{i}].id", path)
+            if item_id in ids[key]:
+                raise UserError(f"{path}: {what} id {item_id} is listed twice")
+            ids[key].add(item_id)
     seen: set = set()
-    for k, ann in enumerate(data["annotations"]):
-        ann.setdefault("id", k + 1)
-        if ann["id"] in seen:
-            raise UserError(f"{path}: annotation id {ann['id']} is used twice")
-        seen.add(ann["id"])
+    for k, ann in enumerate(list_of_objects(data, "annotations", path)):
+        ann_id = int_id(ann.setdefault("id", k + 1), f"annotations[{k}].id", path)
+        if ann_id in seen:
+            raise UserError(f"{path}: annotation id {ann_id} is used twice")
+        seen.add(ann_id)
+        for field_name, key in (("image_id", "images"), ("category_id", "categories")):
+            value = ann.get(field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value not in ids[key]:
+                raise UserError(f"{path}: annotation {ann_id} has {field_name} {value!r}, which is not in '{key}'")
+        bbox = bbox_of(ann, ann_id, path)
         ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
     return data
 
 
@@ -221,6 +235,14 @@ def read_results(path: str | Path, gt: Mapping) -> list[dict]:
 # --- evaluation --------------------------------------------------------------------------------------------
 
 
+def _class_names(categories: Sequence[dict], cat_ids: Sequence[int]) -> tuple[str, ...]:
+    """Category names in ``cat_ids`` order: the id when a category has no name, "name (id)" when a name is
+    used twice (the per-class table is keyed by name)."""
+    by_id = {c["id"]: str(c.get("name", c["id"])) for c in categories}
+    count = Counter(by_id[c] for c in cat_ids)
+    return tuple(by_id[c] if count[by_id[c]] == 1 else f"{by_id[c]} ({c})" for c in cat_ids)
+
+
 def evaluate_coco(gt: dict, results: Sequence[dict], engine: str = "auto") -> CocoEvalResult:
     """COCOeval (bbox) of ``results`` against the COCO annotation dict ``gt`` (both as described in the
     module docstring; ``gt``'s annotations get COCOeval's ``ignore`` key). Class names are the ground
@@ -240,8 +262,7 @@ def evaluate_coco(gt: dict, results: Sequence[dict], engine: str = "auto") -> Co
     stats = [float(v) for v in np.asarray(ev.stats, dtype=np.float64)[: len(STAT_NAMES)]]
 
     cat_ids = list(ev.params.catIds)  # sorted ids of the ground truth's categories
-    names_by_id = {c["id"]: c["name"] for c in gt["categories"]}
-    classes = tuple(str(names_by_id[c]) for c in cat_ids)
+    classes = _class_names(gt["categories"], cat_ids)
     precision = np.asarray(ev.eval["precision"])  # (T, R, K, A, M): IoU, recall, class, area, max dets
     rec_thrs = np.asarray(ev.params.recThrs, dtype=np.float64)
     npos = dict.fromkeys(cat_ids, 0)

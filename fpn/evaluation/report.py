@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from fpn.errors import UserError
 from fpn.evaluation.coco_eval import CocoEvalResult
 from fpn.evaluation.voc_eval import EvalResult
 from fpn.io import atomic_write_bytes, atomic_write_text
@@ -53,6 +54,17 @@ def write_json(result: EvalResult, path: str | Path) -> None:
     if isinstance(result, CocoEvalResult):
         data["stats"] = dict(result.stats)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_reports(result: EvalResult, json_path: str | Path | None, plot_path: str | Path | None) -> None:
+    """The ``--json`` and ``--plot`` files of the ``*-eval`` commands (each only when given); a UserError
+    naming the flag when one cannot be written."""
+    for flag, path, write in (("--json", json_path, write_json), ("--plot", plot_path, plot_pr_curves)):
+        if path:
+            try:
+                write(result, path)
+            except OSError as e:
+                raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
 
 
 def plot_pr_curves(result: EvalResult, path: str | Path) -> None:

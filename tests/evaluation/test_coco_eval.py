@@ -1,5 +1,6 @@
 """COCO metrics: the same numbers as pycocotools' COCOeval, stage by stage; the results format; errors."""
 
+import importlib.util
 import json
 import sys
 
@@ -21,14 +22,7 @@ pytest.importorskip("pycocotools")
 
 
 def _engines():
-    engines = ["pycocotools"]
-    try:
-        import faster_coco_eval  # noqa: F401
-
-        engines.append("faster-coco-eval")
-    except ImportError:
-        pass
-    return engines
+    return ["pycocotools"] + (["faster-coco-eval"] if importlib.util.find_spec("faster_coco_eval") else [])
 
 
 def _evaluate(gt_path, dets_path, engine):
@@ -133,3 +127,22 @@ def test_a_missing_evaluator_says_how_to_install_it(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     with pytest.raises(UserError, match=r"COCO metrics need faster-coco-eval or pycocotools: pip install 'fpn\[coco\]"):
         evaluate_coco({"images": [], "annotations": [], "categories": []}, [])
+
+
+def test_ground_truth_needs_only_what_box_evaluation_reads(tmp_path):
+    # no file names, sizes or category names, a name used twice: pycocotools scores such a file, so do we
+    gt, dets = random_case(5, n_images=12, n_cats=6)
+    for image in gt["images"]:
+        del image["file_name"], image["width"], image["height"]
+    del gt["categories"][0]["name"]
+    gt["categories"][2]["name"] = gt["categories"][1]["name"]
+    gt_path, dets_path = write_case(tmp_path, gt, dets)
+    ours = _evaluate(gt_path, dets_path, "auto")
+    ref = pycocotools_eval(gt_path, dets_path).stats
+    assert np.abs(np.asarray([-1 if ours.stats[n] is None else ours.stats[n] for n in STAT_NAMES]) - ref).max() < 1e-9
+    c = gt["categories"]
+    assert ours.classes[:3] == (str(c[0]["id"]), f"{c[1]['name']} ({c[1]['id']})", f"{c[2]['name']} ({c[2]['id']})")
+    gt["annotations"][0]["image_id"] = 10_000
+    write_case(tmp_path, gt, dets)
+    with pytest.raises(UserError, match="annotation 1 has image_id 10000, which is not in 'images'"):
+        load_gt(gt_path)
