@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from fpn.engine.distributed import env_world_size
 from fpn.engine.seed_compat import (
     add_amp,
     add_bool,
@@ -31,7 +32,6 @@ from fpn.engine.seed_compat import (
     seed_checkpoint,
     torchrun_command,
 )
-from fpn.engine.distributed import env_world_size
 from fpn.errors import UserError
 
 

@@ -20,6 +20,7 @@ needed; no download.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -106,9 +107,7 @@ def fpn(*args: str) -> list[str]:
 
 
 def step_tests(plan: Plan, out: Path) -> dict:
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pytest") is None:
         return {"ok": False, "note": "pytest is not installed (pip install pytest)"}
     cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-m", "device", "-p", "no:cacheprovider", "tests"]
     r = run(cmd, out / "tests.log", plan.timeout_s["tests"], env={"FPN_TEST_DEVICES": plan.device})
@@ -216,6 +215,16 @@ def _fmt(value, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _table(columns: list[str], rows: list[list]) -> list[str]:
+    """A markdown table; a row shorter than ``columns`` is padded with empty cells."""
+    pad = [list(map(str, row)) + [""] * (len(columns) - len(row)) for row in rows]
+    return ["| " + " | ".join(r) + " |" for r in [columns, ["---"] * len(columns), *pad]] + [""]
+
+
+def _verdict(r: dict) -> str:
+    return "ok" if r.get("ok") else f"FAILED (exit {r.get('rc')}, {r.get('log')})"
+
+
 def markdown(report: dict) -> str:
     env, steps = report["environment"], report["steps"]
     mode = "DRY RUN on the CPU (tiny sizes; not GPU numbers)" if report["dry_run"] else "CUDA"
@@ -226,37 +235,34 @@ def markdown(report: dict) -> str:
         lines += ["## Device-parametrized tests", "", f"`{t.get('cmd', 'pytest -m device')}`: "
                   f"{t.get('summary') or t.get('note', '')} ({'ok' if t['ok'] else 'FAILED'})", ""]  # fmt: skip
     if "train" in steps:
-        lines += ["## Synthetic preset, one epoch", "",
-                  "| precision | resolved | iterations | first loss | last loss | finite | falling | s/iter | mAP | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        rows = []
         for name, r in steps["train"].get("runs", {}).items():
             if r.get("skipped"):
-                lines.append(f"| {name} | skipped: {r['note']} | | | | | | | | |")
+                rows.append([name, f"skipped: {r['note']}"])
                 continue
-            lines.append(f"| {name} | {r.get('precision', '')[11:]} | {r.get('iterations', '-')} | "
-                         f"{_fmt(r.get('first_loss'))} | {_fmt(r.get('last_loss'))} | {r.get('finite')} | "
-                         f"{r.get('falling')} | {_fmt(r.get('s_per_iter'))} | {_fmt(r.get('map'), '.4f')} | "
-                         f"{r['seconds']} |")  # fmt: skip
-        lines.append("")
+            rows.append([name, r.get("precision", "")[len("precision: "):], r.get("iterations", "-"),
+                         _fmt(r.get("first_loss")), _fmt(r.get("last_loss")), r.get("finite"), r.get("falling"),
+                         _fmt(r.get("s_per_iter")), _fmt(r.get("map"), ".4f"), r["seconds"], _verdict(r)])  # fmt: skip
+        columns = ["precision", "resolved", "iterations", "first loss", "last loss", "finite", "falling", "s/iter",
+                   "mAP", "wall s", "check"]  # fmt: skip
+        lines += ["## Synthetic preset, one epoch", "", *_table(columns, rows)]
     if "bench" in steps:
-        lines += ["## fpn bench against torchvision", "",
-                  "| run | ours img/s | torchvision img/s | ours / torchvision | ours peak GiB | torchvision peak GiB |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        rows = []
         for name, r in steps["bench"].get("runs", {}).items():
-            if r.get("skipped"):
-                lines.append(f"| {name} | skipped: {r['note']} | | | | |")
+            if r.get("skipped") or not r["ok"]:
+                rows.append([name, f"skipped: {r['note']}" if r.get("skipped") else _verdict(r)])
                 continue
-            res = r.get("results", {})
+            res = r["results"]
             for key in (k for k in res if k.startswith("ours/")):
                 what = key.split("/", 1)[1]
                 ours, tv = res[key], res.get(f"torchvision/{what}", {})
-                lines.append(f"| {what}, {res['config']['precision'].split(' ')[0]} | "
-                             f"{_fmt(ours.get('images_per_s'), '.2f')} | {_fmt(tv.get('images_per_s'), '.2f')} | "
-                             f"{_fmt(res.get(f'ratio/{what}'), '.2f')} | {_fmt(ours.get('peak_mem_gib'), '.2f')} | "
-                             f"{_fmt(tv.get('peak_mem_gib'), '.2f')} |")  # fmt: skip
-            if not r["ok"]:
-                lines.append(f"| {name} | FAILED (exit {r['rc']}, see {r['log']}) | | | | |")
-        lines.append("")
+                rows.append([f"{what}, {res['config']['precision'].split(' ')[0]}",
+                             _fmt(ours.get("images_per_s"), ".2f"), _fmt(tv.get("images_per_s"), ".2f"),
+                             _fmt(res.get(f"ratio/{what}"), ".2f"), _fmt(ours.get("peak_mem_gib"), ".2f"),
+                             _fmt(tv.get("peak_mem_gib"), ".2f")])  # fmt: skip
+        columns = ["run", "ours img/s", "torchvision img/s", "ours / torchvision", "ours peak GiB",
+                   "torchvision peak GiB"]  # fmt: skip
+        lines += ["## fpn bench against torchvision", "", *_table(columns, rows)]
     return "\n".join(lines)
 
 

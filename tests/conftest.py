@@ -4,6 +4,8 @@
 the same tests cover the GPU on a machine that has one). Such tests carry the ``device`` marker:
 ``pytest -m device`` runs only them. ``FPN_TEST_DEVICES=cuda`` (a comma-separated list) restricts them
 to those devices; ``scripts/gpu_check.sh`` uses it, and asking for CUDA where there is none is an error.
+
+``one_thread``: torch single-threaded for the test.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ def _devices() -> list[str]:
     if missing:
         raise pytest.UsageError(f"FPN_TEST_DEVICES={','.join(wanted)}: not available here: {', '.join(missing)}")
     return wanted or available
+
+
+@pytest.fixture
+def one_thread():
+    """torch runs single-threaded for the test (small tensors: no OpenMP oversubscription on shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_configure(config):

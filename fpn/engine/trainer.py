@@ -1,4 +1,5 @@
-"""The training loop: data -> loss dict -> sum -> backward -> step, one LambdaLR step per iteration.
+"""The training loop: data -> loss dict -> sum -> backward -> step, one LambdaLR step per iteration (the
+iteration itself is ``fpn.engine.step.TrainStep``, which ``fpn bench --mode train`` times as well).
 
 ``train(cfg, ...)`` runs a whole training (single process, or one DDP rank under torchrun) and returns a
 ``TrainResult``. The run folder ``{save_dir}/{net}/{dataset}/{exp_name}/`` receives ``config.json``,
@@ -238,8 +239,8 @@ class _Trainer:
         used = ckpt.get("config", {}).get("solver", {}).get("amp_used") or ""  # "" before amp_used was saved
         now, saved_scaler = self.precision.amp, ckpt.get("scaler") or {}
         if used and used != now:
-            names = PRECISION_NAMES
-            note = f"note: the checkpoint trained in {names.get(used, used)}; this run continues in {names[now]}"
+            note = (f"note: the checkpoint trained in {PRECISION_NAMES.get(used, used)}; "
+                    f"this run continues in {PRECISION_NAMES[now]}")  # fmt: skip
             if saved_scaler and not self.scaler.is_enabled():
                 note += " (its GradScaler state is not needed)"
             elif self.scaler.is_enabled() and not saved_scaler:

@@ -13,6 +13,7 @@ from fpn import config as C
 from fpn.cli import main
 from fpn.commands import train as train_cmd
 from fpn.data.synthetic import SYNTH_CLASSES, generate
+from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 from tiny_run import train
 
@@ -162,8 +163,6 @@ def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
 
 
 def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is_said(tmp_path, monkeypatch, capsys):
-    from fpn.engine.step import TrainStep
-
     data_dir = tmp_path / "data"  # 4 images: 3 iterations per epoch (fp16 is slow on a CPU)
     generate(data_dir / "synthetic", seed=0, n_train=4, n_test=2)
     calls = []

@@ -9,12 +9,7 @@ from fpn.engine.step import TrainStep
 from fpn.model import build_detector
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fp16_with_a_grad_scaler_and_sgd_trains_a_detector(device):
