@@ -168,7 +168,8 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     calls = []
     real_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
-    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02")
+    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02",
+            "data.train_scales=96", "data.max_size=128")  # fmt: skip
     assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "precision: fp16 (asked for; with a GradScaler in training)"
