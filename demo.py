@@ -7,7 +7,8 @@
 Loads ``{load_dir}/{net}/{dataset}/[exp_name/]fpn_{checksession}_{checkepoch}_{checkpoint}.pth`` (without
 the optional exp_name, the seed's folder is tried, then a unique experiment folder holding that file), draws
 the detections of score >= ``--thresh`` on every image in ``--image_dir`` and writes them, with
-``detections.json``, to ``--output_dir`` (default: ``<image_dir>_det``). On the CPU unless ``--cuda``.
+``detections.json``, to ``--output_dir`` (default: ``<image_dir>_det``). On the CPU unless ``--cuda``;
+``--amp`` (an extension; default auto) picks the precision as ``fpn demo`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fpn.engine.seed_compat import add_bool, device_flag, script_main, seed_checkpoint
+from fpn.engine.seed_compat import add_amp, add_bool, device_flag, script_main, seed_checkpoint
 from fpn.errors import UserError
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bs", type=int, default=1, help="batch size")
     p.add_argument("--thresh", type=float, default=0.5, help="minimum score of a drawn detection")
     p.add_argument("--webcam_num", type=int, default=-1, help="webcam input is not supported (-1)")
+    add_amp(p)
     return p
 
 
@@ -49,8 +51,9 @@ def to_fpn_argv(args: argparse.Namespace) -> list[str]:
                            args.checksession, args.checkepoch, args.checkpoint)  # fmt: skip
     image_dir = Path(args.image_dir)
     out = args.output_dir or str(image_dir.parent / f"{image_dir.name}_det")
-    return ["demo", str(image_dir), "--checkpoint", str(path), "--out", out, "--thresh", str(args.thresh),
+    argv = ["demo", str(image_dir), "--checkpoint", str(path), "--out", out, "--thresh", str(args.thresh),
             "--bs", str(args.bs), "--device", device_flag(args.cuda)]  # fmt: skip
+    return argv + (["--amp", args.amp] if args.amp else [])
 
 
 def main(argv: list[str] | None = None) -> int:

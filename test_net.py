@@ -8,7 +8,8 @@ Loads ``{load_dir}/{net}/{dataset}/{exp_name}/fpn_{checksession}_{checkepoch}_{c
 test split (on the CPU unless ``--cuda``), writes VOC result files, detections and a PR-curve plot to
 ``--output_dir`` (default: the checkpoint's folder / ``test_<dataset>``) and prints per-class AP and the mAP.
 The network and class-agnostic setting come from the checkpoint; ``--net`` and ``--cag`` only locate it.
-``--vis`` saves 20 images with detections drawn (``--vis N``: N images).
+``--vis`` saves 20 images with detections drawn (``--vis N``: N images). ``--amp`` (an extension; default
+auto) picks the precision as ``fpn test`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fpn.engine.seed_compat import add_bool, device_flag, script_main, seed_checkpoint
+from fpn.engine.seed_compat import add_amp, add_bool, device_flag, script_main, seed_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default="data", help="folder holding VOCdevkit2007/, synthetic/ ...")
     p.add_argument("--bs", type=int, default=None, help="test batch size (default 4)")
     p.add_argument("--output_dir", default=None, help="results folder (default: next to the checkpoint)")
+    add_amp(p)
     p.add_argument("--set", dest="set_cfgs", nargs="+", action="extend", default=[], help="key=value overrides")
     return p
 
@@ -54,6 +56,8 @@ def to_fpn_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--bs", str(args.bs)]
     if args.output_dir:
         argv += ["--output-dir", args.output_dir]
+    if args.amp:
+        argv += ["--amp", args.amp]
     if args.set_cfgs:
         argv += ["--set", *args.set_cfgs]
     return argv

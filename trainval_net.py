@@ -8,8 +8,10 @@ Checkpoints: ``{save_dir}/{net}/{dataset}/{exp_name}/fpn_{s}_{epoch}_{step}.pth`
 epoch's last iteration). ``--epochs 12`` trains 12 epochs; ``--lr_decay_step N`` decays the rate by
 ``--lr_decay_gamma`` after every N epochs (after epoch 10 for N=10, 12 epochs). ``--r True`` resumes from
 ``fpn_{checksession}_{checkepoch}_{checkpoint}.pth`` in the same folder. ``--mGPUs`` re-runs itself under
-``torchrun`` with one process per visible GPU (``--bs`` is then per GPU). Without ``--cuda`` it runs on the
-CPU. Unflagged values come from the dataset's preset (``fpn.config``). Extensions: ``--cfg FILE`` and
+``torchrun`` with one process per visible GPU; ``--bs`` is then, as in the seed, the total batch over all
+GPUs (it must divide evenly; each process gets ``--bs / GPUs``) and ``--lr`` the rate for that total batch
+(the default ``solver.lr_scaling=none``). Without ``--cuda`` it runs on the CPU. Unflagged values come from the
+dataset's preset (``fpn.config``). Extensions: ``--amp`` (default auto), ``--cfg FILE`` and
 ``--set key=value ...`` as in ``fpn train``.
 """
 
@@ -19,7 +21,17 @@ import argparse
 import os
 import sys
 
-from fpn.engine.seed_compat import add_bool, device_flag, fail, run_fpn, seed_checkpoint, torchrun_command
+from fpn.engine.distributed import env_world_size
+from fpn.engine.seed_compat import (
+    add_amp,
+    add_bool,
+    device_flag,
+    fail,
+    per_process_batch,
+    run_fpn,
+    seed_checkpoint,
+    torchrun_command,
+)
 from fpn.errors import UserError
 
 
@@ -36,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nw", "--num_workers", dest="num_workers", type=int, default=None, help="data loader workers")
     p.add_argument("--cuda", action="store_true", help="use CUDA")
     p.add_argument("--mGPUs", action="store_true", help="use all visible GPUs (torchrun, one process each)")
-    p.add_argument("--bs", type=int, default=None, help="batch size (per GPU)")
+    p.add_argument("--bs", type=int, default=None, help="batch size (with --mGPUs: the total over all GPUs)")
     p.add_argument("--cag", action="store_true", help="class-agnostic box regression")
     p.add_argument("--o", dest="optimizer", default="sgd", help="training optimizer: sgd")
     p.add_argument("--lr", type=float, default=None, help="starting learning rate (preset: 1e-3)")
@@ -49,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=int, default=0, help="checkpoint (step) to load model")
     add_bool(p, "--use_tfboard", help="write TensorBoard scalars")
     p.add_argument("--data_dir", default="data", help="folder holding VOCdevkit2007/, synthetic/ ...")
+    add_amp(p)
     p.add_argument("--cfg", dest="cfg_file", default=None, help="config.json to start from (extension)")
     p.add_argument("--set", dest="set_cfgs", nargs="+", action="extend", default=[], help="key=value overrides")
     return p
@@ -61,8 +74,9 @@ def decay_epochs(step: int, epochs: int) -> list[int]:
     return list(range(step, epochs, step)) or [step]
 
 
-def to_fpn_argv(args: argparse.Namespace) -> list[str]:
-    """The ``fpn train`` command line equivalent to the seed flags."""
+def to_fpn_argv(args: argparse.Namespace, world_size: int = 1) -> list[str]:
+    """The ``fpn train`` command line equivalent to the seed flags, for one of ``world_size`` processes
+    (``--mGPUs``: the total ``--bs`` is divided among them)."""
     if args.optimizer.lower() != "sgd":
         raise UserError(f"--o {args.optimizer}: only sgd is supported (momentum SGD, as the seed's recipe)")
     argv = ["train", "--dataset", args.dataset, "--net", args.net, "--exp-name", args.exp_name,
@@ -76,12 +90,17 @@ def to_fpn_argv(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--start_epoch {args.start_epoch}: only with --r True (then the checkpoint's epoch follows)")
     if args.cfg_file:
         argv += ["--config", args.cfg_file]
-    numbers = (("--bs", args.bs), ("--lr", args.lr), ("--epochs", args.epochs), ("--workers", args.num_workers))
+    bs = args.bs
+    if args.mGPUs:
+        total = bs if bs is not None else _preset(args).solver.batch_size
+        bs = per_process_batch(total, world_size)
+    numbers = (("--bs", bs), ("--lr", args.lr), ("--epochs", args.epochs), ("--workers", args.num_workers),
+               ("--amp", args.amp))  # fmt: skip
     for flag, value in numbers:
         if value is not None:
             argv += [flag, str(value)]
     if args.lr_decay_step is not None:
-        epochs = args.epochs if args.epochs is not None else _preset_epochs(args)
+        epochs = args.epochs if args.epochs is not None else _preset(args).solver.epochs
         argv += ["--lr-decay-step", *map(str, decay_epochs(args.lr_decay_step, epochs))]
     argv.append("--tensorboard" if args.use_tfboard else "--no-tensorboard")
     sets = []
@@ -95,18 +114,19 @@ def to_fpn_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _preset_epochs(args: argparse.Namespace) -> int:
+def _preset(args: argparse.Namespace):
     from fpn import config as C
 
     if args.cfg_file:
-        return C.load_json(args.cfg_file).solver.epochs
-    return C.preset_for_dataset(args.dataset).solver.epochs
+        return C.load_json(args.cfg_file)
+    return C.preset_for_dataset(args.dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        world_size = env_world_size()
         if args.mGPUs and "WORLD_SIZE" not in os.environ:
             if not args.cuda:
                 raise UserError("--mGPUs: needs --cuda (one process per GPU)")
@@ -114,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
             n = torch.cuda.device_count()
             if n > 1:
+                to_fpn_argv(args, n)  # a --bs that does not divide among the GPUs fails here, before torchrun
                 cmd = torchrun_command(os.path.abspath(__file__), argv, n)
                 print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
                 os.execv(cmd[0], cmd)
             print(f"note: --mGPUs with {n} visible GPU: training in one process", file=sys.stderr)
-        fpn_argv = to_fpn_argv(args)
+        fpn_argv = to_fpn_argv(args, world_size)
     except UserError as e:
         return fail(str(e))
     return run_fpn(fpn_argv)

@@ -1,5 +1,11 @@
 """Timing of training steps, inference and (via ``fpn.data.bench``) the data loader.
 
+What is timed is described by a ``Config`` (``bench_config``: a preset, by default ``voc07_res101``, with
+the flags' overrides): network, width, scale, batch, precision, channels-last, optimiser. A training step
+is the trainer's own ``fpn.engine.step.TrainStep`` with the optimiser ``build_optimizer`` makes for that
+solver (fused or not) and the scaler ``make_scaler`` makes for that precision, so the benchmark times what
+``fpn train`` runs. ``--preset synthetic`` therefore times the synthetic recipe's step as it trains.
+
 Inputs are VOC-sized: ``num`` random images of ``image_size`` (w, h) pixels with a few boxes each, resized
 to ``scale`` / ``max_size`` exactly as the data loader does. Each timing runs ``warmup`` untimed
 iterations first, then ``iters`` timed ones; on CUDA the clock is read between device synchronisations,
@@ -21,9 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fpn.config import Config, preset_for_dataset
+from fpn.config import Config, get_preset
 from fpn.data.transforms import resize_factor, resized_size
 from fpn.engine.device import autocast, make_scaler, resolve_precision
+from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
+from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
 NETS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
@@ -39,8 +47,9 @@ class BenchInput:
 
 
 def make_input(batch: int, image_size: tuple[int, int], scale: int, max_size: int, device, seed: int = 0,
-               size_divisible: int = 32) -> BenchInput:
-    """A reproducible batch: random images with 3 random boxes each, also resized like the loader does."""
+               size_divisible: int = 32, num_classes: int = 21) -> BenchInput:
+    """A reproducible batch: random images with 3 random boxes each (labels in 1..num_classes-1), also
+    resized like the loader does."""
     g = torch.Generator().manual_seed(seed)
     w, h = image_size
     f = resize_factor(h, w, scale, max_size)
@@ -53,7 +62,7 @@ def make_input(batch: int, image_size: tuple[int, int], scale: int, max_size: in
         xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
         wh = 20 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
         boxes = torch.cat([xy, xy + wh], dim=1)
-        labels = torch.randint(1, 21, (3,), generator=g)
+        labels = torch.randint(1, num_classes, (3,), generator=g)
         originals.append(img.to(device))
         original_targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
         targets.append({"boxes": (boxes * f).to(device), "labels": labels.to(device)})
@@ -61,13 +70,40 @@ def make_input(batch: int, image_size: tuple[int, int], scale: int, max_size: in
     return BenchInput(originals, original_targets, images.to(device), [(rh, rw)] * batch, targets)
 
 
-def build_ours(net: str, num_classes: int = 21) -> torch.nn.Module:
+def bench_config(preset: str = "voc07_res101", net: str | None = None, batch: int | None = None,
+                 scale: int | None = None, max_size: int | None = None, amp: str | None = None,
+                 channels_last: bool | None = None) -> Config:
+    """The preset with the given fields replaced (None keeps the preset's); never pretrained weights."""
+    cfg = get_preset(preset)
+    if net is not None:
+        if net not in NETS:
+            raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
+        cfg.model.backbone = net
+    if batch is not None:
+        cfg.solver.batch_size = batch
+    if scale is not None:
+        cfg.data.train_scales, cfg.data.test_scale = (scale,), scale
+    if max_size is not None:
+        cfg.data.max_size = max_size
+    if amp is not None:
+        cfg.solver.amp = amp
+    if channels_last is not None:
+        cfg.model.channels_last = channels_last
+    cfg.model.pretrained = "none"
+    return cfg
+
+
+def num_classes_of(cfg: Config) -> int:
+    """Classes + background of the preset's dataset (VOC's 21 unless it is the synthetic one)."""
+    from fpn.data.synthetic import SYNTH_CLASSES
+
+    return len(SYNTH_CLASSES) + 1 if cfg.data.dataset == "synthetic" else 21
+
+
+def build_ours(cfg: Config, num_classes: int = 21) -> torch.nn.Module:
     from fpn.model import build_detector
 
-    cfg: Config = preset_for_dataset("pascal_voc")
-    cfg.model.backbone = net
-    cfg.model.pretrained = "none"
-    return build_detector(cfg, num_classes)
+    return build_detector(cfg, num_classes, load_pretrained=False)
 
 
 def build_torchvision(net: str, scale: int, max_size: int, num_classes: int = 21) -> torch.nn.Module:
@@ -118,32 +154,30 @@ def _summary(times: list[float], images_per_iter: int, flops: float, device: tor
     return out
 
 
-def bench_train(model, inp: BenchInput, impl: str, amp: str, device, warmup: int, iters: int,
-                channels_last: bool = False) -> dict:
-    """Median time of one training step: forward, loss sum, backward, SGD step."""
-    model.to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+def make_train_step(model, cfg: Config, amp: str, device, iters: int) -> TrainStep:
+    """The trainer's step for ``model`` (already on ``device``) with the optimiser, scheduler and scaler
+    the trainer builds from ``cfg.solver`` for precision ``amp``."""
     scaler = make_scaler(device, amp)
+    optimizer = build_optimizer(model, cfg.solver, grad_scaler=scaler.is_enabled())
+    scheduler = build_scheduler(optimizer, cfg.solver, iters_per_epoch=max(1, iters))
+    return TrainStep(model, optimizer, scaler, device, amp, scheduler, cfg.solver.clip_grad_norm)
 
-    def step():
-        with autocast(device, amp):
-            if impl == "ours":
-                losses = model(inp.images, inp.image_sizes, inp.targets)
-            else:
-                losses = model(inp.originals, inp.original_targets)
-            loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+
+def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device, warmup: int, iters: int) -> dict:
+    """Median time of one training step, ``TrainStep``: forward, loss sum, backward, optimiser step."""
+    model.to(device).train()
+    step = make_train_step(model, cfg, amp, device, warmup + iters + 1)
+    inputs = (inp.images, inp.image_sizes, inp.targets) if impl == "ours" else (inp.originals, inp.original_targets)
+
+    def run():
+        step(*inputs)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = _count_flops(step)
-    return _summary(_time(step, warmup, iters, device), len(inp.image_sizes), flops, device)
+    flops = _count_flops(run)
+    out = _summary(_time(run, warmup, iters, device), len(inp.image_sizes), flops, device)
+    out["optimizer"] = describe_optimizer(step.optimizer)
+    return out
 
 
 @torch.no_grad()
@@ -164,31 +198,40 @@ def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int
     return _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
 
 
-def run_benchmarks(net: str, batch: int, mode: str, device: torch.device, amp: str = "none", scale: int = 600,
-                   max_size: int = 1000, image_size: tuple[int, int] = (500, 375), compare: str | None = None,
-                   warmup: int = 3, iters: int = 10, channels_last: bool = False) -> dict:
-    """Run the requested benchmarks; returns {"config": ..., "<impl>/<what>": result dict, "ratio/...": x}."""
+def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tuple[int, int] = (500, 375),
+                   compare: str | None = None, warmup: int = 3, iters: int = 10) -> dict:
+    """Run the requested benchmarks of ``cfg`` (see ``bench_config``); returns {"config": ...,
+    "<impl>/<what>": result dict, "ratio/...": x}."""
+    net, batch = cfg.model.backbone, cfg.solver.batch_size
     if net not in NETS:
         raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
-    precision = resolve_precision(amp, device)
+    precision = resolve_precision(cfg.solver.amp, device)
     amp = precision.amp
+    scale, test_scale, max_size = cfg.data.train_scales[0], cfg.data.test_scale, cfg.data.max_size
+    num_classes = num_classes_of(cfg)
     torch.manual_seed(0)
     impls = ["ours"] + (["torchvision"] if compare == "torchvision" else [])
-    results: dict = {"config": {"net": net, "batch": batch, "mode": mode, "device": str(device), "amp": amp,
-                                "precision": str(precision),
-                                "scale": scale, "max_size": max_size, "image_size": list(image_size),
-                                "torch": torch.__version__, "channels_last": channels_last}}
+    results: dict = {"config": {"preset": cfg.preset, "net": net, "backbone_width": cfg.model.backbone_width,
+                                "fpn_channels": cfg.model.fpn_channels, "batch": batch, "mode": mode,
+                                "device": str(device), "amp": amp, "precision": str(precision), "scale": scale,
+                                "test_scale": test_scale, "max_size": max_size, "image_size": list(image_size),
+                                "torch": torch.__version__, "channels_last": cfg.model.channels_last,
+                                "optimizer": cfg.solver.optimizer}}  # fmt: skip
     if device.type == "cuda":
         results["config"]["gpu"] = torch.cuda.get_device_name(device)
     for impl in impls:
-        model = build_ours(net) if impl == "ours" else build_torchvision(net, scale, max_size)
+        if impl == "ours":
+            model = build_ours(cfg, num_classes)
+        else:
+            model = build_torchvision(net, scale, max_size, num_classes)
         if mode in ("train", "all"):
-            inp = make_input(batch, image_size, scale, max_size, device)
-            results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, amp, device, warmup, iters,
-                                                             channels_last and impl == "ours")
+            inp = make_input(batch, image_size, scale, max_size, device, num_classes=num_classes)
+            results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, cfg, amp, device, warmup, iters)
         if mode in ("infer", "all"):
+            if impl == "torchvision":
+                model.transform.min_size = (test_scale,)
             for bs in sorted({1, batch}):
-                inp = make_input(bs, image_size, scale, max_size, device)
+                inp = make_input(bs, image_size, test_scale, max_size, device, num_classes=num_classes)
                 results[f"{impl}/infer_bs{bs}"] = bench_infer(model, inp, impl, amp, device, warmup, iters)
         del model
         if device.type == "cuda":

@@ -102,9 +102,12 @@ class ModelConfig:
 
 @dataclass
 class SolverConfig:
-    batch_size: int = 2
+    batch_size: int = 2  # images per process (per GPU); the total batch is batch_size x processes
     optimizer: str = "sgd"  # sgd (momentum) | adamw (betas 0.9, 0.999; decoupled weight decay)
     lr: float = 1e-3
+    # lr_scaling: none (lr as given, whatever the total batch) | linear (lr x total batch / reference_batch)
+    lr_scaling: str = "none"
+    reference_batch: int = 2  # the total batch the preset's lr is meant for (read by lr_scaling=linear)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     bias_lr_factor: float = 1.0  # the seed's "double bias" would be 2.0
@@ -180,6 +183,7 @@ def synthetic() -> Config:
     m.rpn_post_nms_top_n_test = 300
     m.roi_batch_per_image = 128
     s.batch_size = 8
+    s.reference_batch = 8
     s.optimizer = "adamw"
     s.lr = 1e-3
     s.weight_decay = 0.05

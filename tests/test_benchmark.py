@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from fpn.benchmark import make_input
+from fpn.benchmark import bench_config, build_ours, make_input, make_train_step
 from fpn.cli import main
+from fpn.engine.step import TrainStep
 
 
 def test_bench_input_is_resized_like_the_loader():
@@ -41,3 +42,26 @@ def test_bench_bad_flags(argv, message, capsys):
     assert main(["bench", "--mode", "infer", "--iters", "1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch):
+    calls = []
+    real_call = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(self) or real_call(self, *a))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "synthetic", "--scale", "64", "--max-size", "96", "--bs", "2", "--mode", "train",
+                 "--iters", "2", "--warmup", "1", "--device", "cpu", "--amp", "none", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    c = res["config"]
+    assert (c["preset"], c["net"], c["backbone_width"], c["fpn_channels"], c["batch"], c["scale"]) == (
+        "synthetic", "res18", 32, 64, 2, 64)  # the preset's network, with the flags' batch and scale
+    assert c["channels_last"] and c["optimizer"] == "adamw" and c["precision"] == "fp32 (asked for)"
+    assert res["ours/train_bs2"]["optimizer"] == "AdamW (fused)"  # build_optimizer's choice, as in training
+    assert len(calls) == 1 + 1 + 2  # the FLOP count, warm-up and timed iterations: all the trainer's step
+    assert calls[0].amp == "none" and calls[0].scheduler is not None
+
+
+def test_bench_step_under_fp16_uses_the_unfused_sgd_the_trainer_would():
+    cfg = bench_config("voc07_res101", net="res18", amp="fp16")
+    step = make_train_step(build_ours(cfg), cfg, "fp16", torch.device("cpu"), iters=3)
+    assert isinstance(step, TrainStep) and step.scaler.is_enabled() and not step.optimizer.defaults.get("fused")

@@ -88,6 +88,45 @@ def test_checkpoint_paths(tmp_path):
     assert _flag(d, "--out") == "imgs_det"
 
 
+def test_mgpus_bs_is_the_total_batch_over_all_gpus(monkeypatch, capsys):
+    args = trainval_net.build_parser().parse_args(["e", "--cuda", "--mGPUs", "--bs", "8"])
+    assert _flag(trainval_net.to_fpn_argv(args, world_size=4), "--bs") == "2"  # 8 over 4 GPUs
+    args.bs = None  # the preset's batch 2 is the total, too
+    assert _flag(trainval_net.to_fpn_argv(args, world_size=2), "--bs") == "1"
+    args.bs = 6
+    with pytest.raises(UserError, match=r"^--bs 6 with --mGPUs: .* among the 4 GPUs \(e.g. --bs 4 or --bs 8\)$"):
+        trainval_net.to_fpn_argv(args, world_size=4)
+    plain = trainval_net.build_parser().parse_args(["e", "--bs", "6"])
+    assert _flag(trainval_net.to_fpn_argv(plain, world_size=4), "--bs") == "6"  # without --mGPUs: as given
+    # the process torchrun started: WORLD_SIZE tells it its share; a bad --bs is one line, exit 2
+    ran = []
+    monkeypatch.setattr(trainval_net, "run_fpn", lambda argv: ran.append(argv) or 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert trainval_net.main(["e", "--cuda", "--mGPUs", "--bs", "4", "--amp", "fp16"]) == 0
+    assert _flag(ran[0], "--bs") == "2" and _flag(ran[0], "--amp") == "fp16"
+    assert trainval_net.main(["e", "--cuda", "--mGPUs", "--bs", "3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --bs 3 with --mGPUs: the total batch must divide evenly among the 2 GPUs (e.g. --bs 2 or --bs 4)"
+    )
+    # the launching process checks the division before it starts torchrun with one process per GPU
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    launched = []
+
+    def execv(exe, cmd):  # exec does not return
+        launched.append(cmd)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(trainval_net.os, "execv", execv)
+    assert trainval_net.main(["e", "--cuda", "--mGPUs", "--bs", "3"]) == 2 and not launched
+    assert "--bs 3 with --mGPUs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        trainval_net.main(["e", "--cuda", "--mGPUs", "--bs", "4"])
+    assert launched[0][3:5] == ["--standalone", "--nproc_per_node=2"] and launched[0][-2:] == ["--bs", "4"]
+
+
 def test_torchrun_relaunch_command():
     cmd = trainval_net.torchrun_command("/repo/trainval_net.py", ["e", "--mGPUs", "--cuda"], 4)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "/repo/trainval_net.py",

@@ -1,4 +1,9 @@
-"""``fpn bench``: time training steps, inference and the data loader (see fpn/benchmark.py)."""
+"""``fpn bench``: time training steps, inference and the data loader (see fpn/benchmark.py).
+
+What runs is a preset (``--preset``, default ``voc07_res101``: res101, batch 2, scale 600 / max 1000, SGD,
+``--amp auto``) with ``--net``, ``--bs``, ``--scale``, ``--max-size``, ``--amp`` and ``--channels-last``
+replacing its values; ``--mode train`` runs the trainer's own step for it.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +24,21 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--net", default="res101", help="res18 | res34 | res50 | res101 | res152 (default res101)")
-    p.add_argument("--bs", type=int, default=2, help="batch size (default 2)")
-    p.add_argument("--scale", type=int, default=600, help="shorter side after resize (default 600)")
-    p.add_argument("--max-size", type=int, default=1000, help="longer side limit (default 1000)")
+    from fpn.config import PRESETS
+
+    p.add_argument("--preset", default="voc07_res101",
+                   help=f"the recipe to time, as it trains ({', '.join(PRESETS)}; default voc07_res101)")  # fmt: skip
+    p.add_argument("--net", help="res18 | res34 | res50 | res101 | res152 (default: the preset's, res101)")
+    p.add_argument("--bs", type=int, help="batch size (default: the preset's, 2)")
+    p.add_argument("--scale", type=int, help="shorter side after resize (default: the preset's, 600)")
+    p.add_argument("--max-size", type=int, help="longer side limit (default: the preset's, 1000)")
     p.add_argument("--image-size", type=_size, default=(500, 375), help="input image WxH (default 500x375)")
-    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 (autocast; default auto)")
+    p.add_argument("--amp", help="auto | none | bf16 | fp16 (autocast; default: the preset's, auto)")
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")
-    p.add_argument("--channels-last", action="store_true", help="run our model in channels_last layout")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="run our model in channels_last layout (default: the preset's model.channels_last)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     p.add_argument("--workers", type=int, default=1, help="loader workers for --mode data (default 1)")
@@ -37,28 +47,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.benchmark import format_results, run_benchmarks
-    from fpn.engine.device import resolve_device
+    from fpn.benchmark import bench_config, format_results, run_benchmarks
+    from fpn.engine.device import check_amp, resolve_device, resolve_precision
     from fpn.io import atomic_write_text
 
     for flag, value in (("--bs", args.bs), ("--scale", args.scale), ("--max-size", args.max_size),
                         ("--iters", args.iters), ("--images", args.images)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
     if args.warmup < 0 or args.workers < 0:
         raise UserError("--warmup and --workers must not be negative")
+    if args.amp is not None:
+        check_amp(args.amp)
+    cfg = bench_config(args.preset, net=args.net, batch=args.bs, scale=args.scale, max_size=args.max_size,
+                       amp=args.amp, channels_last=args.channels_last)  # fmt: skip
     device = resolve_device(args.device)
     results: dict = {}
     if args.mode != "data":
-        results = run_benchmarks(args.net, args.bs, args.mode, device, amp=args.amp, scale=args.scale,
-                                 max_size=args.max_size, image_size=args.image_size, compare=args.compare,
-                                 warmup=args.warmup, iters=args.iters, channels_last=args.channels_last)
+        print(f"precision: {resolve_precision(cfg.solver.amp, device)}", flush=True)
+        results = run_benchmarks(cfg, args.mode, device, image_size=args.image_size, compare=args.compare,
+                                 warmup=args.warmup, iters=args.iters)  # fmt: skip
         print(format_results(results))
     if args.mode in ("data", "all"):
         from fpn.data.bench import time_loader
 
-        data = time_loader(n_images=args.images, workers=args.workers, batch_size=args.bs, scale=args.scale,
-                           max_size=args.max_size)
+        data = time_loader(n_images=args.images, workers=args.workers, batch_size=cfg.solver.batch_size,
+                           scale=cfg.data.train_scales[0], max_size=cfg.data.max_size)
         results["data"] = data
         print(f"data loader: {data['images_per_s']:.1f} images/s with {data['workers']} worker(s) "
               f"({data['images_per_s_per_worker']:.1f} per worker), start-up {data['startup_s']:.1f} s")

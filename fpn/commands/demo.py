@@ -95,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bs {args.bs}: must be at least 1")
     if not 0.0 <= args.thresh <= 1.0:
         raise UserError(f"--thresh {args.thresh}: expected a score between 0 and 1")
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.amp, device)  # a precision the device lacks fails before any loading
+    print(f"precision: {precision}")
     paths = collect_images(args.images)
     records = image_records(paths)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(ckpt, args.checkpoint)
     C.apply_overrides(cfg, args.overrides)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.amp, device)
-    print(f"precision: {precision}")
     classes = tuple(ckpt["classes"])
     model = build_model_from_checkpoint(ckpt, args.checkpoint, cfg, device)
     ids, outputs = predict_records(

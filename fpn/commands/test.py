@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fpn import config as C
 from fpn.engine.checkpoint import check_compatible, dataset_dirname, load_checkpoint, load_model_state
-from fpn.engine.device import AMP_MODES, check_amp, resolve_device, resolve_precision
+from fpn.engine.device import AMP_MODES, resolve_device, resolve_precision
 from fpn.errors import UserError
 
 
@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bs {args.bs}: must be at least 1")
     if args.vis < 0:
         raise UserError(f"--vis {args.vis}: must be 0 or more")
-    check_amp(args.amp)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.amp, device)  # a precision the device lacks fails before any loading
+    print(f"precision: {precision}")
     path = Path(args.checkpoint)
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
@@ -91,9 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if args.soft_nms:
         cfg.model.soft_nms = True
     C.apply_overrides(cfg, args.overrides)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.amp, device)
-    print(f"precision: {precision}")
 
     spec = resolve(cfg, generate=True, classes_from="test")
     metric = args.metric or spec.metric

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-dir", help="runs are written to SAVE_DIR/NET/DATASET/EXP_NAME/ (default: runs)")
     p.add_argument("--exp-name", help="experiment name, the run folder's last part (default: default)")
     p.add_argument("--session", type=int, default=None, help="session number in checkpoint names (default 1)")
-    p.add_argument("--bs", type=int, help="images per batch (per process)")
+    p.add_argument("--bs", type=int, help="images per batch per process (the total is --bs x processes)")
     p.add_argument("--lr", type=float, help="base learning rate")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--lr-decay-step", type=int, nargs="+", metavar="EPOCH",
@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--amp", nargs="?", const="bf16", metavar="|".join(AMP_MODES),
-                   help="mixed precision: none | bf16 (the default when the flag has no value) | fp16")  # fmt: skip
+                   help="mixed precision (default: the preset's, auto: bf16 where the device has it natively, else "
+                   "fp32 on a CPU, fp16 with a GradScaler on an older GPU); bare --amp means bf16")  # fmt: skip
     p.add_argument("--seed", type=int, help="random seed (data order, initialisation, sampling)")
     p.add_argument("--log-interval", type=int, help="iterations between console/metrics lines")
     p.add_argument("--pretrained", metavar="NAME|PATH|none", help="backbone weights: imagenet, none or a .pth file")

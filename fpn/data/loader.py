@@ -311,7 +311,7 @@ def _check_records(records: Sequence[dict], classes: Sequence[str], what: str) -
         raise UserError(f"{what} records use label {top} but only {len(classes)} classes were given")
 
 
-def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool) -> DetectionLoader:
+def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool, pin_memory: bool) -> DetectionLoader:
     workers = cfg.data.workers
     return DetectionLoader(
         dataset,
@@ -319,18 +319,21 @@ def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool) -
         collate_fn=Collator(cfg.data.size_divisible, cfg.data.normalization),
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
     )
 
 
 def build_train_loader(
-    cfg: Config, records: Sequence[dict], classes: Sequence[str], rank: int = 0, world_size: int = 1
+    cfg: Config, records: Sequence[dict], classes: Sequence[str], rank: int = 0, world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DetectionLoader:
     """Shuffled, aspect-grouped training batches of ``cfg.solver.batch_size`` images per process (each
     image plus its mirror when ``cfg.data.flip``; the image or its mirror with ``cfg.data.flip_random``;
     images without objects left out with ``cfg.data.filter_empty``). Call ``loader.batch_sampler.set_epoch(epoch,
-    start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch."""
+    start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch.
+    ``pin_memory``: batches arrive in page-locked memory (``Batch.pin_memory``, in the DataLoader's
+    pinning thread), so ``batch.to(cuda, non_blocking=True)`` overlaps the copy; for a CUDA run only."""
     _check_config(cfg)
     _check_records(records, classes, "training")
     d = cfg.data
@@ -346,11 +349,11 @@ def build_train_loader(
         dataset.group_ids(), cfg.solver.batch_size, d.train_scales, shuffle=True, seed=cfg.seed,
         rank=rank, world_size=world_size, random_mirror=d.flip and d.flip_random,
     )  # fmt: skip
-    return _loader(dataset, sampler, cfg, persistent=True)
+    return _loader(dataset, sampler, cfg, persistent=True, pin_memory=pin_memory)
 
 
 def build_test_loader(
-    cfg: Config, records: Sequence[dict], classes: Sequence[str], batch_size: int = 1
+    cfg: Config, records: Sequence[dict], classes: Sequence[str], batch_size: int = 1, pin_memory: bool = False
 ) -> DetectionLoader:
     """Every image once, unflipped, at ``cfg.data.test_scale``; batches group images of one orientation,
     so the order is not the records' order (use ``batch.metas[i]["id"]``). Targets follow
@@ -363,4 +366,4 @@ def build_test_loader(
         use_difficult=d.use_difficult,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
-    return _loader(dataset, sampler, cfg, persistent=False)
+    return _loader(dataset, sampler, cfg, persistent=False, pin_memory=pin_memory)

@@ -61,7 +61,8 @@ def predict_records(
     """``predict`` over ``records`` with the test loader (test scale, no flip, each image once)."""
     from fpn.data.loader import build_test_loader
 
-    loader = build_test_loader(cfg, list(records), classes, batch_size)
+    pin = torch.device(device).type == "cuda"
+    loader = build_test_loader(cfg, list(records), classes, batch_size, pin_memory=pin)
     return predict(model, loader, device, amp=amp, progress=progress, desc=desc)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from fpn.config import Config
 from fpn.engine.device import check_amp
-from fpn.engine.schedule import OPTIMIZERS, SCHEDULES
+from fpn.engine.schedule import LR_SCALINGS, OPTIMIZERS, SCHEDULES
 from fpn.errors import UserError
 
 NETS = ("res18", "res34", "res50", "res101", "res152")
@@ -31,6 +31,8 @@ def check_config(cfg: Config) -> Config:
         (s.batch_size >= 1, f"--bs {s.batch_size}: the batch size must be at least 1"),
         (s.epochs >= 1, f"--epochs {s.epochs}: must be at least 1"),
         (s.lr > 0, f"--lr {s.lr}: the learning rate must be positive"),
+        (s.lr_scaling in LR_SCALINGS, f"solver.lr_scaling {s.lr_scaling}: choose one of {', '.join(LR_SCALINGS)}"),
+        (s.reference_batch >= 1, f"solver.reference_batch {s.reference_batch}: must be at least 1"),
         (d.workers >= 0, f"--workers {d.workers}: must be 0 or more"),
         (all(e >= 1 for e in s.lr_decay_epochs), f"--lr-decay-step {s.lr_decay_epochs}: epochs are 1-based"),
         (s.warmup_iters >= 0, f"solver.warmup_iters {s.warmup_iters}: must be 0 or more"),

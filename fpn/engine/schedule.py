@@ -77,16 +77,44 @@ def _group_hyper(name: str, solver: SolverConfig) -> dict:
 _FUSED_DEVICES = ("cpu", "cuda")  # devices with fused SGD / AdamW kernels used here
 
 
-def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, solver: SolverConfig, grad_scaler: bool = False) -> torch.optim.Optimizer:
     """SGD or AdamW over ``param_groups``; build it after moving the model to its device: the fused
-    (one kernel for all parameters) implementation is used where the device has one (CPU and CUDA)."""
+    (one kernel for all parameters) implementation is used where the device has one (CPU and CUDA).
+
+    ``grad_scaler``: an enabled ``GradScaler`` (fp16) will drive the optimiser. Fused SGD is then not
+    used: when the scaler skips a step for an overflow (as it does on the first fp16 steps), torch's
+    fused SGD kernel (torch 2.14) has already allocated the momentum buffers uninitialised, and the next
+    step reads them as if they held momentum (weights of ~1e23; tests/engine/test_schedule.py). SGD then
+    runs the default multi-tensor loop. Fused AdamW zero-fills its moments, so it stays fused (tested too).
+    """
     groups = param_groups(model, solver)
     fused = all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
     if solver.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=solver.lr, fused=fused or None)
     if solver.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose one of {OPTIMIZERS}")
+    fused = fused and not grad_scaler
     return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum, fused=fused or None)
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """``"SGD (fused)"``, ``"AdamW"`` ...: the class and whether the fused kernel runs."""
+    fused = optimizer.defaults.get("fused")
+    return f"{type(optimizer).__name__}{' (fused)' if fused else ''}"
+
+
+LR_SCALINGS = ("none", "linear")
+
+
+def scaled_lr(solver: SolverConfig, world_size: int = 1) -> float:
+    """The base learning rate a run uses with ``world_size`` processes of ``solver.batch_size`` images each:
+    ``solver.lr`` itself (``lr_scaling=none``), or ``solver.lr * total batch / solver.reference_batch``
+    (``linear``: the rate follows the total batch, the linear scaling rule of Goyal et al. 2017)."""
+    if solver.lr_scaling == "none":
+        return solver.lr
+    if solver.lr_scaling != "linear":
+        raise ValueError(f"unknown lr_scaling {solver.lr_scaling!r}; choose one of {LR_SCALINGS}")
+    return solver.lr * solver.batch_size * world_size / solver.reference_batch
 
 
 def build_scheduler(

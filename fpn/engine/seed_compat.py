@@ -67,6 +67,29 @@ def _available(folder: Path) -> str:
     return f" (found: {shown})"
 
 
+def add_amp(parser: argparse.ArgumentParser) -> None:
+    """``--amp auto|none|bf16|fp16`` (an extension of the seed's flags), passed on to ``fpn`` when given."""
+    from fpn.engine.device import AMP_MODES
+
+    parser.add_argument("--amp", default=None, choices=AMP_MODES,
+                        help="mixed precision (default: the recipe's, auto: bf16 where the device has it natively, "
+                        "else fp32 on a CPU, fp16 on an older GPU)")  # fmt: skip
+
+
+def per_process_batch(total: int, world_size: int, flag: str = "--bs") -> int:
+    """The seed's ``--bs`` with ``--mGPUs`` is the total batch over all GPUs: each of ``world_size``
+    processes gets ``total / world_size`` images; UserError when it does not divide evenly."""
+    if total < 1:
+        raise UserError(f"{flag} {total}: the batch size must be at least 1")
+    if total % world_size:
+        fits = sorted({max(1, total // world_size) * world_size, (total // world_size + 1) * world_size})
+        raise UserError(
+            f"{flag} {total} with --mGPUs: the total batch must divide evenly among the {world_size} GPUs "
+            f"(e.g. {' or '.join(f'{flag} {b}' for b in fits)})"
+        )
+    return total // world_size
+
+
 def device_flag(cuda: bool) -> str:
     """The seed ran on the CPU unless ``--cuda``; it only warned when a GPU sat unused."""
     if not cuda:

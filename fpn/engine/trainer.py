@@ -1,4 +1,5 @@
-"""The training loop: data -> loss dict -> sum -> backward -> step, one LambdaLR step per iteration.
+"""The training loop: data -> loss dict -> sum -> backward -> step, one LambdaLR step per iteration (the
+iteration itself is ``fpn.engine.step.TrainStep``, which ``fpn bench --mode train`` times as well).
 
 ``train(cfg, ...)`` runs a whole training (single process, or one DDP rank under torchrun) and returns a
 ``TrainResult``. The run folder ``{save_dir}/{net}/{dataset}/{exp_name}/`` receives ``config.json``,
@@ -21,6 +22,7 @@ restores the model, optimiser, scheduler, scaler, RNG states and epoch/step, and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -49,10 +51,11 @@ from fpn.engine.checkpoint import (
     unwrap,
     upgrade_optimizer_state,
 )
-from fpn.engine.device import autocast, make_scaler, resolve_precision
+from fpn.engine.device import PRECISION_NAMES, make_scaler, resolve_precision
 from fpn.engine.logger import RunLogger, format_eta, format_train_line
 from fpn.engine.prepare import check_config, resolve, seed_everything, split_records
-from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler
+from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler, describe_optimizer, scaled_lr
+from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
 _NO_ITER = torch.iinfo(torch.int64).max
@@ -137,6 +140,7 @@ class _Trainer:
         self.say = (log or (lambda s: tqdm.write(s, file=sys.stdout))) if self.main else (lambda s: None)
         self.precision = resolve_precision(cfg.solver.amp, device, flag="--amp")
         cfg.solver.amp_used = self.precision.amp  # saved in config.json and every checkpoint
+        self.notes: list[str] = []  # said once at the start, after the precision
         self.tensorboard, self.progress = tensorboard, progress
         if self.session < 1:
             raise UserError(f"--session {session}: must be 1 or more")
@@ -171,26 +175,30 @@ class _Trainer:
 
         # resuming: the checkpoint's weights replace the pretrained ones, do not read those
         self.model = fpn_model.build_detector(cfg, len(self.classes) + 1, load_pretrained=ckpt is None).to(device)
-        self.loader = build_train_loader(cfg, records, self.classes, info.rank, info.world_size)
+        self.loader = build_train_loader(cfg, records, self.classes, info.rank, info.world_size,
+                                         pin_memory=device.type == "cuda")  # fmt: skip
         self.iters_per_epoch = len(self.loader)
         if self.iters_per_epoch == 0:
             raise UserError(
                 f"--bs {cfg.solver.batch_size}: larger than the {len(records)} training images "
                 f"({info.world_size} process(es))"
             )
-        self.optimizer = build_optimizer(self.model, cfg.solver)
-        self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
+        # the solver as this run applies it: lr scaled to the total batch when solver.lr_scaling says so
+        self.solver = dataclasses.replace(cfg.solver, lr=scaled_lr(cfg.solver, info.world_size))
         self.scaler = make_scaler(device, self.precision.amp)
+        self.optimizer = build_optimizer(self.model, self.solver, grad_scaler=self.scaler.is_enabled())
+        self.scheduler = build_scheduler(self.optimizer, self.solver, self.iters_per_epoch)
         seed_everything(cfg.seed + info.rank)  # weights are equal on all ranks; sampling differs per rank
 
         self.epoch, self.start_step, self.iteration = 1, 0, 0
-        self.updating = False
         if ckpt is not None:
             self._restore(ckpt)
         self.ddp = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.train_step = TrainStep(self.ddp, self.optimizer, self.scaler, device, self.precision.amp,
+                                    self.scheduler, cfg.solver.clip_grad_norm)  # fmt: skip
         self.last_checkpoint: Path | None = self.resume_path
 
     # --- resume ---------------------------------------------------------------------------------------------
@@ -210,9 +218,8 @@ class _Trainer:
         except (ValueError, KeyError, RuntimeError) as e:
             reason = str(e).splitlines()[0][:160]
             raise UserError(f"{path}: optimiser state does not fit this model ({reason})") from None
-        apply_solver(self.optimizer, self.scheduler, cfg.solver)
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
+        apply_solver(self.optimizer, self.scheduler, self.solver)
+        self._restore_precision(ckpt)
         self.iteration = int(ckpt["iteration"])
         if ckpt.get("interrupted"):
             self.epoch, self.start_step = int(ckpt["epoch"]), int(ckpt["step"]) + 1
@@ -229,6 +236,21 @@ class _Trainer:
         if states:
             set_rng_state(states[self.info.rank % len(states)])
 
+    def _restore_precision(self, ckpt: dict) -> None:
+        """The GradScaler's state (fp16), and a note when the checkpoint trained in another precision."""
+        used = ckpt.get("config", {}).get("solver", {}).get("amp_used") or ""  # "" before amp_used was saved
+        now, saved_scaler = self.precision.amp, ckpt.get("scaler") or {}
+        if used and used != now:
+            note = (f"note: the checkpoint trained in {PRECISION_NAMES.get(used, used)}; "
+                    f"this run continues in {PRECISION_NAMES[now]}")  # fmt: skip
+            if saved_scaler and not self.scaler.is_enabled():
+                note += " (its GradScaler state is not needed)"
+            elif self.scaler.is_enabled() and not saved_scaler:
+                note += " with a new GradScaler"
+            self.notes.append(note)
+        if saved_scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved_scaler)
+
     # --- loop -----------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
@@ -240,11 +262,13 @@ class _Trainer:
             self.logger = RunLogger(self.run_dir, tensorboard=self.tensorboard, purge_step=purge)
             what = f"resuming {self.resume_path} at" if self.resume_path else "training from"
             self.say(f"precision: {self.precision}")
+            for note in self.notes:
+                self.say(note)
+            self.say(self._batch_line())
             self.say(
                 f"{what} epoch {self.epoch} step {self.start_step}: {cfg.model.backbone} on {cfg.data.dataset} "
                 f"({len(self.classes)} classes), {self.iters_per_epoch} iterations/epoch x {cfg.solver.epochs} "
-                f"epochs, batch {cfg.solver.batch_size} x {self.info.world_size} process(es), device {self.device}; "
-                f"run folder {self.run_dir}"
+                f"epochs, device {self.device}; run folder {self.run_dir}"
             )
         interrupted = False
         try:
@@ -268,6 +292,19 @@ class _Trainer:
             self.logger.close()
         return result
 
+    def _batch_line(self) -> str:
+        """World size, batch per process and in total, the learning rate and where it comes from."""
+        s, world = self.cfg.solver, self.info.world_size
+        total = s.batch_size * world
+        line = (f"world size {world}: batch {s.batch_size} per process, {total} in total; "
+                f"{describe_optimizer(self.optimizer)} lr {self.solver.lr:.4g}")  # fmt: skip
+        if s.lr_scaling == "linear":
+            return line + f" (solver.lr {s.lr:.4g} x {total} / reference batch {s.reference_batch}: lr_scaling=linear)"
+        if total != s.reference_batch:
+            return line + (f" (solver.lr as given for a total batch of {total}; the recipe's is {s.reference_batch}: "
+                           "--set solver.lr_scaling=linear scales it)")  # fmt: skip
+        return line
+
     def _loop(self) -> None:
         cfg, ipe = self.cfg, self.iters_per_epoch
         epochs = cfg.solver.epochs
@@ -278,7 +315,6 @@ class _Trainer:
 
     def _run_epoch(self, epoch: int, start_step: int) -> None:
         cfg, ipe, device = self.cfg, self.iters_per_epoch, self.device
-        amp = self.precision.amp
         self.loader.batch_sampler.set_epoch(epoch, start_step)
         state = torch.get_rng_state()
         data = iter(self.loader)  # creating the iterator draws a seed: keep the RNG stream independent of it
@@ -299,24 +335,12 @@ class _Trainer:
                 t0 = time.perf_counter()
                 batch = next(data).to(device, non_blocking=True)
                 self.data_time += time.perf_counter() - t0
-                with autocast(device, amp):
-                    losses = self.ddp(batch.images, batch.image_sizes, batch.targets)
-                values = torch.stack([v.detach().float() for v in losses.values()])
-                loss = sum(v.float() for v in losses.values())
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.solver.clip_grad_norm > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
-                self.updating = True  # an interrupt from here to the end of the update leaves no consistent state
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this iteration used
-                self.scheduler.step()
+                names, values = self.train_step(batch.images, batch.image_sizes, batch.targets)
+                # an interrupt from the update's start (train_step.updating) to here leaves no consistent state
                 self.iteration += 1
                 step += 1
-                self.updating = False
-                self._accumulate(losses.keys(), values)
+                self.train_step.updating = False
+                self._accumulate(names, values)
                 bar.update(1)
                 if step % cfg.log_interval == 0 or step == ipe:
                     self._log(epoch, step, bar)
@@ -400,7 +424,7 @@ class _Trainer:
                 "iter": self.iteration,
                 "loss": float(sum(values)),
                 "losses": dict(zip(self.loss_names, values)),
-                "lr": float(self.lr),
+                "lr": float(self.train_step.lr),
                 "time": time_per_iter,
                 "data_time": self.data_time / max(self.window, 1),
                 "eta_s": (self.total_iters - self.iteration) * time_per_iter,
@@ -439,7 +463,7 @@ class _Trainer:
         """Checkpoint after the last finished iteration (``steps_done`` iterations of ``epoch``)."""
         if not self.main:
             return
-        if self.updating:
+        if self.train_step.updating:
             where = f"; last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
             self.say(f"interrupted during a parameter update: not saved{where}")
             return

@@ -74,6 +74,7 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float = 0.7,
         min_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9.0,
+        batched_nms: bool | None = None,  # None: batched_nms on CUDA, segment_nms on a CPU; True/False forces one
     ):
         super().__init__()
         self.head = head
@@ -87,6 +88,7 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
+        self.batched_nms = batched_nms
 
     def forward(
         self, features: list[Tensor], image_sizes: Tensor, gt: GroundTruth | None = None
@@ -137,7 +139,7 @@ class RegionProposalNetwork(nn.Module):
 
         flat_boxes = boxes.reshape(n * k, 4)
         # data-dependent output size: the one host sync of proposal selection
-        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh)  # (M,)
+        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, self.batched_nms)  # (M,)
         # keep is sorted by score; group it by image (order kept) and take each image's first P
         image = keep // k  # (M,) image of each kept box
         order, rank = rank_within_groups(image, n)

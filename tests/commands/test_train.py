@@ -13,6 +13,7 @@ from fpn import config as C
 from fpn.cli import main
 from fpn.commands import train as train_cmd
 from fpn.data.synthetic import SYNTH_CLASSES, generate
+from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 from tiny_run import train
 
@@ -159,6 +160,43 @@ def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
     assert_same_state(straight["model"], resumed["model"])
     for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is_said(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "data"  # 4 images: 3 iterations per epoch (fp16 is slow on a CPU)
+    generate(data_dir / "synthetic", seed=0, n_train=4, n_test=2)
+    calls = []
+    real_call = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
+    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02",
+            "data.train_scales=96", "data.max_size=128")  # fmt: skip
+    assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "precision: fp16 (asked for; with a GradScaler in training)"
+    # unfused SGD under the GradScaler; the preset's reference batch is 8, --bs 2 keeps --lr as given
+    assert out[1].startswith("world size 1: batch 2 per process, 2 in total; SGD lr 0.02 (solver.lr as given")
+    assert len(calls) == 3  # the trainer's iterations are TrainStep calls (fpn bench times the same)
+    run = run_folder(tmp_path)
+    first = load(run / "fpn_1_1_2.pth")
+    assert first["config"]["solver"]["amp_used"] == C.load_json(run / "config.json").solver.amp_used == "fp16"
+    assert first["scaler"]["scale"] < 2.0**16  # the first fp16 steps overflowed and were skipped
+
+    # resumed: the scaler goes on from its saved scale and growth tracker (a new one would be back at 0)
+    assert train(data_dir, tmp_path, "--epochs", "2", "--resume", str(run / "fpn_1_1_2.pth"), sets=sets) == 0
+    resumed = load(run / "fpn_1_2_2.pth")
+    assert resumed["scaler"] == {**first["scaler"], "_growth_tracker": first["scaler"]["_growth_tracker"] + 3}
+    assert all(torch.isfinite(v).all() for v in resumed["model"].values())
+    assert "note:" not in capsys.readouterr().out
+
+    # resumed in fp32: said once, the scaler state dropped, the new precision recorded
+    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "fp32", "--amp", "none",
+                 "--resume", str(run / "fpn_1_1_2.pth"), sets=sets) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["precision: fp32 (asked for)",
+                       "note: the checkpoint trained in fp16; this run continues in fp32 (its GradScaler state is "
+                       "not needed)"]  # fmt: skip
+    fp32 = load(run_folder(tmp_path, "fp32") / "fpn_1_2_2.pth")
+    assert fp32["scaler"] == {} and fp32["config"]["solver"]["amp_used"] == "none"
 
 
 def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):

@@ -264,3 +264,51 @@ def test_corrupt_image_is_a_one_line_user_error(voc_folder, workers):
             pass
     msg = str(e.value)
     assert msg.startswith(f"{bad}: cannot read image") and "\n" not in msg and "Traceback" not in msg
+
+
+@pytest.fixture
+def pinning(monkeypatch, device):
+    """Page-locked batches for ``device``: real pinning on CUDA; on a CPU (where torch cannot pin without
+    a GPU driver and the DataLoader would switch pinning off) the DataLoader sees an accelerator and
+    ``Tensor.pin_memory`` returns a recorded copy, so its pinning thread and ``Batch.pin_memory`` run.
+    Yields ``is_pinned(tensor)``."""
+    if device.type == "cuda":
+        yield lambda t: t.is_pinned()
+        return
+    pinned = set()
+
+    def pin_memory(t, *args, **kwargs):
+        copy = t.clone()
+        pinned.add(copy.data_ptr())
+        return copy
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    monkeypatch.setattr(torch.accelerator, "set_device_index", lambda index: None)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    yield lambda t: t.data_ptr() in pinned
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pinned_batches_and_non_blocking_copies(voc_folder, device, pinning, workers):
+    """The loader of a CUDA run (pin_memory=True): in the pinning thread (workers > 0) or the main process
+    every tensor of a Batch is pinned, a LoadFailure passes through, and ``to(device, non_blocking=True)``
+    gives the unpinned loader's values."""
+    recs = _records(voc_folder)
+    cfg = _cfg(workers=workers)
+    pinned_batches = list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))
+    plain_batches = list(build_train_loader(cfg, recs, CLASSES))
+    assert len(pinned_batches) == len(plain_batches) == 3
+    for pinned, plain in zip(pinned_batches, plain_batches):
+        assert isinstance(pinned, Batch) and pinning(pinned.images)
+        assert all(pinning(v) for t in pinned.targets for v in t.values())
+        assert pinned.image_sizes == plain.image_sizes and pinned.metas == plain.metas
+        moved = pinned.to(device, non_blocking=True)
+        assert moved.images.device.type == device.type
+        assert torch.equal(moved.images.cpu(), plain.images)
+        for t, u in zip(moved.targets, plain.targets):
+            assert torch.equal(t["boxes"].cpu(), u["boxes"]) and torch.equal(t["labels"].cpu(), u["labels"])
+    bad = voc_folder / "JPEGImages" / "b.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(UserError, match="b.jpg: cannot read image"):
+        list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))

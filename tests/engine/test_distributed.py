@@ -1,8 +1,11 @@
 """DDP on the CPU: 2 processes (gloo) train a few iterations and end with identical parameters."""
 
+import json
+import math
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -26,9 +29,11 @@ def _worker(rank, world, port, data_dir, save_dir, out):
     torch.set_num_threads(1)
     from fpn.engine.trainer import train
 
-    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY)
+    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY + ["solver.lr_scaling=linear", "solver.reference_batch=1"])
     cfg.data.data_dir, cfg.save_dir = str(data_dir), str(save_dir)
-    result = train(cfg, progress=False, log=lambda s: None)
+    lines = []
+    result = train(cfg, progress=False, log=lines.append)
+    (out / f"rank{rank}.log").write_text("".join(f"{line}\n" for line in lines))
     torch.save({"params": dict(result.model.named_parameters()), "iteration": result.iteration}, out / f"rank{rank}.pt")
 
 
@@ -45,4 +50,11 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     ckpt = torch.load(run / "fpn_1_1_3.pth", map_location="cpu", weights_only=False)
     assert len(ckpt["rng"]) == 2  # each rank's RNG state, for an exact resume
     assert torch.equal(ckpt["model"]["backbone.conv1.weight"], r0["params"]["backbone.conv1.weight"])
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # log_interval 10: the epoch end only
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1  # log_interval 10: the epoch end only
+    # linear lr scaling: 2 processes x batch 1 = 2 x the reference batch 1; cosine at iteration 4 of 4
+    assert metrics[0]["lr"] == pytest.approx(2e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    log = (tmp_path / "rank0.log").read_text().splitlines()
+    assert log[1] == ("world size 2: batch 1 per process, 2 in total; AdamW (fused) lr 0.002 "
+                      "(solver.lr 0.001 x 2 / reference batch 1: lr_scaling=linear)")  # fmt: skip
+    assert (tmp_path / "rank1.log").read_text() == ""  # only rank 0 speaks

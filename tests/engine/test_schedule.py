@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from fpn.config import SolverConfig
-from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler, lr_factor, param_groups
+from fpn.engine.schedule import (
+    apply_solver,
+    build_optimizer,
+    build_scheduler,
+    describe_optimizer,
+    lr_factor,
+    param_groups,
+    scaled_lr,
+)
 
 
 def test_lr_factor_warmup_then_step_decay():
@@ -144,3 +152,55 @@ def test_fused_optimizer_steps_like_the_plain_one_and_stays_fused_on_resume(name
     assert not any(g["fused"] for g in resumed.param_groups)
     apply_solver(resumed, sched, solver)
     assert all(g["fused"] for g in resumed.param_groups)
+
+
+def test_no_fused_sgd_under_an_enabled_grad_scaler():
+    net = nn.Linear(2, 2)
+    sgd, adamw = SolverConfig(), SolverConfig(optimizer="adamw")
+    assert describe_optimizer(build_optimizer(net, sgd)) == "SGD (fused)"
+    assert describe_optimizer(build_optimizer(net, sgd, grad_scaler=True)) == "SGD"
+    assert describe_optimizer(build_optimizer(net, adamw, grad_scaler=True)) == "AdamW (fused)"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_overflow_skipped_first_step_equals_the_unfused_reference(device, name):
+    """fp16's GradScaler skips the first step (an overflow), then steps normally. torch's fused SGD left its
+    momentum uninitialised there (weights ~1e23 after the next step); what build_optimizer gives under a
+    scaler must match the plain per-parameter loop exactly."""
+    solver = SolverConfig(optimizer=name, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def train(make_optimizer):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to(device)
+        opt = make_optimizer(net)
+        scaler = torch.amp.GradScaler(device.type)
+        x = torch.randn(5, 4).to(device)
+        for factor in (float("inf"), 1.0, 1.0):  # step 1 overflows and is skipped
+            opt.zero_grad()
+            scaler.scale(net(x).square().sum() * factor).backward()
+            scaler.step(opt)
+            scaler.update()
+        assert scaler.get_scale() == 2.0**15  # halved once: exactly one step was skipped
+        return net
+
+    def reference(net):
+        cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+        extra = {"momentum": solver.momentum} if name == "sgd" else {}
+        return cls(param_groups(net, solver), lr=solver.lr, foreach=False, **extra)
+
+    ours = train(lambda net: build_optimizer(net, solver, grad_scaler=True))
+    plain = train(reference)
+    for p, q in zip(ours.parameters(), plain.parameters()):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, q)
+
+
+def test_lr_scaling_none_or_linear_in_the_total_batch():
+    solver = SolverConfig(lr=0.02, batch_size=4, reference_batch=16)
+    assert scaled_lr(solver, world_size=8) == 0.02  # none (the default): the rate as given
+    solver.lr_scaling = "linear"
+    assert scaled_lr(solver, world_size=8) == pytest.approx(0.04)  # total 32 = 2 x the reference 16
+    assert scaled_lr(solver, world_size=1) == pytest.approx(0.005)
+    solver.lr_scaling = "sqrt"
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_lr(solver)

@@ -6,12 +6,8 @@ from fpn.config import Config
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def model_tests_in_one_thread(one_thread):
     """The model tests are small; on two shared cores one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

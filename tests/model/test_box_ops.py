@@ -51,11 +51,11 @@ def test_segment_nms_threads_do_not_change_the_result():
         torch.set_num_threads(threads)
 
 
-def test_grouped_nms_batched_path_equals_segment_path():
-    # the CUDA path (batched_nms over group ids built from the sizes), run on the CPU
+def test_grouped_nms_batched_path_equals_segment_path(device):
+    # the CUDA path (batched_nms over group ids built from the sizes) and the CPU one, on either device
     g = torch.Generator().manual_seed(3)
     sizes = [50, 0, 30, 12]
-    boxes, scores = _boxes(g, sum(sizes)), torch.rand(sum(sizes), generator=g)
+    boxes, scores = _boxes(g, sum(sizes)).to(device), torch.rand(sum(sizes), generator=g).to(device)
     batched = grouped_nms(boxes, scores, sizes, 0.5, use_batched=True)
-    assert torch.equal(batched, grouped_nms(boxes, scores, sizes, 0.5))  # CPU default: segment_nms
+    assert torch.equal(batched, grouped_nms(boxes, scores, sizes, 0.5))  # the device's default
     assert torch.equal(batched, segment_nms(boxes, scores, sizes, 0.5))

@@ -138,3 +138,40 @@ def test_channels_last_is_a_layout_only(small_cfg):
     torch.testing.assert_close(a["boxes"], b["boxes"])
     torch.testing.assert_close(a["scores"], b["scores"])
     assert torch.equal(a["labels"], b["labels"]) and len(a["labels"]) > 0
+
+
+def _use_cuda_branches(model, on: bool):
+    """The implementations a CUDA run picks (torchvision's roi_align per level, batched_nms) or a CPU run's
+    (the sparse pooler, segment_nms), on whatever device the model is."""
+    model.roi_heads.pooler.impl = "torchvision" if on else "sparse"
+    model.rpn.batched_nms = on
+
+
+def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
+    """Both branches forced on the device at hand: a CUDA-only branch runs in a CPU test, and on a GPU the
+    CPU one runs there too. Same losses and gradients in training, same detections at test time."""
+    model = build_detector(small_cfg, num_classes=4, load_pretrained=False).to(device)
+    images, targets = rectangles_batch()
+    images, targets = images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move in training
+    runs = []
+    for cuda_branches in (False, True):
+        model.load_state_dict(state)
+        _use_cuda_branches(model, cuda_branches)
+        torch.manual_seed(1)  # the same anchor and RoI samples
+        losses = model.train()(images, None, targets)
+        grads = torch.autograd.grad(sum(losses.values()), [model.roi_heads.box_head.fc1.weight,
+                                                           model.backbone.layer4[0].conv1.weight])
+        with torch.no_grad():
+            detections = model.eval()(images, None)
+        runs.append((losses, grads, detections))
+    (losses_cpu, grads_cpu, dets_cpu), (losses_cuda, grads_cuda, dets_cuda) = runs
+    for k in LOSS_KEYS:
+        torch.testing.assert_close(losses_cuda[k], losses_cpu[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_cuda, grads_cpu):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert sum(len(d["labels"]) for d in dets_cpu) > 0
+    for a, b in zip(dets_cuda, dets_cpu):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)

@@ -9,8 +9,8 @@ from fpn.model.roi_heads import MultiScaleRoIAlign
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 
 
-def _features(g, n=3, c=5, h=40, w=56, grad=False):
-    return [torch.randn(n, c, h // 2**i, w // 2**i, generator=g).requires_grad_(grad) for i in range(4)]
+def _features(g, n=3, c=5, h=40, w=56):
+    return [torch.randn(n, c, h // 2**i, w // 2**i, generator=g) for i in range(4)]
 
 
 def _rois(g, r, n=3, size=(224.0, 160.0)):
@@ -22,7 +22,7 @@ def _rois(g, r, n=3, size=(224.0, 160.0)):
 
 
 def _torchvision_per_level(feats, rois, level, s, ratio):
-    out = torch.zeros(rois.shape[0], feats[0].shape[1], s, s)
+    out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], s, s)
     for lvl in range(len(feats)):
         sel = level == lvl
         if sel.any():
@@ -31,15 +31,15 @@ def _torchvision_per_level(feats, rois, level, s, ratio):
 
 
 @pytest.mark.parametrize("ratio", [1, 2, 3])
-def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio):
+def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio, device):
     g = torch.Generator().manual_seed(ratio)
-    feats = _features(g, grad=True)
-    rois = _rois(g, 300)
-    level = torch.randint(0, 4, (300,), generator=g)
+    feats = [f.to(device).requires_grad_() for f in _features(g)]
+    rois = _rois(g, 300).to(device)
+    level = torch.randint(0, 4, (300,), generator=g).to(device)
     ours = sparse_roi_align(feats, rois, level, SCALES, 7, ratio)
     ref = _torchvision_per_level(feats, rois, level, 7, ratio)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float rounding of the weights differs
-    weights = torch.randn(ref.shape, generator=g)
+    weights = torch.randn(ref.shape, generator=g).to(device)
     grads = torch.autograd.grad((ours * weights).sum(), feats)
     grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
     for a, b in zip(grads, grads_ref):

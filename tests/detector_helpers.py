@@ -1,4 +1,5 @@
-"""Shared pieces of the model tests (a module of its own: every test folder has its own conftest)."""
+"""Shared pieces of the model and engine tests: a plain module, importable from every test folder (pytest
+puts tests/, the folder of tests/conftest.py, on the import path)."""
 
 import torch
 
