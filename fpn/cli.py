@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|bench``.
+"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|bench|convert``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2.
@@ -20,6 +20,7 @@ COMMANDS = {
     "synth": ("fpn.commands.synth", "write the synthetic VOC-layout dataset"),
     "voc-eval": ("fpn.commands.voc_eval", "evaluate VOC result files against a devkit"),
     "bench": ("fpn.commands.bench", "time training, inference and data loading"),
+    "convert": ("fpn.commands.convert", "convert torchvision Faster R-CNN weights into an fpn checkpoint"),
 }
 
 
