@@ -99,6 +99,8 @@ class ModelConfig:
     roi_level_eps_in_log: bool = True  # level = floor(k0 + log2(s/s0 + eps)); False: floor(k0 + log2(s/s0) + eps) (torchvision)
     pool_aligned: bool = True  # RoIAlign with the half-pixel shift; False: torchvision's detection models (no shift,
     #   boxes at least 1 feature pixel wide)
+    # a whole detector's starting weights (fpn train --init): a checkpoint; box-predictor classes matched by name
+    init: str = ""
 
 
 @dataclass
@@ -233,12 +235,33 @@ def torchvision() -> Config:
     return cfg
 
 
+def voc07_res50_coco_init() -> Config:
+    """Fine-tuning a COCO-trained torchvision model on VOC2007 (``fpn train --init CONVERTED.pth``): its
+    conventions, a third of the VOC schedule and half its learning rate (sources: docs/TORCHVISION.md)."""
+    cfg = torchvision()
+    cfg.preset = "voc07_res50_coco_init"
+    s = cfg.solver
+    s.lr = 5e-4
+    s.epochs = 4
+    s.lr_decay_epochs = (3,)
+    return cfg
+
+
+def voc0712_res50_coco_init() -> Config:
+    cfg = voc07_res50_coco_init()
+    cfg.preset = "voc0712_res50_coco_init"
+    cfg.data.dataset = "pascal_voc_0712"
+    return cfg
+
+
 PRESETS = {
     "voc07_res101": voc07_res101,
     "voc0712_res101": voc0712_res101,
     "synthetic": synthetic,
     "seed": seed,
     "torchvision": torchvision,
+    "voc07_res50_coco_init": voc07_res50_coco_init,
+    "voc0712_res50_coco_init": voc0712_res50_coco_init,
 }
 
 # the preset a dataset name selects when no preset is named
