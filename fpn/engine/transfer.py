@@ -159,7 +159,7 @@ def zero_shot_checkpoint(ckpt: dict, path: str | Path, classes: Sequence[str]) -
     match = match_classes(ckpt["classes"], classes)
     if match.new:
         try:
-            check_compatible(ckpt, path, classes=classes)
+            check_compatible(ckpt, path, classes=classes)  # raises: the classes differ (its usual message)
         except UserError as e:
             raise UserError(f"{e}; no checkpoint class matches {', '.join(match.new[:4])}"
                             f"{', ...' if len(match.new) > 4 else ''}") from None  # fmt: skip

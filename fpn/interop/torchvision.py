@@ -144,7 +144,7 @@ def read_architecture(state: dict[str, Tensor], source: str) -> Architecture:
             f"{source}: the backbone is not a torchvision ResNet 18..152 (blocks per stage {blocks})"
         )
     fpn_channels = shape("neck.lateral.0.weight")[0]
-    fc_dim, fc_in = shape(f"{FC1_WEIGHT}")
+    fc_dim, fc_in = shape(FC1_WEIGHT)
     pool_size = math.isqrt(fc_in // fpn_channels)
     if pool_size * pool_size * fpn_channels != fc_in:
         raise UserError(f"{source}: box head input {fc_in} is not {fpn_channels} channels x s x s")
