@@ -35,7 +35,8 @@ class DataConfig:
     size_divisible: int = 32  # padded batch size is a multiple of this (stride of C5)
     workers: int = 2
     # torchvision conventions (the `torchvision` preset; docs/TORCHVISION.md)
-    resize: str = "fast"  # fast: uint8 resize to round(h*f), then normalise | torchvision: normalise, float resize to floor(h*s)
+    resize: str = "fast"  # fast: uint8 resize to round(h*f), then normalise | torchvision: normalise, then float
+    #   resize to floor(h*s)
     # synthetic generator, used when dataset == "synthetic" and no data exists yet
     synth_seed: int = 0
     synth_train: int = 1600
@@ -96,7 +97,8 @@ class ModelConfig:
     #   64 for P6 when P5's size is odd, e.g. 57 for a 288 px input); False: the nominal strides 4..64
     rpn_score: str = "logit"  # what RPN NMS and the post-NMS top-n rank: logit | sigmoid (torchvision: float32
     #   probabilities, so close high logits tie)
-    roi_level_eps_in_log: bool = True  # level = floor(k0 + log2(s/s0 + eps)); False: floor(k0 + log2(s/s0) + eps) (torchvision)
+    roi_level_eps_in_log: bool = True  # level = floor(k0 + log2(s/s0 + eps)); False: floor(k0 + log2(s/s0) + eps)
+    #   (torchvision)
     pool_aligned: bool = True  # RoIAlign with the half-pixel shift; False: torchvision's detection models (no shift,
     #   boxes at least 1 feature pixel wide)
     # a whole detector's starting weights (fpn train --init): a checkpoint; box-predictor classes matched by name

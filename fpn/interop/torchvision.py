@@ -211,7 +211,8 @@ def converted_config(arch: Architecture, dataset: str) -> C.Config:
     cfg.data.dataset = dataset
     m = cfg.model
     m.backbone, m.pretrained = arch.backbone, "none"
-    m.fpn_channels, m.rpn_channels, m.fc_dim, m.pool_size = arch.fpn_channels, arch.rpn_channels, arch.fc_dim, arch.pool_size
+    m.fpn_channels, m.rpn_channels = arch.fpn_channels, arch.rpn_channels
+    m.fc_dim, m.pool_size = arch.fc_dim, arch.pool_size
     return cfg
 
 

@@ -200,7 +200,8 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
     if len(m.anchor_sizes) != len(strides):
         raise UserError(f"model.anchor_sizes: need one size per level P2..P6 (5 values), got {m.anchor_sizes}")
     if m.rpn_score not in RegionProposalNetwork.SCORES:
-        raise UserError(f"model.rpn_score: must be one of {', '.join(RegionProposalNetwork.SCORES)}, got {m.rpn_score!r}")
+        choices = ", ".join(RegionProposalNetwork.SCORES)
+        raise UserError(f"model.rpn_score: must be one of {choices}, got {m.rpn_score!r}")
     anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides, m.anchor_round, m.anchor_strides_from_input)
     return RegionProposalNetwork(
         head=RPNHead(in_channels, m.rpn_channels, anchors.num_anchors_per_cell),

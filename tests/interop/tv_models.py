@@ -53,8 +53,8 @@ def _calibrated_backbone(make, images: list[torch.Tensor]) -> nn.Module:
 def _detect_something(model: FasterRCNN, images: list[torch.Tensor], seed: int, spread: float) -> FasterRCNN:
     """Random heads on a random ResNet give features of std ~100, one-hot class scores and near-zero deltas.
     Rescale, measured on ``images``: FPN outputs to std 1; objectness logits to std 3 and class logits to mean 0
-    (plus a random bias) and std ``spread`` across RoIs (scores vary, several classes win); RPN deltas to std 0.3 and box deltas to std 0.1 of the
-    box size (proposals and detections move off the anchors)."""
+    (plus a random bias) and std ``spread`` across RoIs (scores vary, several classes win); RPN deltas to std 0.3
+    and box deltas to std 0.1 of the box size (proposals and detections move off the anchors)."""
     g = torch.Generator().manual_seed(seed)
     model.eval()
     image_list, _ = model.transform(images[:1])  # one image is enough to measure
