@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|coco-eval|bench``.
+"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|coco-eval|bench|convert``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2; a ``DataWarning``
@@ -23,6 +23,7 @@ COMMANDS = {
     "voc-eval": ("fpn.commands.voc_eval", "evaluate VOC result files against a devkit"),
     "coco-eval": ("fpn.commands.coco_eval", "evaluate a COCO results file against COCO annotations"),
     "bench": ("fpn.commands.bench", "time training, inference and data loading"),
+    "convert": ("fpn.commands.convert", "convert torchvision Faster R-CNN weights into an fpn checkpoint"),
 }
 
 

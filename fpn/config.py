@@ -34,6 +34,9 @@ class DataConfig:
     normalization: str = "imagenet"  # imagenet (RGB mean/std, 0-1 range) | caffe (BGR, 0-255, mean only)
     size_divisible: int = 32  # padded batch size is a multiple of this (stride of C5)
     workers: int = 2
+    # torchvision conventions (the `torchvision` preset; docs/TORCHVISION.md)
+    resize: str = "fast"  # fast: uint8 resize to round(h*f), then normalise | torchvision: normalise, then float
+    #   resize to floor(h*s)
     # synthetic generator, used when dataset == "synthetic" and no data exists yet
     synth_seed: int = 0
     synth_train: int = 1600
@@ -98,6 +101,18 @@ class ModelConfig:
     soft_nms_method: str = "linear"  # linear | gaussian (decay exp(-IoU^2 / sigma))
     soft_nms_sigma: float = 0.5
     soft_nms_min_score: float = 0.001
+    # torchvision conventions (the `torchvision` preset; docs/TORCHVISION.md); the defaults are this project's own
+    anchor_round: bool = False  # round each cell's anchor corners to integers, as torchvision does
+    anchor_strides_from_input: bool = False  # level stride = padded input size // feature size (torchvision: under
+    #   64 for P6 when P5's size is odd, e.g. 57 for a 288 px input); False: the nominal strides 4..64
+    rpn_score: str = "logit"  # what RPN NMS and the post-NMS top-n rank: logit | sigmoid (torchvision: float32
+    #   probabilities, so close high logits tie)
+    roi_level_eps_in_log: bool = True  # level = floor(k0 + log2(s/s0 + eps)); False: floor(k0 + log2(s/s0) + eps)
+    #   (torchvision)
+    pool_aligned: bool = True  # RoIAlign with the half-pixel shift; False: torchvision's detection models (no shift,
+    #   boxes at least 1 feature pixel wide)
+    # a whole detector's starting weights (fpn train --init): a checkpoint; box-predictor classes matched by name
+    init: str = ""
 
 
 @dataclass
@@ -248,6 +263,43 @@ def coco_res101() -> Config:
     return cfg
 
 
+def torchvision() -> Config:
+    """torchvision's ``fasterrcnn_resnet50_fpn`` conventions: what ``fpn convert torchvision`` writes into a converted
+    checkpoint, so that it computes torchvision's detections (docs/TORCHVISION.md). Solver: the VOC recipe's."""
+    cfg = voc07_res101()
+    cfg.preset = "torchvision"
+    d, m = cfg.data, cfg.model
+    d.resize = "torchvision"
+    d.train_scales, d.test_scale, d.max_size = (800,), 800, 1333
+    m.backbone = "res50"
+    m.anchor_round = True
+    m.anchor_strides_from_input = True
+    m.rpn_score = "sigmoid"
+    m.roi_level_eps_in_log = False
+    m.pool_aligned = False
+    m.rcnn_smooth_l1_beta = 1.0 / 9.0  # torchvision's box-head loss (training only)
+    return cfg
+
+
+def voc07_res50_coco_init() -> Config:
+    """Fine-tuning a COCO-trained torchvision model on VOC2007 (``fpn train --init CONVERTED.pth``): its
+    conventions, a third of the VOC schedule and half its learning rate (sources: docs/TORCHVISION.md)."""
+    cfg = torchvision()
+    cfg.preset = "voc07_res50_coco_init"
+    s = cfg.solver
+    s.lr = 5e-4
+    s.epochs = 4
+    s.lr_decay_epochs = (3,)
+    return cfg
+
+
+def voc0712_res50_coco_init() -> Config:
+    cfg = voc07_res50_coco_init()
+    cfg.preset = "voc0712_res50_coco_init"
+    cfg.data.dataset = "pascal_voc_0712"
+    return cfg
+
+
 PRESETS = {
     "voc07_res101": voc07_res101,
     "voc0712_res101": voc0712_res101,
@@ -255,6 +307,9 @@ PRESETS = {
     "seed": seed,
     "coco_res50": coco_res50,
     "coco_res101": coco_res101,
+    "torchvision": torchvision,
+    "voc07_res50_coco_init": voc07_res50_coco_init,
+    "voc0712_res50_coco_init": voc0712_res50_coco_init,
 }
 
 # the preset a dataset name selects when no preset is named

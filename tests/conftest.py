@@ -5,7 +5,7 @@ the same tests cover the GPU on a machine that has one). Such tests carry the ``
 ``pytest -m device`` runs only them. ``FPN_TEST_DEVICES=cuda`` (a comma-separated list) restricts them
 to those devices; ``scripts/gpu_check.sh`` uses it, and asking for CUDA where there is none is an error.
 
-``one_thread``: torch single-threaded for the test.
+``one_thread``: torch single-threaded for the rest of the test module.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ def _devices() -> list[str]:
     return wanted or available
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """torch runs single-threaded for the test (small tensors: no OpenMP oversubscription on shared cores)."""
+    """torch runs single-threaded for the rest of the module (small tensors, or full-size models on two shared
+    cores: no OpenMP oversubscription stalls; module-scoped so module-scoped fixtures can use it too)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -30,6 +30,21 @@ def test_voc_recipe_matches_the_seed_table():
     assert (cfg.data.train_scales, cfg.data.max_size, s.momentum, s.weight_decay) == ((600,), 1000, 0.9, 1e-4)
 
 
+def test_torchvision_preset_holds_its_conventions_and_the_fine_tuning_presets_build_on_it():
+    tv, own = C.get_preset("torchvision"), C.Config()
+    assert (tv.data.resize, tv.data.test_scale, tv.data.max_size, tv.model.backbone) == ("torchvision", 800, 1333, "res50")
+    m = tv.model
+    assert (m.anchor_round, m.anchor_strides_from_input, m.rpn_score, m.roi_level_eps_in_log, m.pool_aligned) == (
+        True, True, "sigmoid", False, False)  # fmt: skip
+    o = own.model
+    assert (own.data.resize, o.anchor_round, o.anchor_strides_from_input, o.rpn_score, o.roi_level_eps_in_log,
+            o.pool_aligned, o.init) == ("fast", False, False, "logit", True, True, "")  # fmt: skip
+    ft = C.get_preset("voc07_res50_coco_init")
+    assert (ft.data.dataset, ft.solver.lr, ft.solver.epochs, ft.solver.lr_decay_epochs) == ("pascal_voc", 5e-4, 4, (3,))
+    assert ft.model == tv.model and ft.data == tv.data
+    assert C.get_preset("voc0712_res50_coco_init").data.dataset == "pascal_voc_0712"
+
+
 def test_custom_folder_gets_voc_recipe():
     cfg = C.preset_for_dataset("/some/folder")
     assert cfg.data.dataset == "/some/folder" and cfg.model.backbone == "res101"

@@ -1,6 +1,8 @@
 """``fpn test``: evaluate a checkpoint on a dataset's test split.
 
-The model is rebuilt from the checkpoint alone (its config and classes). Written to the output folder
+The model is rebuilt from the checkpoint alone (its config and classes). A checkpoint of other classes is tested
+zero-shot when every class of the dataset matches one of its classes by name (``fpn.engine.transfer``; e.g. a
+converted COCO model on PASCAL VOC): the model keeps those classes' rows. Written to the output folder
 (default: the checkpoint's folder / ``test_<dataset>``):
 
 - ``results/comp4_det_{split}_{class}.txt``: VOC result files (``fpn voc-eval --results-dir`` reads them),
@@ -97,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve(cfg, generate=True, classes_from="test")
     metric = args.metric or spec.metric
     classes = tuple(spec.classes)
-    check_compatible(ckpt, path, classes=classes)
+    if tuple(ckpt["classes"]) != classes:
+        from fpn.engine.transfer import zero_shot_checkpoint
+
+        ckpt, match = zero_shot_checkpoint(ckpt, path, classes)
+        print(f"zero-shot: {match.describe()}")
     records = split_records(spec, "test")
     split = spec.test_sets[0].split
     model = build_model_from_checkpoint(ckpt, path, cfg, device)

@@ -5,7 +5,7 @@ The config is built in layers, each overriding the one before:
 1. the dataset's preset (``fpn.config.preset_for_dataset``; ``--preset`` names another), or, with
    ``--resume`` and no ``--config``, the checkpoint's own config;
 2. ``--config FILE`` (a ``config.json`` saved by an earlier run);
-3. the flags (``--net``, ``--bs``, ``--lr`` ...);
+3. the flags (``--net``, ``--bs``, ``--lr``, ``--init`` ...);
 4. ``--set section.field=value`` overrides, in order.
 
 The resolved config is saved as ``config.json`` in the run folder ``{save_dir}/{net}/{dataset}/{exp_name}/``.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from fpn import config as C
-from fpn.engine.checkpoint import load_checkpoint
+from fpn.engine.checkpoint import has_training_state, load_checkpoint
 from fpn.engine.device import AMP_MODES
 from fpn.engine.prepare import NETS
 from fpn.errors import UserError
@@ -27,6 +27,7 @@ _FLAG_FIELDS = {
     "data_dir": ("data", "data_dir"),
     "workers": ("data", "workers"),
     "pretrained": ("model", "pretrained"),
+    "init": ("model", "init"),
     "bs": ("solver", "batch_size"),
     "lr": ("solver", "lr"),
     "epochs": ("solver", "epochs"),
@@ -66,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override config fields, e.g. --set model.fpn_channels=128 solver.warmup_iters=0")  # fmt: skip
     p.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
+    p.add_argument("--init", metavar="CKPT", help="start from all weights of this detection checkpoint (e.g. from fpn "
+                   "convert); box-predictor rows of classes with the same name (or a VOC/COCO alias) are kept, "
+                   "new classes start fresh")  # fmt: skip
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard scalars into the run folder (default: on)")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -76,7 +80,12 @@ def resolve_config(args: argparse.Namespace) -> tuple[C.Config, tuple | None]:
     """(config, resume) from the flags; ``resume`` is (path, checkpoint dict) or None. See module docstring."""
     resume = None
     if args.resume:
+        if args.init:
+            raise UserError("--init: cannot be combined with --resume (a resumed run has its weights)")
         resume = (args.resume, load_checkpoint(args.resume, flag="--resume"))
+        if not has_training_state(resume[1]):
+            raise UserError(f"--resume {args.resume}: holds weights only (no optimiser state, e.g. from fpn convert); "
+                            "start a new training from it with --init")  # fmt: skip
     if args.config:
         cfg = C.load_json(args.config)
     elif resume is not None:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
-from fpn.data.transforms import check_scales, flip_resize, normalize, pick_scales, read_image
+from fpn.data.transforms import RESIZES, check_scales, normalize, pick_scales, read_image, transform_image
 from fpn.errors import UserError
 
 
@@ -33,7 +33,7 @@ class Batch:
     """What the model consumes. ``images`` float32 (N, 3, H, W) zero-padded at the bottom/right;
     ``image_sizes`` (h, w) of each image before padding; ``targets`` {"boxes" float32 (K, 4) continuous
     xyxy in input pixels, "labels" int64 (K,)}; ``metas`` {"id", "image" (path), "orig_size" (h, w),
-    "scale" (input = original * scale), "flipped"}."""
+    "scale" (the resize factor: input size = original * scale, rounded or floored per axis), "flipped"}."""
 
     images: torch.Tensor
     image_sizes: list[tuple[int, int]]
@@ -65,8 +65,9 @@ class LoadFailure:
 class DetectionDataset(Dataset):
     """Records -> resized inputs. An item key is ``(index, scale)`` (what :class:`GroupedBatchSampler`
     yields) or a bare index (scale ``default_scale``). Returns ``(image, target, meta)`` with the image
-    still uint8 RGB (3, h, w) (the :class:`Collator` normalises it straight into the padded batch), or a
-    :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
+    still uint8 RGB (3, h, w) (``resize="fast"``: the :class:`Collator` normalises it straight into the padded
+    batch) or already normalised float32 (``resize="torchvision"``; see :func:`fpn.data.transforms.transform_image`),
+    or a :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
 
     Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
     Crowd regions (COCO ``iscrowd=1``) are never objects: an image with any gets ``target["crowd_boxes"]``
@@ -81,11 +82,14 @@ class DetectionDataset(Dataset):
         max_size: int,
         flip: bool = False,
         use_difficult: bool = False,
+        resize: str = "fast",
+        normalization: str = "imagenet",
     ) -> None:
         self.records = list(records)
         self.default_scale = default_scale
         self.max_size = max_size
         self.flip = flip
+        self.resize, self.normalization = resize, normalization
         # numpy (not torch) arrays: cheap to share with workers, converted per item
         self._boxes, self._labels, self._crowd = [], [], []
         for r in self.records:
@@ -122,7 +126,9 @@ class DetectionDataset(Dataset):
         k = len(boxes)
         if crowd is not None:  # (K + M, 4): transformed together, split after
             boxes = torch.cat((boxes, torch.from_numpy(crowd)))
-        image, boxes, factor = flip_resize(image, boxes, scale, self.max_size, flip=flipped)
+        image, boxes, factor = transform_image(
+            image, boxes, scale, self.max_size, self.normalization, flip=flipped, resize=self.resize
+        )
         target = {"boxes": boxes[:k], "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
         if crowd is not None:
             target["crowd_boxes"] = boxes[k:]
@@ -142,10 +148,10 @@ def training_objects(record: dict, use_difficult: bool = False) -> tuple[np.ndar
 
 class Collator:
     """List of dataset samples -> :class:`Batch`: normalises each uint8 image (see
-    :func:`fpn.data.transforms.normalize`) into one float32 tensor, zero-padded at the bottom/right to
-    the largest height and width rounded up to a multiple of ``size_divisible``. In a worker process the
-    tensor is allocated in shared memory (as torch's default collate does), saving a copy. Passes a
-    :class:`LoadFailure` on."""
+    :func:`fpn.data.transforms.normalize`; a float image is already normalised) into one float32 tensor,
+    zero-padded at the bottom/right to the largest height and width rounded up to a multiple of
+    ``size_divisible``. In a worker process the tensor is allocated in shared memory (as torch's default
+    collate does), saving a copy. Passes a :class:`LoadFailure` on."""
 
     def __init__(self, size_divisible: int = 32, normalization: str = "imagenet") -> None:
         normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
@@ -300,6 +306,8 @@ def _check_config(cfg: Config) -> None:
         raise UserError(f"config data.workers: expected >= 0, got {d.workers}")
     if d.size_divisible < 1:
         raise UserError(f"config data.size_divisible: expected >= 1, got {d.size_divisible}")
+    if d.resize not in RESIZES:
+        raise UserError(f"config data.resize: unknown '{d.resize}', choose one of: {', '.join(RESIZES)}")
 
 
 def _check_records(records: Sequence[dict], classes: Sequence[str], what: str) -> None:
@@ -343,7 +351,7 @@ def build_train_loader(
             raise UserError("data.filter_empty: no training image has an object to train on")
     dataset = DetectionDataset(
         records, default_scale=d.train_scales[0], max_size=d.max_size, flip=d.flip,
-        use_difficult=d.use_difficult,
+        use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization,
     )  # fmt: skip
     sampler = GroupedBatchSampler(
         dataset.group_ids(), cfg.solver.batch_size, d.train_scales, shuffle=True, seed=cfg.seed,
@@ -363,7 +371,7 @@ def build_test_loader(
     d = cfg.data
     dataset = DetectionDataset(
         records, default_scale=d.test_scale, max_size=d.max_size, flip=False,
-        use_difficult=d.use_difficult,
+        use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
     return _loader(dataset, sampler, cfg, persistent=False, pin_memory=pin_memory)

@@ -1,9 +1,16 @@
 """Image decoding and the detector's input transforms: resize, horizontal flip, normalisation.
 
-Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Resizing multiplies image size and boxes by
-one factor on both axes: the shorter side becomes ``scale`` unless the longer side would then exceed
-``max_size`` (the seed's rule). The resized image has ``round(h * f) x round(w * f)`` pixels, so its
-content may be off from ``boxes * f`` by under half a pixel at the far border.
+Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Two resize rules (``cfg.data.resize``):
+
+* ``fast`` (the default): the shorter side becomes ``scale`` unless the longer side would then exceed
+  ``max_size`` (the seed's rule); the uint8 image is resized to ``round(h * f) x round(w * f)`` pixels and
+  normalised afterwards, boxes are multiplied by ``f``, so the content may be off from ``boxes * f`` by under
+  half a pixel at the far border;
+* ``torchvision``: torchvision's ``GeneralizedRCNNTransform`` exactly: the image is normalised first (its
+  arithmetic, ``(x / 255 - mean) / std``), then resized in float32 to ``floor(h * s) x floor(w * s)`` with
+  ``s = min(scale / min(h, w), max_size / max(h, w))`` (what ``interpolate(recompute_scale_factor=True)``
+  gives), and boxes are scaled per axis by new / old size. About 3x slower per image than ``fast``
+  (docs/TORCHVISION.md).
 
 Speed (one CPU core, VOC image 500x375 -> 800x600): JPEGs are decoded with libjpeg-turbo
 (``torchvision.io.decode_jpeg``, 1.0 ms; PIL, 1.5 ms, is the fallback for other formats), resized in
@@ -27,6 +34,7 @@ from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from fpn.errors import UserError
 
 NORMALIZATIONS = ("imagenet", "caffe")
+RESIZES = ("fast", "torchvision")
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -76,17 +84,22 @@ def _jpeg_decoder():
 _decode_jpeg, _RGB = _jpeg_decoder()
 
 
-def resize_factor(height: int, width: int, scale: int, max_size: int) -> float:
-    """The factor making the shorter side ``scale``, or the longer side ``max_size`` if that is smaller."""
+def resize_factor(height: int, width: int, scale: int, max_size: int, resize: str = "fast") -> float:
+    """The factor making the shorter side ``scale``, or the longer side ``max_size`` if that is smaller
+    (``fast``: judged on the rounded long side; ``torchvision``: ``min(scale / short, max_size / long)``)."""
+    if resize == "torchvision":
+        return min(scale / min(height, width), max_size / max(height, width))
     factor = scale / min(height, width)
     if round(factor * max(height, width)) > max_size:
         factor = max_size / max(height, width)
     return factor
 
 
-def resized_size(height: int, width: int, factor: float) -> tuple[int, int]:
-    """Pixel size (h, w) of an image resized by ``factor`` (at least 1 pixel per side)."""
-    return max(1, round(height * factor)), max(1, round(width * factor))
+def resized_size(height: int, width: int, factor: float, resize: str = "fast") -> tuple[int, int]:
+    """Pixel size (h, w) of an image resized by ``factor`` (at least 1 pixel per side): rounded (``fast``) or
+    floored in double precision (``torchvision``, as ``interpolate`` computes it)."""
+    size = math.floor if resize == "torchvision" else round
+    return max(1, size(height * factor)), max(1, size(width * factor))
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -118,7 +131,10 @@ def _normalization_constants(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
 def normalize(image: torch.Tensor, mode: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 RGB (3, H, W) -> float32 network input, written into ``out`` (e.g. a view of a padded
     batch) when given. "imagenet": RGB, /255, minus mean, over std (torchvision weights); "caffe": BGR
-    channel order, 0..255 range, minus CAFFE_MEAN_BGR, no std."""
+    channel order, 0..255 range, minus CAFFE_MEAN_BGR, no std. A float image is taken as already
+    normalised (the ``torchvision`` resize normalises before resizing) and only copied."""
+    if image.is_floating_point():
+        return image if out is None else out.copy_(image)
     mul, off = _normalization_constants(mode)
     if mode == "caffe":
         image = image.flip(0)
@@ -130,23 +146,56 @@ def normalize(image: torch.Tensor, mode: str, out: torch.Tensor | None = None) -
     return out.sub_(off)
 
 
+def normalize_like_torchvision(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 RGB (3, H, W) -> float32, bit for bit what torchvision's detection transform computes from
+    ``image / 255`` ("imagenet": ``(x / 255 - mean) / std``; "caffe": BGR, 0..255, minus the means)."""
+    if mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN_RGB).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD_RGB).view(3, 1, 1)
+        return (image.float() / 255 - mean) / std
+    _normalization_constants(mode)  # the error for an unknown mode
+    return image.flip(0).float() - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
+
+
 def flip_resize(
-    image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, flip: bool = False
+    image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, flip: bool = False,
+    resize: str = "fast",
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Geometric part of the input transform of an image (3, H, W) and its continuous xyxy ``boxes``
-    (or None): optional mirror, then resize by :func:`resize_factor`. Returns (image (3, h, w) of the
-    input dtype, boxes in its pixels, factor). The mirror is taken in original pixels, then image and
-    boxes are scaled by the same factor."""
+    (or None): optional mirror, then resize by :func:`resize_factor` under the ``resize`` rule. Returns
+    (image (3, h, w) of the input dtype, boxes in its pixels, factor). The mirror is taken in original
+    pixels; boxes are then scaled by the factor (``fast``) or per axis by new / old size in float32, as
+    torchvision's ``resize_boxes`` (``torchvision``)."""
     height, width = image.shape[-2:]
-    factor = resize_factor(height, width, scale, max_size)
+    factor = resize_factor(height, width, scale, max_size, resize)
     if flip:
         image = image.flip(-1)
         if boxes is not None:
             boxes = hflip_boxes(boxes, width)
-    image = resize_image(image, resized_size(height, width, factor))
+    size = resized_size(height, width, factor, resize)
+    image = resize_image(image, size)
     if boxes is not None:
-        boxes = boxes * factor
+        if resize == "torchvision":
+            ratio = torch.tensor(size[::-1], dtype=torch.float32) / torch.tensor((width, height), dtype=torch.float32)
+            boxes = boxes * ratio.repeat(2)  # (x, y, x, y) ratios
+        else:
+            boxes = boxes * factor
     return image, boxes, factor
+
+
+def transform_image(
+    image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, normalization: str,
+    flip: bool = False, resize: str = "fast",
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The per-image input transform of a uint8 RGB image (3, H, W) up to batching. ``fast``:
+    :func:`flip_resize` of the uint8 image, which stays uint8 (:func:`normalize` converts it later, fused
+    with the copy into the padded batch); ``torchvision``: :func:`normalize_like_torchvision`, then
+    :func:`flip_resize` of the float image. Returns (image, boxes in its pixels or None, factor)."""
+    if resize not in RESIZES:
+        raise UserError(f"config data.resize: unknown '{resize}', choose one of: {', '.join(RESIZES)}")
+    if resize == "torchvision":
+        image = normalize_like_torchvision(image, normalization)
+    return flip_resize(image, boxes, scale, max_size, flip, resize)
 
 
 def prepare(
@@ -156,10 +205,11 @@ def prepare(
     max_size: int,
     normalization: str,
     flip: bool = False,
+    resize: str = "fast",
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """The whole input transform of one uint8 RGB image (3, H, W): :func:`flip_resize` then
+    """The whole input transform of one uint8 RGB image (3, H, W): :func:`transform_image` then
     :func:`normalize`. Returns (float32 image (3, h, w), boxes in its pixels or None, factor)."""
-    image, boxes, factor = flip_resize(image, boxes, scale, max_size, flip)
+    image, boxes, factor = transform_image(image, boxes, scale, max_size, normalization, flip, resize)
     return normalize(image, normalization), boxes, factor
 
 

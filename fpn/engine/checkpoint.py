@@ -15,6 +15,10 @@ Keys (loadable with ``torch.load(path, map_location="cpu", weights_only=False)``
 
 Reading an older format upgrades it in memory (``upgraded_from`` then names the format read).
 
+A weights-only checkpoint (:func:`weights_checkpoint`, e.g. written by ``fpn convert``) has the required keys
+with epoch, step, iteration and session 0 and no optimiser, scheduler, scaler or RNG state: ``fpn test``,
+``fpn demo`` and ``fpn train --init`` read it, ``--resume`` refuses it (:func:`has_training_state`).
+
 File name: ``fpn_{session}_{epoch}_{step}.pth`` inside the run folder
 ``{save_dir}/{net}/{dataset}/{exp_name}/``.
 """
@@ -121,6 +125,22 @@ def make_checkpoint(
     }
 
 
+def weights_checkpoint(
+    model_state: dict, *, config: dict, classes: Sequence[str], net: str, dataset: str, **extra: Any
+) -> dict[str, Any]:
+    """A checkpoint of weights only (see the module docstring); ``extra`` keys are stored as given."""
+    return {
+        "model": model_state, "epoch": 0, "step": 0, "iteration": 0, "interrupted": False, "config": config,
+        "classes": tuple(classes), "net": net, "dataset": dataset, "session": 0, "version": CHECKPOINT_VERSION,
+        "fpn_version": fpn.__version__, **extra,
+    }  # fmt: skip
+
+
+def has_training_state(ckpt: dict) -> bool:
+    """Whether ``ckpt`` can be resumed (it holds the optimiser and scheduler state), unlike a weights-only one."""
+    return "optimizer" in ckpt and "scheduler" in ckpt
+
+
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     path = Path(path)
     atomic_torch_save(checkpoint, path)
@@ -157,12 +177,19 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, A
     return ckpt
 
 
+def cyx_to_yxc(weight: Tensor, pool_size: int) -> Tensor:
+    """An fc weight (or optimiser buffer) (out, C*s*s) reading (channel, y, x)-ordered input, reordered to read
+    fpn's (y, x, channel) order: (out, C, s, s) -> (out, s, s, C) -> (out, C*s*s)."""
+    s = int(pool_size)
+    c = weight.shape[1] // (s * s)
+    return weight.reshape(-1, c, s, s).permute(0, 2, 3, 1).reshape(weight.shape).contiguous()
+
+
 def fc1_to_yxc(weight: Tensor, ckpt: dict) -> Tensor:
     """A format-1 fc1 weight or optimiser buffer, (fc_dim, C*s*s) in (channel, y, x) order, in (y, x, channel)."""
     model_cfg = ckpt["config"].get("model", {})
-    s = int(model_cfg.get("pool_size", ModelConfig.pool_size))  # a missing key means the default, as in from_dict
-    c = weight.shape[1] // (s * s)
-    return weight.reshape(-1, c, s, s).permute(0, 2, 3, 1).reshape(weight.shape).contiguous()
+    # a missing key means the default, as in from_dict
+    return cyx_to_yxc(weight, model_cfg.get("pool_size", ModelConfig.pool_size))
 
 
 def _upgrade_from_1(ckpt: dict) -> None:

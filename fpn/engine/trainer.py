@@ -42,6 +42,7 @@ from fpn.engine import distributed
 from fpn.engine.checkpoint import (
     check_compatible,
     checkpoint_name,
+    load_checkpoint,
     load_model_state,
     make_checkpoint,
     rng_state,
@@ -173,8 +174,13 @@ class _Trainer:
         import fpn.model as fpn_model  # looked up at call time (tests wrap build_detector)
         from fpn.data.loader import build_train_loader
 
-        # resuming: the checkpoint's weights replace the pretrained ones, do not read those
-        self.model = fpn_model.build_detector(cfg, len(self.classes) + 1, load_pretrained=ckpt is None).to(device)
+        # resuming or --init: the checkpoint's weights replace the pretrained ones, do not read those
+        init = ckpt is None and bool(cfg.model.init)
+        self.model = fpn_model.build_detector(
+            cfg, len(self.classes) + 1, load_pretrained=ckpt is None and not init
+        ).to(device)
+        if init:
+            self._init_from(cfg.model.init)
         self.loader = build_train_loader(cfg, records, self.classes, info.rank, info.world_size,
                                          pin_memory=device.type == "cuda")  # fmt: skip
         self.iters_per_epoch = len(self.loader)
@@ -201,7 +207,17 @@ class _Trainer:
                                     self.scheduler, cfg.solver.clip_grad_norm)  # fmt: skip
         self.last_checkpoint: Path | None = self.resume_path
 
-    # --- resume ---------------------------------------------------------------------------------------------
+    # --- resume, --init ---------------------------------------------------------------------------------------
+
+    def _init_from(self, path: str) -> None:
+        """All weights of a detection checkpoint, its class rows matched to this dataset's classes by name."""
+        from fpn.engine.transfer import convention_notes, load_transferred
+
+        source = load_checkpoint(path, flag="--init")
+        match = load_transferred(self.model, source, path, self.classes)
+        self.say(f"--init {path}: {match.describe()}")
+        for note in convention_notes(source, self.cfg):
+            self.say(f"note: --init {path} was trained with {note}")
 
     def _restore(self, ckpt: dict) -> None:
         path, cfg = self.resume_path, self.cfg

@@ -142,7 +142,7 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         if m.pretrained == "imagenet":
             state, source = _imagenet_state_dict(m.backbone), f"torchvision ImageNet weights for {m.backbone}"
         else:
-            state, source = _read_state_dict(m.pretrained), m.pretrained
+            state, source = read_state_dict(m.pretrained), m.pretrained
         load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
     return backbone
 
@@ -159,10 +159,12 @@ def _imagenet_state_dict(name: str) -> dict:
         ) from None
 
 
-def _read_state_dict(path: str) -> dict:
+def read_state_dict(path: str | Path, missing: str = "pretrained weight file not found (model.pretrained)") -> dict:
+    """The state dict in a .pth file (also inside a {"state_dict": ...} or {"model": ...} wrapper); a missing
+    or unreadable file, or one holding something else, is a one-line UserError (``missing``: its wording)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{path}: pretrained weight file not found (model.pretrained)")
+        raise UserError(f"{path}: {missing}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:

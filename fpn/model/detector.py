@@ -80,9 +80,9 @@ class FPNDetector(nn.Module):
             if len(targets) != images.shape[0]:
                 raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
             gt = pad_targets(targets, images.device)
-            proposals, valid, rpn_losses = self.rpn(features, sizes, gt)
+            proposals, valid, rpn_losses = self.rpn(features, sizes, gt, input_size=images.shape[-2:])
             return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
-        proposals, valid, _ = self.rpn(features, sizes)
+        proposals, valid, _ = self.rpn(features, sizes, input_size=images.shape[-2:])
         original = None
         if original_sizes is not None:
             original = torch.tensor(original_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)

@@ -8,9 +8,11 @@ library products instead of torchvision's CPU kernels, whose backward scatters o
 (a third of a training step of the synthetic recipe on 2 CPU cores). On CUDA torchvision's kernels are
 used instead: they are fast there and this path would only add memory.
 
-Same arithmetic as ``torchvision.ops.roi_align(aligned=True)`` with a fixed ``sampling_ratio > 0``:
-the box is shifted by half a pixel, a sample outside [-1, size] contributes zero, coordinates are
-clamped to the feature map, and the bin value is the mean over its samples (tests pin the equality).
+Same arithmetic as ``torchvision.ops.roi_align`` with a fixed ``sampling_ratio > 0``, for either value of
+``aligned``: with ``aligned=True`` the box is shifted by half a pixel, with ``aligned=False`` (torchvision's
+detection models) it is not and its sides are at least one feature pixel; a sample outside [-1, size]
+contributes zero, coordinates are clamped to the feature map, and the bin value is the mean over its
+samples (tests pin the equality, to float rounding).
 
 Shapes: R RoIs, L levels, C channels, s output size, g sampling ratio.
 """
@@ -71,11 +73,12 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
 
 
 def sparse_roi_align(
-    features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int, sampling_ratio: int
+    features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int, sampling_ratio: int,
+    aligned: bool = True,
 ) -> Tensor:
     """Pool ``rois`` (R, 5: image, x1, y1, x2, y2 in input pixels) from ``features[level[r]]`` (each
     (N, C, H_l, W_l)) at ``scales[level[r]]``: (R, C, s, s), float32 for half-precision features (as
-    torchvision's autocast rule), else the features' dtype."""
+    torchvision's autocast rule), else the features' dtype. ``aligned`` as in ``torchvision.ops.roi_align``."""
     if sampling_ratio <= 0:
         raise ValueError("sparse_roi_align needs a fixed sampling_ratio > 0")
     s, g = output_size, sampling_ratio
@@ -92,9 +95,14 @@ def sparse_roi_align(
     level_start = torch.cumsum(level_rows, 0) - level_rows  # (L,) first row of each level in F
     scale = torch.tensor(scales, device=device, dtype=dtype)[level]  # (R,)
 
-    box = rois[:, 1:] * scale[:, None] - 0.5  # (R, 4) aligned=True: pixel centres at +0.5
-    bin_w = (box[:, 2] - box[:, 0]) / s  # (R,)
-    bin_h = (box[:, 3] - box[:, 1]) / s
+    box = rois[:, 1:] * scale[:, None]  # (R, 4) in feature pixels
+    if aligned:
+        box = box - 0.5  # pixel centres at +0.5
+    roi_w = box[:, 2] - box[:, 0]  # (R,)
+    roi_h = box[:, 3] - box[:, 1]
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_w, bin_h = roi_w / s, roi_h / s  # (R,)
     # sample offsets inside the box in bins: bin index + (sample + 0.5) / g, shape (s, g)
     steps = torch.arange(s, device=device, dtype=dtype)[:, None]
     steps = steps + (torch.arange(g, device=device, dtype=dtype)[None, :] + 0.5) / g

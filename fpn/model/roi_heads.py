@@ -33,7 +33,8 @@ from fpn.model.targets import GroundTruth
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign (aligned=True: continuous pixel boxes) of each RoI on the level ``LevelMapper`` picks.
+    """RoIAlign of each RoI on the level ``LevelMapper`` picks; ``aligned=True`` (continuous pixel boxes, the
+    default) or ``False`` (torchvision's detection models: no half-pixel shift, sides of at least 1 feature pixel).
 
     ``impl``: "torchvision" (one ``roi_align`` call per level), "sparse" (all levels in one sparse matrix
     product, ``fpn.model.roi_align``; ~2.5x faster forward + backward on a CPU) or "auto": sparse on CPU with a fixed
@@ -43,7 +44,8 @@ class MultiScaleRoIAlign(nn.Module):
     IMPLS = ("auto", "torchvision", "sparse")
 
     def __init__(
-        self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper, impl: str = "auto"
+        self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper, impl: str = "auto",
+        aligned: bool = True,
     ):
         super().__init__()
         if impl not in self.IMPLS:
@@ -55,6 +57,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.mapper = mapper
         self.impl = impl
+        self.aligned = aligned
 
     def _use_sparse(self, features: list[Tensor]) -> bool:
         if self.impl == "auto":
@@ -68,12 +71,14 @@ class MultiScaleRoIAlign(nn.Module):
         rois = torch.cat((image.unsqueeze(1), boxes.reshape(n * b, 4)), dim=1)  # (N*B, 5): image, x1, y1, x2, y2
         level = self.mapper(rois[:, 1:]) - self.mapper.min_level  # (R,) index into features
         if self._use_sparse(features):
-            return sparse_roi_align(features, rois, level, self.scales, self.output_size, self.sampling_ratio)
+            return sparse_roi_align(
+                features, rois, level, self.scales, self.output_size, self.sampling_ratio, self.aligned
+            )
         # one roi_align call per level on that level's RoIs: sort by level, split, put back in order
         order = torch.argsort(level, stable=True)
         counts = torch.bincount(level, minlength=len(features)).tolist()  # host sync: roi_align needs the sizes
         pooled = [
-            roi_align(features[lvl], chunk, self.output_size, self.scales[lvl], self.sampling_ratio, aligned=True)
+            roi_align(features[lvl], chunk, self.output_size, self.scales[lvl], self.sampling_ratio, self.aligned)
             for lvl, chunk in enumerate(rois[order].split(counts)) if chunk.shape[0] > 0
         ]
         inverse = torch.empty_like(order)
@@ -183,10 +188,11 @@ class RoIHeads(nn.Module):
 
 def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads:
     m = cfg.model
-    mapper = LevelMapper(m.roi_canonical_size, m.roi_canonical_level, min_level=2, max_level=5)
+    mapper = LevelMapper(m.roi_canonical_size, m.roi_canonical_level, min_level=2, max_level=5,
+                         eps_in_log=m.roi_level_eps_in_log)
     box_coder = BoxCoder(m.bbox_reg_weights)
     return RoIHeads(
-        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper),
+        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper, aligned=m.pool_aligned),
         box_head=BoxHead(in_channels * m.pool_size**2, m.fc_dim, num_classes, m.class_agnostic),
         matcher=Matcher(
             m.roi_fg_iou, m.roi_bg_iou_hi, m.roi_bg_iou_lo, allow_low_quality=False, crowd_thresh=m.crowd_ioa

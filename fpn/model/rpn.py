@@ -11,6 +11,9 @@ Proposal selection (no gradient): top ``pre_nms_top_n`` logits per level (or joi
 with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, drop boxes smaller than
 ``rpn_min_size``, NMS per image and level (per image only in the joint mode; ``grouped_nms``), then the
 best ``post_nms_top_n`` per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
+NMS and the post-NMS top-n rank the logits (``rpn_score="logit"``) or, as torchvision does, their float32
+sigmoid (``"sigmoid"``): the same order except where close high logits round to one probability, whose ties
+NMS then breaks by index.
 
 Losses: anchors are matched to the ground truth (IoU >= rpn_fg_iou or best anchor of an object ->
 positive, < rpn_bg_iou -> negative; not positive and mostly inside a crowd region -> ignored),
@@ -62,6 +65,8 @@ class RPNHead(nn.Module):
 
 
 class RegionProposalNetwork(nn.Module):
+    SCORES = ("logit", "sigmoid")  # what NMS and the post-NMS top-n rank (``score``)
+
     def __init__(
         self,
         head: RPNHead,
@@ -75,6 +80,7 @@ class RegionProposalNetwork(nn.Module):
         min_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9.0,
         batched_nms: bool | None = None,  # None: batched_nms on CUDA, segment_nms on a CPU; True/False forces one
+        score: str = "logit",
     ):
         super().__init__()
         self.head = head
@@ -89,13 +95,20 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
         self.batched_nms = batched_nms
+        if score not in self.SCORES:
+            raise ValueError(f"score must be one of {self.SCORES}, got {score!r}")
+        self.score = score
 
     def forward(
-        self, features: list[Tensor], image_sizes: Tensor, gt: GroundTruth | None = None
+        self, features: list[Tensor], image_sizes: Tensor, gt: GroundTruth | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """features P2..P6, image_sizes (N, 2) float (h, w) -> (proposals (N, P, 4), valid (N, P),
-        losses {"rpn_cls", "rpn_box"} when ``gt`` is given, else {})."""
-        anchors, level_counts = self.anchor_generator([tuple(f.shape[-2:]) for f in features], features[0].device)
+        """features P2..P6, image_sizes (N, 2) float (h, w), input_size (H, W) of the padded batch (needed by
+        anchors with ``strides_from_input``) -> (proposals (N, P, 4), valid (N, P), losses {"rpn_cls",
+        "rpn_box"} when ``gt`` is given, else {})."""
+        anchors, level_counts = self.anchor_generator(
+            [tuple(f.shape[-2:]) for f in features], features[0].device, input_size
+        )
         pred_logits, pred_deltas = self.head(features)
         proposals, valid = self.select_proposals(
             anchors, level_counts, pred_logits.detach(), pred_deltas.detach(), image_sizes
@@ -128,6 +141,8 @@ class RegionProposalNetwork(nn.Module):
             scores, index = logits.topk(min(pre_n, num_anchors), dim=1)  # (N, K) jointly over levels
             segments = [index.shape[1]] * n  # NMS per image, across levels (the seed)
         k = index.shape[1]
+        if self.score == "sigmoid":
+            scores = scores.sigmoid()
 
         deltas = pred_deltas.gather(1, index.unsqueeze(2).expand(n, k, 4))  # (N, K, 4)
         boxes = clip_boxes(self.box_coder.decode(deltas, anchors[index]), image_sizes)  # (N, K, 4)
@@ -187,7 +202,10 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
     strides = (4, 8, 16, 32, 64)
     if len(m.anchor_sizes) != len(strides):
         raise UserError(f"model.anchor_sizes: need one size per level P2..P6 (5 values), got {m.anchor_sizes}")
-    anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides)
+    if m.rpn_score not in RegionProposalNetwork.SCORES:
+        choices = ", ".join(RegionProposalNetwork.SCORES)
+        raise UserError(f"model.rpn_score: must be one of {choices}, got {m.rpn_score!r}")
+    anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides, m.anchor_round, m.anchor_strides_from_input)
     return RegionProposalNetwork(
         head=RPNHead(in_channels, m.rpn_channels, anchors.num_anchors_per_cell),
         anchor_generator=anchors,
@@ -199,4 +217,5 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
         nms_thresh=m.rpn_nms_thresh,
         min_size=m.rpn_min_size,
         smooth_l1_beta=m.rpn_smooth_l1_beta,
+        score=m.rpn_score,
     )

@@ -13,7 +13,7 @@ from fpn.data.loader import (
     build_test_loader,
     build_train_loader,
 )
-from fpn.data.transforms import normalize
+from fpn.data.transforms import normalize, prepare, read_image
 from fpn.errors import UserError
 
 CLASSES = ("cat", "dog")
@@ -185,7 +185,6 @@ def test_dataset_flip_difficult_and_empty_images(voc_folder):
         keep[3]
 
 
-
 def test_crowd_regions_are_no_objects_and_travel_with_the_image_as_crowd_boxes(voc_folder):
     rec = {"id": "x", "image": str(voc_folder / "JPEGImages" / "a.jpg"), "width": 64, "height": 48,
            "labels": np.array([1, 2, 1]), "boxes": np.array([[0, 0, 32, 24], [8, 8, 16, 16], [40, 0, 64, 48.0]]),
@@ -195,6 +194,21 @@ def test_crowd_regions_are_no_objects_and_travel_with_the_image_as_crowd_boxes(v
     assert target["boxes"].tolist() == [[32, 0, 64, 24], [48, 8, 56, 16]]  # the difficult object kept (use_difficult)
     assert target["labels"].tolist() == [1, 2]
     assert target["crowd_boxes"].tolist() == [[0, 0, 24, 48]]  # mirrored too; never an object, even with use_difficult
+
+
+def test_dataset_torchvision_resize_gives_normalised_floats_the_collator_copies(voc_folder):
+    """resize="torchvision": items are already normalised float32 (the per-axis boxes of torchvision's transform);
+    the Collator pads them unchanged, so the batch is prepare()'s output."""
+    recs = _records(voc_folder)
+    ds = DetectionDataset(recs, default_scale=96, max_size=160, flip=True, resize="torchvision", normalization="caffe")
+    img, target, meta = ds[4]  # mirror of "b": 40x60 -> 96x144 (s = 2.4)
+    assert img.dtype == torch.float32 and img.shape == (3, 144, 96) and meta["scale"] == 2.4
+    expected, boxes, _ = prepare(read_image(recs[1]["image"]), torch.tensor([[4.0, 5.0, 30.0, 50.0]]), 96, 160,
+                                 "caffe", flip=True, resize="torchvision")  # fmt: skip
+    assert torch.equal(img, expected) and torch.equal(target["boxes"], boxes)
+    batch = Collator(32, "caffe")([ds[4]])
+    assert torch.equal(batch.images[0, :, :144, :96], img) and (batch.images[0, :, 144:] == 0).all()
+
 
 def test_dataset_size_mismatch_is_a_failure(voc_folder):
     recs = _records(voc_folder)

@@ -12,7 +12,9 @@ from fpn.data.transforms import (
     prepare,
     read_image,
     resize_factor,
+    resize_image,
     resized_size,
+    transform_image,
     unnormalize,
 )
 from fpn.errors import UserError
@@ -136,3 +138,36 @@ def test_read_image_errors_are_one_line_naming_the_file(tmp_path):
             read_image(tmp_path / name)
         msg = str(e.value)
         assert msg.startswith(f"{tmp_path / name}: ") and words in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (100, 1000), (480, 640)])
+def test_torchvision_resize_equals_its_detection_transform(size):
+    """resize="torchvision": normalised, then a float resize to floor(h * s) (375 x 500 -> 800 x 1066, as
+    interpolate's recompute_scale_factor computes it), boxes scaled per axis: GeneralizedRCNNTransform exactly."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 70.0], [0.0, 0.0, float(size[1]), float(size[0])]])
+    reference = GeneralizedRCNNTransform(800, 1333, list(IMAGENET_MEAN_RGB), list(IMAGENET_STD_RGB))
+    (images, targets) = reference([img.float() / 255], [{"boxes": boxes}])
+    h, w = images.image_sizes[0]
+    out, b, factor = prepare(img, boxes, 800, 1333, "imagenet", resize="torchvision")
+    assert out.shape[-2:] == (h, w) and torch.equal(out, images.tensors[0, :, :h, :w])
+    assert torch.equal(b, targets[0]["boxes"])
+    assert factor == min(800 / min(size), 1333 / max(size))
+    fast, _, _ = prepare(img, boxes, 800, 1333, "imagenet")  # the default path: uint8 resize, rounded sizes
+    assert fast.shape[-2:] == resized_size(*size, resize_factor(*size, 800, 1333))
+    if size == (375, 500):  # VOC's size: 1066.7 px wide
+        assert (h, w) == (800, 1066) and fast.shape[-2:] == (800, 1067)
+
+
+def test_transform_image_keeps_uint8_fast_and_unknown_resize():
+    img = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
+    out, _, _ = transform_image(img, None, 60, 1000, "imagenet")
+    assert out.dtype == torch.uint8 and out.shape == (3, 60, 80)
+    out, _, _ = transform_image(img, None, 60, 1000, "caffe", resize="torchvision")
+    assert out.dtype == torch.float32 and torch.equal(normalize(out, "caffe"), out)  # already normalised: copied
+    torch.testing.assert_close(out, resize_image(normalize(img, "caffe"), (60, 80)), rtol=0, atol=1e-4)
+    with pytest.raises(UserError, match="data.resize: unknown 'pil'"):
+        transform_image(img, None, 60, 1000, "imagenet", resize="pil")

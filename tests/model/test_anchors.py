@@ -39,3 +39,21 @@ def test_anchors_are_cached_per_size():
     a3, _ = gen([(4, 5)], torch.device("cpu"))
     assert a1 is a2
     assert a3.shape == (20, 4)
+
+
+def test_torchvision_conventions_match_its_anchor_generator():
+    """Rounded corners and strides = padded input // feature size: torchvision's anchors exactly, also where an
+    odd-sized P5 gives P6 a stride under 64 (a 288 x 352 input: P5 9 x 11, P6 5 x 6, strides 57 and 58)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+    from torchvision.models.detection.image_list import ImageList
+
+    reference = TorchvisionAnchors(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    ours = AnchorGenerator((32, 64, 128, 256, 512), (0.5, 1.0, 2.0), (4, 8, 16, 32, 64), True, True)
+    for h, w in [(288, 352), (320, 320), (800, 1088)]:
+        sizes = [(-(-h // s), -(-w // s)) for s in (4, 8, 16, 32, 64)]
+        expected = reference(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), [torch.zeros(1, 1, *s) for s in sizes])[0]
+        anchors, counts = ours(sizes, torch.device("cpu"), (h, w))
+        assert torch.equal(anchors, expected) and sum(counts) == len(expected)
+    assert ours.cell_anchors[0].tolist() == [[-23.0, -11.0, 23.0, 11.0], [-16.0, -16.0, 16.0, 16.0], [-11.0, -23.0, 11.0, 23.0]]
+    plain = AnchorGenerator((32, 64, 128, 256, 512), (0.5, 1.0, 2.0), (4, 8, 16, 32, 64))
+    assert not torch.equal(plain(sizes, torch.device("cpu"))[0], anchors)  # not rounded, nominal strides

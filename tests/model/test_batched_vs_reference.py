@@ -163,3 +163,30 @@ def test_multiscale_roi_align_equals_per_roi_reference(impl):
         roi = torch.cat([torch.tensor([[0.0]]), boxes[img, r % 9].unsqueeze(0)], 1)
         ref = roi_align(feats[lvl][img:img + 1], roi, 7, 1.0 / 2 ** (lvl + 2), 2, aligned=True)
         torch.testing.assert_close(out[r:r + 1], ref)
+
+
+def test_sigmoid_ranking_equals_torchvision_proposal_filter_with_ties():
+    """rpn_score="sigmoid": torchvision's proposals exactly, also when high logits round to one float32 probability
+    (here every logit above ~16.6 is 1.0): NMS then keeps the first of tied boxes, not the higher logit."""
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    g = torch.Generator().manual_seed(5)
+    rpn = _rpn(rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=120, rpn_nms_thresh=0.5, rpn_score="sigmoid")
+    rpn.eval()
+    reference = RegionProposalNetwork(None, None, 0.7, 0.3, 256, 0.5, {"testing": 150}, {"testing": 120}, 0.5).eval()
+    sizes = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    anchors, counts = rpn.anchor_generator(sizes, torch.device("cpu"))
+    n = 2
+    logits = torch.randn(n, anchors.shape[0], generator=g) * 10 + 8  # a quarter above 16.6
+    deltas = torch.randn(n, anchors.shape[0], 4, generator=g) * 0.3
+    image_sizes = [(64, 96), (50, 70)]
+    boxes, valid = rpn.select_proposals(anchors, counts, logits, deltas, torch.tensor(image_sizes, dtype=torch.float32))
+    decoded = reference.box_coder.decode(deltas.reshape(-1, 4), [anchors] * n).view(n, -1, 4)
+    expected, _ = reference.filter_proposals(decoded, logits.reshape(-1, 1), image_sizes, counts)
+    for i in range(n):
+        ours = boxes[i][valid[i]]
+        assert ours.shape == expected[i].shape
+        assert torch.equal(torch.unique(ours, dim=0), torch.unique(expected[i], dim=0))  # the same set (rows sorted)
+    by_logit = _rpn(rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=120, rpn_nms_thresh=0.5).eval()
+    other, other_valid = by_logit.select_proposals(anchors, counts, logits, deltas, torch.tensor(image_sizes, dtype=torch.float32))
+    assert not torch.equal(torch.unique(other[0][other_valid[0]], dim=0), torch.unique(expected[0], dim=0))

@@ -21,23 +21,19 @@ def _rois(g, r, n=3, size=(224.0, 160.0)):
     return torch.cat([image, xy, xy + wh], 1)
 
 
-def _torchvision_per_level(feats, rois, level, s, ratio):
+def _torchvision_per_level(feats, rois, level, s, ratio, aligned=True):
     out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], s, s)
     for lvl in range(len(feats)):
         sel = level == lvl
         if sel.any():
-            out[sel] = roi_align(feats[lvl], rois[sel], s, SCALES[lvl], ratio, aligned=True)
+            out[sel] = roi_align(feats[lvl], rois[sel], s, SCALES[lvl], ratio, aligned=aligned)
     return out
 
 
+@pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("ratio", [1, 2, 3])
-def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio, device):
-    g = torch.Generator().manual_seed(ratio)
-    feats = [f.to(device).requires_grad_() for f in _features(g)]
-    rois = _rois(g, 300).to(device)
-    level = torch.randint(0, 4, (300,), generator=g).to(device)
-    ours = sparse_roi_align(feats, rois, level, SCALES, 7, ratio)
-    ref = _torchvision_per_level(feats, rois, level, 7, ratio)
+def _torchvision_per_level(feats, rois, level, s, ratio, aligned=True):
+    out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], s, s)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float rounding of the weights differs
     weights = torch.randn(ref.shape, generator=g).to(device)
     grads = torch.autograd.grad((ours * weights).sum(), feats)
@@ -83,6 +79,16 @@ def test_multiscale_roi_align_auto_picks_an_implementation():
         assert pooler._use_sparse(feats) == (impl == "sparse" or (impl == "auto" and ratio > 0))
         outs[impl, ratio] = pooler([f[:1] for f in feats], boxes)
     torch.testing.assert_close(outs["auto", 2], outs["torchvision", 2], rtol=1e-5, atol=1e-5)
+    # aligned=False (read by both paths): the same as torchvision's detection pooler
+    from torchvision.ops import MultiScaleRoIAlign as TorchvisionPooler
+
+    reference = TorchvisionPooler(["0", "1", "2", "3"], 7, 2)
+    expected = reference({str(i): f[:1] for i, f in enumerate(feats)}, [boxes[0]], [(160, 224)])
+    mapper = LevelMapper(canonical_size=224, canonical_level=4, eps_in_log=False)
+    for impl in ("sparse", "torchvision"):
+        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl=impl, aligned=False)
+        torch.testing.assert_close(pooler([f[:1] for f in feats], boxes), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(pooler([f[:1] for f in feats], boxes), outs["auto", 2], atol=1e-3)
     with pytest.raises(ValueError, match="sampling_ratio"):
         MultiScaleRoIAlign((4, 8, 16, 32), 7, 0, mapper, impl="sparse")
     with pytest.raises(ValueError, match="impl"):

@@ -1,0 +1,1 @@
+"""Other libraries' detection weights as fpn checkpoints (``fpn convert``)."""
