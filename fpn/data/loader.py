@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
-from fpn.data.transforms import check_scales, flip_resize, normalize, pick_scales, read_image
+from fpn.data.transforms import batch_images, check_scales, flip_resize, normalize, pick_scales, read_image
 from fpn.errors import UserError
 
 
@@ -69,6 +69,7 @@ class DetectionDataset(Dataset):
     :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
 
     Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
+    ``float_resize`` (test time) resizes in float32 and returns float images (``fpn.data.transforms.resize_image``).
     """
 
     def __init__(
@@ -79,8 +80,10 @@ class DetectionDataset(Dataset):
         max_size: int,
         flip: bool = False,
         use_difficult: bool = False,
+        float_resize: bool = False,
     ) -> None:
         self.records = list(records)
+        self.float_resize = float_resize
         self.default_scale = default_scale
         self.max_size = max_size
         self.flip = flip
@@ -115,7 +118,8 @@ class DetectionDataset(Dataset):
                 f"{rec['image']}: image is {w}x{h} but its annotation says {rec['width']}x{rec['height']}"
             )
         boxes = torch.from_numpy(self._boxes[index % n])
-        image, boxes, factor = flip_resize(image, boxes, scale, self.max_size, flip=flipped)
+        image, boxes, factor = flip_resize(image, boxes, scale, self.max_size, flip=flipped,
+                                           float_resize=self.float_resize)
         target = {"boxes": boxes, "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
         meta = {"id": rec["id"], "image": rec["image"], "orig_size": (int(h), int(w)), "scale": factor,
                 "flipped": flipped}  # fmt: skip
@@ -123,11 +127,9 @@ class DetectionDataset(Dataset):
 
 
 class Collator:
-    """List of dataset samples -> :class:`Batch`: normalises each uint8 image (see
-    :func:`fpn.data.transforms.normalize`) into one float32 tensor, zero-padded at the bottom/right to
-    the largest height and width rounded up to a multiple of ``size_divisible``. In a worker process the
-    tensor is allocated in shared memory (as torch's default collate does), saving a copy. Passes a
-    :class:`LoadFailure` on."""
+    """List of dataset samples -> :class:`Batch`: the images normalised into one zero-padded float32 tensor
+    by :func:`fpn.data.transforms.batch_images`. In a worker process the tensor is allocated in shared memory
+    (as torch's default collate does), saving a copy. Passes a :class:`LoadFailure` on."""
 
     def __init__(self, size_divisible: int = 32, normalization: str = "imagenet") -> None:
         normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
@@ -138,16 +140,7 @@ class Collator:
         for s in samples:
             if isinstance(s, LoadFailure):
                 return s
-        images = [s[0] for s in samples]
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        d = self.size_divisible
-        height = math.ceil(max(h for h, _ in sizes) / d) * d
-        width = math.ceil(max(w for _, w in sizes) / d) * d
-        out = _empty_batch_tensor((len(images), images[0].shape[0], height, width))
-        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
-            normalize(im, self.normalization, out=out[i, :, :h, :w])
-            out[i, :, h:, :].zero_()
-            out[i, :, :h, w:].zero_()
+        out, sizes = batch_images([s[0] for s in samples], self.normalization, self.size_divisible, _empty_batch_tensor)
         return Batch(out, sizes, [s[1] for s in samples], [s[2] for s in samples])
 
 
@@ -316,7 +309,8 @@ def build_train_loader(
 def build_test_loader(
     cfg: Config, records: Sequence[dict], classes: Sequence[str], batch_size: int = 1
 ) -> DetectionLoader:
-    """Every image once, unflipped, at ``cfg.data.test_scale``; batches group images of one orientation,
+    """Every image once, unflipped, at ``cfg.data.test_scale`` (resized in float32, as in the Python API and an
+    exported graph); batches group images of one orientation,
     so the order is not the records' order (use ``batch.metas[i]["id"]``). Targets follow
     ``cfg.data.use_difficult`` like training (evaluation reads the records, not these targets)."""
     _check_config(cfg)
@@ -324,7 +318,7 @@ def build_test_loader(
     d = cfg.data
     dataset = DetectionDataset(
         records, default_scale=d.test_scale, max_size=d.max_size, flip=False,
-        use_difficult=d.use_difficult,
+        use_difficult=d.use_difficult, float_resize=True,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
     return _loader(dataset, sampler, cfg, persistent=False)

@@ -1,14 +1,19 @@
-"""Image decoding and the detector's input transforms: resize, horizontal flip, normalisation.
+"""Image decoding and the detector's input transforms: resize, horizontal flip, normalisation, batching.
+
+One implementation serves training, ``fpn test``, ``fpn demo``, the Python API (``fpn.Detector``) and the
+exported graph: :func:`flip_resize` (geometry), :func:`normalize` and :func:`batch_images` (the float network
+input), and :class:`GraphInputTransform`, the same steps as graph operations for ``fpn export``.
 
 Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Resizing multiplies image size and boxes by
 one factor on both axes: the shorter side becomes ``scale`` unless the longer side would then exceed
-``max_size`` (the seed's rule). The resized image has ``round(h * f) x round(w * f)`` pixels, so its
-content may be off from ``boxes * f`` by under half a pixel at the far border.
+``max_size`` (the seed's rule). The resized image has ``round(h * f) x round(w * f)`` pixels
+(:func:`target_size`), so its content may be off from ``boxes * f`` by under half a pixel at the far border.
 
 Speed (one CPU core, VOC image 500x375 -> 800x600): JPEGs are decoded with libjpeg-turbo
 (``torchvision.io.decode_jpeg``, 1.0 ms; PIL, 1.5 ms, is the fallback for other formats), resized in
-uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32), and converted to float
-once, fused with the normalisation (0.8 ms, written straight into the padded batch by the loader).
+uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32) for training, and converted
+to float once, fused with the normalisation (0.8 ms, written straight into the padded batch by the loader).
+At test time (test loader, demo, API, export) images are resized in float32, as an exported graph does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from torch import Tensor, nn
 
 from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from fpn.errors import UserError
@@ -89,10 +96,42 @@ def resized_size(height: int, width: int, factor: float) -> tuple[int, int]:
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (no antialias) of a (3, H, W) tensor, uint8 or float, to ``size`` = (h, w)."""
+def _round_div(a, b):
+    """``round(a / b)`` with halves to even (Python's ``round``) for integers a >= 0, b > 0, in integer
+    arithmetic only: it runs on Python ints and on int64 tensors inside an exported graph alike."""
+    q = a // b
+    # the remainder rounds up when 2r > b, or 2r == b and q is odd: one floor division, no branch
+    return q + (2 * (a % b) + b - 1 + q % 2) // (2 * b)
+
+
+def target_size(height, width, scale: int, max_size: int):
+    """The pixel size (h, w) of an image resized by ``resize_factor``: ``round(h * f), round(w * f)`` computed
+    exactly, in integer arithmetic without branches, on Python ints or int64 tensors (an exported graph
+    computes it from its input's shape). Each side is the smaller of its size at "shorter side = scale" and at
+    "longer side = max_size", since whichever factor ``resize_factor`` picks gives the smaller image. Equal to
+    ``resized_size(h, w, resize_factor(...))`` except where the float product lands on the wrong side of an
+    exact half (144 x 219 at scale 600: 219 * 600 / 144 = 912.5, so 912, where floats give 913)."""
+    tensors = isinstance(height, Tensor)
+    lo, hi = (torch.minimum, torch.maximum) if tensors else (min, max)
+    short, long = lo(height, width), hi(height, width)
+
+    def side(n):
+        size = lo(_round_div(n * scale, short), _round_div(n * max_size, long))
+        return size.clamp(min=1) if tensors else max(1, size)
+
+    return side(height), side(width)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int], float_resize: bool = False) -> torch.Tensor:
+    """Bilinear resize (no antialias) of a (3, H, W) tensor, uint8 or float, to ``size`` = (h, w).
+
+    A uint8 image is resized in uint8 (torch's fixed-point kernel: 2.5x faster than in float, the training
+    loader's choice), or with ``float_resize`` in float32 (values 0..255 not rounded to whole grey levels): the
+    arithmetic an exported graph has, so test-time inputs are the same in PyTorch and in ONNX Runtime."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
+    if float_resize:
+        image = image.float()
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
 
 
@@ -131,19 +170,21 @@ def normalize(image: torch.Tensor, mode: str, out: torch.Tensor | None = None) -
 
 
 def flip_resize(
-    image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, flip: bool = False
+    image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, flip: bool = False,
+    float_resize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Geometric part of the input transform of an image (3, H, W) and its continuous xyxy ``boxes``
-    (or None): optional mirror, then resize by :func:`resize_factor`. Returns (image (3, h, w) of the
-    input dtype, boxes in its pixels, factor). The mirror is taken in original pixels, then image and
-    boxes are scaled by the same factor."""
+    (or None): optional mirror, then resize to :func:`target_size` (``float_resize``: see
+    :func:`resize_image`; test time). Returns (image (3, h, w) of the input dtype, or float32 when resized in
+    float, boxes in its pixels, factor). The mirror is taken in original pixels, then image and boxes are
+    scaled by the same factor."""
     height, width = image.shape[-2:]
     factor = resize_factor(height, width, scale, max_size)
     if flip:
         image = image.flip(-1)
         if boxes is not None:
             boxes = hflip_boxes(boxes, width)
-    image = resize_image(image, resized_size(height, width, factor))
+    image = resize_image(image, target_size(height, width, scale, max_size), float_resize)
     if boxes is not None:
         boxes = boxes * factor
     return image, boxes, factor
@@ -161,6 +202,61 @@ def prepare(
     :func:`normalize`. Returns (float32 image (3, h, w), boxes in its pixels or None, factor)."""
     image, boxes, factor = flip_resize(image, boxes, scale, max_size, flip)
     return normalize(image, normalization), boxes, factor
+
+
+def batch_images(
+    images: Sequence[torch.Tensor], normalization: str, size_divisible: int = 32, empty=torch.empty
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resized RGB images (3, h_i, w_i), uint8 or float 0..255 -> (the float32 network input (N, 3, H, W): each image
+    normalised (:func:`normalize`) straight into its corner of the batch, zero-padded at the bottom/right to
+    the largest height and width rounded up to a multiple of ``size_divisible``; the (h_i, w_i) of each).
+    ``empty(shape)`` allocates the uninitialised batch (the loader's workers use shared memory)."""
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    d = max(1, int(size_divisible))
+    height = math.ceil(max(h for h, _ in sizes) / d) * d
+    width = math.ceil(max(w for _, w in sizes) / d) * d
+    out = empty((len(images), 3, height, width))
+    for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+        normalize(im, normalization, out=out[i, :, :h, :w])
+        out[i, :, h:, :].zero_()
+        out[i, :, :h, w:].zero_()
+    return out, sizes
+
+
+class GraphInputTransform(nn.Module):
+    """The test-time input transform as graph operations, for export: one uint8 RGB image (3, H, W) of any
+    size -> (network input (1, 3, H', W') float32 zero-padded to a multiple of ``size_divisible``, its size
+    (1, 2) float (h, w) before padding, the original size (1, 2) float (H, W)).
+
+    The same steps as the eager test-time path (``flip_resize(..., float_resize=True)``, then
+    :func:`batch_images`): :func:`target_size` on the input's shape as a tensor, bilinear resize in float32
+    without antialias, the :func:`normalize` constants, zero padding.
+    """
+
+    def __init__(self, scale: int, max_size: int, normalization: str, size_divisible: int = 32):
+        super().__init__()
+        mul, off = _normalization_constants(normalization)
+        self.register_buffer("mul", mul, persistent=False)
+        self.register_buffer("off", off, persistent=False)
+        self.bgr = normalization == "caffe"
+        self.scale, self.max_size, self.size_divisible = scale, max_size, size_divisible
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        original = torch.tensor(image.shape[-2:], device=image.device)  # (2,) int64 (H, W)
+        size = torch.stack(target_size(original[0], original[1], self.scale, self.max_size))  # (2,) (h, w)
+        # the resized size as plain (data-dependent) integers: the graph's later shapes stay simple expressions
+        # of two symbols instead of the size rule's arithmetic (which made export several times slower)
+        h, w = size.tolist()
+        for v in (h, w):
+            torch._check(v >= 1)
+            torch._check(v <= max(self.scale, self.max_size))
+        x = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+        if self.bgr:
+            x = x.flip(1)
+        x = x * self.mul - self.off  # (1, 3, h, w)
+        d = self.size_divisible
+        x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))  # zeros at the bottom/right
+        return x, size.float()[None], original.float()[None]
 
 
 def pick_scales(scales: Sequence[int], n: int, rng: np.random.Generator) -> list[int]:

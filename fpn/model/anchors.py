@@ -43,6 +43,8 @@ class AnchorGenerator:
 
     def __call__(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, list[int]]:
         """feature_sizes: (H_l, W_l) per level -> (anchors (A_total, 4) float32, anchors per level)."""
+        if torch.compiler.is_exporting():  # symbolic sizes: nothing to cache, the graph computes the anchors
+            return self._build(feature_sizes, device)
         key = (tuple(feature_sizes), str(device))
         hit = self._cache.get(key)
         if hit is None:

@@ -12,6 +12,7 @@ from fpn.config import Config
 from fpn.errors import UserError
 from fpn.model.backbone import ResNetBackbone, build_backbone, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
+from fpn.model.postprocess import split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
 from fpn.model.rpn import RegionProposalNetwork, build_rpn
 from fpn.model.targets import pad_targets
@@ -73,20 +74,33 @@ class FPNDetector(nn.Module):
     ):
         images, image_sizes = self._batch(images, image_sizes)
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)  # (N, 2) (h, w)
-        features = self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))  # [P2..P6]
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for detections")
             if len(targets) != images.shape[0]:
                 raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
             gt = pad_targets(targets, images.device)
+            features = self.features(images)
             proposals, valid, rpn_losses = self.rpn(features, sizes, gt)
             return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
-        proposals, valid, _ = self.rpn(features, sizes)
         original = None
         if original_sizes is not None:
             original = torch.tensor(original_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
-        return self.roi_heads(features[:4], proposals, valid, sizes, original_sizes=original)
+        return split_by_image(*self.detect(images, sizes, original), images.shape[0])
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]."""
+        return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))
+
+    def detect(
+        self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eval mode on a padded batch with its sizes as tensors (N, 2) float (h, w): the detections of all
+        images flat, boxes (D, 4), scores (D,), labels (D,), image (D,) int64 index of each one's image (grouped
+        by image, best first). What ``forward`` splits per image, and what an exported graph computes."""
+        features = self.features(images)
+        proposals, valid, _ = self.rpn(features, image_sizes)
+        return self.roi_heads.detect(features[:4], proposals, valid, image_sizes, original_sizes)
 
     def _batch(self, images: Tensor | list[Tensor], image_sizes: list[Size] | None) -> tuple[Tensor, list[tuple]]:
         """A padded (N, 3, H, W) batch and the (h, w) of each image in it."""
