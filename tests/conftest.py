@@ -77,3 +77,23 @@ def tiny_checkpoint(tmp_path_factory):
         config=to_dict(cfg), classes=CLASSES, net="res18", dataset="rectangles", session=1,
     )
     return ck.save_checkpoint(checkpoint, tmp_path_factory.mktemp("tiny") / "fpn_1_1_0.pth")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint):
+    """``tiny_checkpoint`` exported by ``fpn export --format onnx`` (skipped without the onnx extra)."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(name)
+    from fpn.cli import main
+
+    path = tiny_checkpoint.parent / "tiny.onnx"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(path)]) == 0
+    return path
+
+
+def parity_images() -> list[torch.Tensor]:
+    """Inputs of several sizes and aspect ratios (each resized differently by the test scale 128 / max 192:
+    kept, shrunk, enlarged, capped by the long side), and a flat grey image with no objects."""
+    sizes = [(128, 160), (96, 300), (300, 200), (50, 70), (413, 419), (360, 150)]
+    images = [rectangles_image(7 + i, h, w)[0] for i, (h, w) in enumerate(sizes)]
+    return images + [torch.full((3, 120, 150), 128, dtype=torch.uint8)]
