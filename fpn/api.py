@@ -101,15 +101,27 @@ class Detector:
         ``["model.score_thresh=0.01"]``."""
         from fpn import config as C
         from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
-        from fpn.engine.device import resolve_device, resolve_precision
 
         ckpt = load_checkpoint(path)
         cfg = C.apply_overrides(checkpoint_config(ckpt, path), list(overrides))
+        model = build_model_from_checkpoint(ckpt, path, cfg, "cpu")
+        return cls.from_model(model, cfg, ckpt["classes"], device, amp, name=str(path))
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, cfg, classes: Sequence[str], device: str = "auto", amp: str = "auto",
+        name: str = "model",
+    ) -> "Detector":
+        """An ``FPNDetector`` built in this process (``fpn.model.build_detector``) with its ``fpn.config.Config``
+        (preprocessing and post-processing settings) and class names. It runs a copy prepared for inference
+        (``fpn.model.for_inference``); the model itself is left as it is."""
+        from fpn.engine.device import resolve_device, resolve_precision
+        from fpn.model import for_inference
+
         torch_device = resolve_device(device, flag="device")
         precision = resolve_precision(amp, torch_device, flag="amp")
-        model = build_model_from_checkpoint(ckpt, path, cfg, torch_device)
-        runner = _TorchRunner(model, cfg, torch_device, precision.amp)
-        return cls(runner, ckpt["classes"], cfg.model.score_thresh, f"{path} on {torch_device}, {precision}")
+        runner = _TorchRunner(for_inference(model).to(torch_device), cfg, torch_device, precision.amp)
+        return cls(runner, classes, cfg.model.score_thresh, f"{name} on {torch_device}, {precision}")
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None) -> "Detector":

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSES, parity_images, rectangles_image
+from tiny_model import CLASSES, parity_images, rectangles_image
 from fpn import Detector, Detections
 from fpn.errors import UserError
 

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")
+    p.add_argument("--onnx", action="store_true",
+                   help="inference: also time our model exported to ONNX, in onnxruntime (CPU, batch 1)")
     p.add_argument("--channels-last", action="store_true", help="run our model in channels_last layout")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mode != "data":
         results = run_benchmarks(args.net, args.bs, args.mode, device, amp=args.amp, scale=args.scale,
                                  max_size=args.max_size, image_size=args.image_size, compare=args.compare,
-                                 warmup=args.warmup, iters=args.iters, channels_last=args.channels_last)
+                                 warmup=args.warmup, iters=args.iters, channels_last=args.channels_last,
+                                 onnx=args.onnx)
         print(format_results(results))
     if args.mode in ("data", "all"):
         from fpn.data.bench import time_loader

@@ -53,17 +53,19 @@ class DeployedDetector(nn.Module):
 
 
 def deployed_detector(model: nn.Module, cfg: Config) -> DeployedDetector:
-    """The graph's module: ``model`` (an ``FPNDetector``, put in eval mode) behind the config's test-time
-    input transform. UserError for settings that do not export."""
+    """The graph's module: ``for_inference(model)`` (an ``FPNDetector``; BatchNorms folded) behind the config's
+    test-time input transform. UserError for settings that do not export."""
     if cfg.model.soft_nms:
         raise UserError("model.soft_nms=True does not export (its loop has no fixed length); export with "
                         "--set model.soft_nms=False")
     resize = getattr(cfg.data, "resize", "fast")
     if resize != "fast":
         raise UserError(f"data.resize={resize}: only the fast resize is exported so far")
+    from fpn.model import for_inference
+
     d = cfg.data
     transform = GraphInputTransform(d.test_scale, d.max_size, d.normalization, d.size_divisible)
-    return DeployedDetector(model.eval(), transform).eval()
+    return DeployedDetector(for_inference(model), transform).eval()
 
 
 def trace(module: DeployedDetector) -> torch.export.ExportedProgram:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from fpn.config import Config
 from fpn.errors import UserError
-from fpn.model.backbone import ResNetBackbone, build_backbone, uses_caffe_weights
+from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
 from fpn.model.postprocess import split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
@@ -140,6 +141,17 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
         backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
         size_divisible=cfg.data.size_divisible, channels_last=m.channels_last,
     )
+
+
+def for_inference(model: FPNDetector) -> FPNDetector:
+    """A copy of ``model`` for inference only (``fpn.Detector``, export, ``fpn bench``): eval mode, every
+    BatchNorm folded into its convolution (``fold_batchnorm``), channels-last convolutions. The same detections
+    up to float rounding (tests), faster on a CPU (docs/PERFORMANCE.md). ``fpn test`` keeps the plain model, so
+    that it prints the training run's numbers."""
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model.backbone)
+    model.memory_format = torch.channels_last  # the input batch is converted in forward
+    return model.to(memory_format=torch.channels_last)
 
 
 def _check_normalization(cfg: Config) -> None:

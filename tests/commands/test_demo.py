@@ -66,7 +66,7 @@ def test_bad_inputs_one_line_exit_2(trained, tmp_path, capsys):
 
 def test_demo_runs_an_exported_model(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
     """``--model model.onnx`` (onnxruntime) draws the detections the checkpoint gives in PyTorch."""
-    from conftest import rectangles_image
+    from tiny_model import rectangles_image
 
     image = rectangles_image(100, 128, 160)[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "r.png")

@@ -105,3 +105,21 @@ def test_csr_transpose_with_repeated_entries():
     torch.testing.assert_close(at.to_dense(), a.to_dense().t())
     x = torch.randn(rows, 3, generator=g)
     torch.testing.assert_close(at @ x, a.to_dense().t() @ x)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_pool_by_mask_equals_the_per_level_path(aligned):
+    """The exportable pooling (a mask per level, no host sync) gives the per-level path's values, for either
+    ``aligned``, with RoIs of several images and levels, and one level without RoIs."""
+    mapper = LevelMapper(canonical_size=56, canonical_level=4)
+    g = torch.Generator().manual_seed(2)
+    feats = _features(g, n=2)
+    boxes = _rois(g, 40, n=1)[:, 1:].reshape(2, 20, 4)
+    boxes[:, :, 2:] = boxes[:, :, :2] + (boxes[:, :, 2:] - boxes[:, :, :2]).clamp(max=40)  # no RoI on P5
+    pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="torchvision", aligned=aligned)
+    per_level = pooler(feats, boxes)
+    image = torch.arange(2.0).repeat_interleave(20)[:, None]
+    rois = torch.cat([image, boxes.reshape(40, 4)], 1)
+    level = mapper(rois[:, 1:]) - 2
+    assert (level == 3).sum() == 0 and len(level.unique()) >= 2
+    torch.testing.assert_close(pooler._pool_by_mask(feats, rois, level), per_level, rtol=0, atol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from conftest import CLASSES, parity_images
+from tiny_model import CLASSES, parity_images
 from fpn.api import Detector
 from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
 from fpn.engine.export import export_onnx, export_torch
