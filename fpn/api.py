@@ -136,7 +136,7 @@ class Detector:
 
         ``score_thresh``: keep detections scoring at least this (default: all the model gives, i.e. above
         ``self.score_thresh``). ``batch_size``: images run together (PyTorch; ONNX runs one at a time); only
-        images of the same padded network-input size share a batch, so it changes speed, never detections.
+        images of the same padded network-input size share a batch, so it changes speed, not the detections.
         """
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)

@@ -30,17 +30,25 @@ def rectangles_image(seed: int, height: int, width: int, count: int = 3) -> tupl
     return image, {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)}
 
 
-def tiny_config():
-    """The synthetic preset shrunk further: test scale 128 / max 192, narrow FPN, few proposals."""
+def small_config():
+    """The synthetic preset shrunk for CPU tests: res18 from scratch, narrow FPN, few anchors sampled."""
     cfg = synthetic()
-    d, m = cfg.data, cfg.model
-    d.train_scales, d.test_scale, d.max_size = (128,), 128, 192
-    m.fpn_channels = m.rpn_channels = 32
-    m.fc_dim = 64
+    m = cfg.model
+    m.fpn_channels = m.rpn_channels = 64
+    m.fc_dim = 128
     m.rpn_batch_per_image = m.roi_batch_per_image = 64
     m.rpn_pre_nms_top_n_train = m.rpn_pre_nms_top_n_test = 200
     m.rpn_post_nms_top_n_train = m.rpn_post_nms_top_n_test = 100
     m.roi_canonical_size = 64.0
+    return cfg
+
+
+def tiny_config():
+    """``small_config`` narrower still, at test scale 128 / max 192: the trained detector of the fixtures."""
+    cfg = small_config()
+    cfg.data.train_scales, cfg.data.test_scale, cfg.data.max_size = (128,), 128, 192
+    cfg.model.fpn_channels = cfg.model.rpn_channels = 32
+    cfg.model.fc_dim = 64
     return cfg
 
 

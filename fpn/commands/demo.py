@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default="auto",
                    help="auto | none | bf16 | fp16 inference precision (default auto; --checkpoint)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override test-time config fields, e.g. --set model.nms_thresh=0.4 (--checkpoint)")  # fmt: skip
+                   help="override test-time config fields (--checkpoint), e.g. --set model.nms_thresh=0.4")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
 

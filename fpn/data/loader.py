@@ -67,9 +67,9 @@ class DetectionDataset(Dataset):
     yields) or a bare index (scale ``default_scale``). Returns ``(image, target, meta)`` with the image
     still uint8 RGB (3, h, w) (the :class:`Collator` normalises it straight into the padded batch), or a
     :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
+    ``float_resize`` (test time): resized in float32, the image is float 0..255 (``transforms.resize_image``).
 
     Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
-    ``float_resize`` (test time) resizes in float32 and returns float images (``fpn.data.transforms.resize_image``).
     """
 
     def __init__(
@@ -140,7 +140,8 @@ class Collator:
         for s in samples:
             if isinstance(s, LoadFailure):
                 return s
-        out, sizes = batch_images([s[0] for s in samples], self.normalization, self.size_divisible, _empty_batch_tensor)
+        images = [s[0] for s in samples]
+        out, sizes = batch_images(images, self.normalization, self.size_divisible, _empty_batch_tensor)
         return Batch(out, sizes, [s[1] for s in samples], [s[2] for s in samples])
 
 

@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor, nn
 
 from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
@@ -207,9 +206,10 @@ def prepare(
 def batch_images(
     images: Sequence[torch.Tensor], normalization: str, size_divisible: int = 32, empty=torch.empty
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Resized RGB images (3, h_i, w_i), uint8 or float 0..255 -> (the float32 network input (N, 3, H, W): each image
-    normalised (:func:`normalize`) straight into its corner of the batch, zero-padded at the bottom/right to
-    the largest height and width rounded up to a multiple of ``size_divisible``; the (h_i, w_i) of each).
+    """Resized RGB images (3, h_i, w_i), uint8 or float 0..255 -> (the float32 network input (N, 3, H, W):
+    each image normalised (:func:`normalize`) straight into its corner of the batch, zero-padded at the
+    bottom/right to the largest height and width rounded up to a multiple of ``size_divisible``; the (h_i, w_i)
+    of each).
     ``empty(shape)`` allocates the uninitialised batch (the loader's workers use shared memory)."""
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     d = max(1, int(size_divisible))

@@ -218,10 +218,10 @@ def fold_batchnorm(backbone: ResNetBackbone) -> int:
                 scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C,)
                 shift = norm.bias - norm.running_mean * scale
                 bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-                layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
-                    else torch.contiguous_format
-                conv.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=layout),
-                                           requires_grad=False)
+                nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
+                weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output
+                weight = weight.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                conv.weight = nn.Parameter(weight, requires_grad=False)
                 conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
             setattr(parent, name, nn.Identity())
             folded += 1

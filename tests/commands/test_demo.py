@@ -71,8 +71,8 @@ def test_demo_runs_an_exported_model(tiny_onnx, tiny_checkpoint, tmp_path, capsy
     image = rectangles_image(100, 128, 160)[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "r.png")
     for flag, model, out in (("--model", tiny_onnx, "onnx"), ("--checkpoint", tiny_checkpoint, "torch")):
-        assert main(["demo", str(tmp_path / "r.png"), flag, str(model), "--out", str(tmp_path / out), "--thresh", "0.3",
-                     "--no-progress", "--amp", "none"]) == 0  # fmt: skip
+        assert main(["demo", str(tmp_path / "r.png"), flag, str(model), "--out", str(tmp_path / out),
+                     "--thresh", "0.3", "--no-progress", "--amp", "none"]) == 0  # fmt: skip
     onnx, torch = (json.loads((tmp_path / d / "detections.json").read_text()) for d in ("onnx", "torch"))
     assert onnx["model"] == str(tiny_onnx) and onnx["classes"] == torch["classes"] == ["red", "green", "blue"]
     a, b = onnx["images"][0]["detections"], torch["images"][0]["detections"]

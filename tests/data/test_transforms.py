@@ -154,7 +154,8 @@ def test_target_size_is_the_exact_rounded_size():
                 if size != resized_size(h, w, resize_factor(h, w, scale, max_size)):
                     mismatches.append((h, w, scale))
                 if h > 1 and w > 1:  # the same on int64 tensors (an exported graph's arithmetic)
-                    assert tuple(int(v) for v in target_size(torch.tensor(h), torch.tensor(w), scale, max_size)) == size
+                    on_tensors = target_size(torch.tensor(h), torch.tensor(w), scale, max_size)
+                    assert tuple(int(v) for v in on_tensors) == size
     assert len(mismatches) <= 3, mismatches
     assert target_size(144, 219, 600, 1000) == (600, 912)  # 219 * 600 / 144 = 912.5 exactly: to even
     assert resized_size(144, 219, resize_factor(144, 219, 600, 1000)) == (600, 913)  # floats land above
