@@ -30,6 +30,7 @@ import fpn
 from fpn.config import Config
 from fpn.data.transforms import GraphInputTransform
 from fpn.errors import UserError
+from fpn.model import for_inference
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -58,11 +59,9 @@ def deployed_detector(model: nn.Module, cfg: Config) -> DeployedDetector:
     if cfg.model.soft_nms:
         raise UserError("model.soft_nms=True does not export (its loop has no fixed length); export with "
                         "--set model.soft_nms=False")
-    resize = getattr(cfg.data, "resize", "fast")
+    resize = getattr(cfg.data, "resize", "fast")  # the field comes with the torchvision-convention resize mode
     if resize != "fast":
         raise UserError(f"data.resize={resize}: only the fast resize is exported so far")
-    from fpn.model import for_inference
-
     d = cfg.data
     transform = GraphInputTransform(d.test_scale, d.max_size, d.normalization, d.size_divisible)
     return DeployedDetector(for_inference(model), transform).eval()
