@@ -72,6 +72,7 @@ def test_onnx_metadata_and_dynamic_shape(tiny_onnx):
     assert {"Resize", "NonMaxSuppression", "RoiAlign"} <= ops
 
 
+@pytest.mark.filterwarnings("ignore:No complete tensor found")  # torch.export.load on channels-last weights
 def test_torch_export_program_gives_the_pytorch_detections(tiny_checkpoint, reference, tmp_path):
     ckpt = load_checkpoint(tiny_checkpoint)
     cfg = checkpoint_config(ckpt, tiny_checkpoint)
