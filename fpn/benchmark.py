@@ -16,20 +16,28 @@ achieved TFLOP/s from a FlopCounterMode count of one iteration).
 batch and precision. It receives the original-size images (its own transform resizes them on the device,
 which is how it is used); ours receives the batch the loader would give (already resized on the loader's
 CPU workers).
+
+Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
+``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
+Runtime (``onnx=True``, CPU) and torchvision's model, each timed once per round in turn, so that the load of a
+shared machine, which drifts over minutes, weighs on all of them alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from fpn.config import Config, get_preset
 from fpn.data.transforms import resize_factor, resized_size
-from fpn.engine.device import autocast, make_scaler, resolve_precision
+from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
 from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
@@ -194,12 +202,80 @@ def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = _count_flops(forward)
+    with _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
+        flops = _count_flops(forward)
     return _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
 
 
+@contextlib.contextmanager
+def _dense_pooling(model):
+    """Count FLOPs with torchvision's RoIAlign: the counter would count the CPU's sparse pooling product
+    ``A @ F`` as a dense matrix product (about 1000 GFLOP per image at 600 x 800 that are never computed)."""
+    pooler = model.roi_heads.pooler
+    impl, pooler.impl = pooler.impl, "torchvision"
+    try:
+        yield
+    finally:
+        pooler.impl = impl
+
+
+def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device, amp: str, compare: str | None,
+                  onnx: bool, warmup: int, iters: int) -> dict:
+    """Batch-1 latency, one uint8 image -> detections: {impl: {"ms" (median), "ms_min", "precision", "iters",
+    "vs_torchvision": torchvision's ms / this one's}}. Implementations: ours (``fpn.Detector``), ours in ONNX
+    Runtime (``onnx``), torchvision (``compare``); every round times each once, in turn."""
+    from fpn.api import Detector
+
+    net, scale, max_size = cfg.model.backbone, cfg.data.test_scale, cfg.data.max_size
+    num_classes = num_classes_of(cfg)
+    inp = make_input(1, image_size, scale, max_size, torch.device("cpu"), num_classes=num_classes)
+    image = (inp.originals[0] * 255).round().to(torch.uint8)  # (3, h, w)
+    torch.manual_seed(0)
+    ours = build_ours(cfg, num_classes)
+    classes = [f"class{i}" for i in range(1, num_classes)]
+    detector = Detector.from_model(ours, cfg, classes, str(device), amp)
+    runners = {"ours": lambda: detector.predict(image)}
+    precisions = {"ours": PRECISION_NAMES[amp]}
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx:
+            if device.type != "cpu":
+                raise UserError("--onnx: the ONNX model runs in onnxruntime on the CPU; add --device cpu")
+            from fpn.engine.export import export_onnx
+
+            path = export_onnx(ours, cfg, classes, Path(tmp) / "ours.onnx")
+            exported = Detector.from_onnx(path, threads=torch.get_num_threads())
+            runners["ours_onnx"] = lambda: exported.predict(image)
+            precisions["ours_onnx"] = "fp32"
+        if compare == "torchvision":
+            tv = build_torchvision(net, scale, max_size, num_classes).to(device).eval()
+            tv_image = image.to(device).float() / 255
+
+            def run_tv():
+                with torch.inference_mode(), autocast(device, amp):
+                    tv([tv_image])
+
+            runners["torchvision"] = run_tv
+            precisions["torchvision"] = PRECISION_NAMES[amp]
+        times = {name: [] for name in runners}
+        for i in range(warmup + iters):
+            for name, fn in runners.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+    results = {name: {"ms": statistics.median(t) * 1e3, "ms_min": min(t) * 1e3, "precision": precisions[name],
+                       "iters": len(t)} for name, t in times.items()}  # fmt: skip
+    if "torchvision" in results:
+        for name, r in results.items():
+            if name != "torchvision":
+                r["vs_torchvision"] = results["torchvision"]["ms"] / r["ms"]  # > 1: faster than torchvision
+    return results
+
+
 def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tuple[int, int] = (500, 375),
-                   compare: str | None = None, warmup: int = 3, iters: int = 10) -> dict:
+                   compare: str | None = None, warmup: int = 3, iters: int = 10, onnx: bool = False) -> dict:
     """Run the requested benchmarks of ``cfg`` (see ``bench_config``); returns {"config": ...,
     "<impl>/<what>": result dict, "ratio/...": x}."""
     net, batch = cfg.model.backbone, cfg.solver.batch_size
@@ -236,6 +312,8 @@ def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tup
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if mode in ("infer", "all"):
+        results["latency_bs1"] = bench_latency(cfg, image_size, device, amp, compare, onnx, warmup, iters)
     if compare == "torchvision":
         for key in [k for k in results if k.startswith("ours/")]:
             what = key.split("/", 1)[1]
@@ -254,4 +332,9 @@ def format_results(results: dict) -> str:
     for key, ratio in results.items():
         if key.startswith("ratio/"):
             rows.append(f"ours / torchvision, {key[6:]}: {ratio:.2f}x")
+    if "latency_bs1" in results:
+        rows.append("batch-1 latency, one image to its detections (median of interleaved runs):")
+        for name, r in results["latency_bs1"].items():
+            speed = f"   {r['vs_torchvision']:.2f}x torchvision's speed" if "vs_torchvision" in r else ""
+            rows.append(f"  {name:<14}{r['ms']:>9.1f} ms (min {r['ms_min']:.1f}), {r['precision']}{speed}")
     return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: ``fpn train|test|demo|synth|voc-eval|coco-eval|bench|convert``.
+"""The ``fpn`` command line: ``fpn train|test|demo|export|synth|voc-eval|coco-eval|bench|convert``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2; a ``DataWarning``
@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("fpn.commands.train", "train a detector"),
     "test": ("fpn.commands.test", "evaluate a checkpoint on a dataset's test split"),
     "demo": ("fpn.commands.demo", "draw detections on images"),
+    "export": ("fpn.commands.export", "export a checkpoint as an ONNX model or a torch.export program"),
     "synth": ("fpn.commands.synth", "write the synthetic dataset (VOC layout and/or COCO JSON)"),
     "voc-eval": ("fpn.commands.voc_eval", "evaluate VOC result files against a devkit"),
     "coco-eval": ("fpn.commands.coco_eval", "evaluate a COCO results file against COCO annotations"),

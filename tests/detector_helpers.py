@@ -3,20 +3,7 @@ puts tests/, the folder of tests/conftest.py, on the import path)."""
 
 import torch
 
-from fpn.config import Config, synthetic
-
-
-def small_config() -> Config:
-    """The synthetic preset shrunk for CPU tests: res18 from scratch, narrow FPN, few anchors sampled."""
-    cfg = synthetic()
-    m = cfg.model
-    m.fpn_channels = m.rpn_channels = 64
-    m.fc_dim = 128
-    m.rpn_batch_per_image = m.roi_batch_per_image = 64
-    m.rpn_pre_nms_top_n_train = m.rpn_pre_nms_top_n_test = 200
-    m.rpn_post_nms_top_n_train = m.rpn_post_nms_top_n_test = 100
-    m.roi_canonical_size = 64.0
-    return cfg
+from tiny_model import small_config  # noqa: F401  (tests/tiny_model.py; re-exported for the model tests)
 
 
 def rectangles_batch():

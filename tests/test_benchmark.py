@@ -20,9 +20,13 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--net", "res18", "--bs", "2", "--scale", "64", "--max-size", "96", "--mode", "all",
                "--iters", "1", "--warmup", "0", "--compare", "torchvision", "--images", "4", "--workers", "0",
-               "--device", "cpu", "--json", str(out)])
+               "--device", "cpu", "--amp", "none", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
+    latency = res["latency_bs1"]
+    assert set(latency) == {"ours", "torchvision"}
+    assert all(r["ms"] > 0 and r["iters"] == 1 and r["precision"] == "fp32" for r in latency.values())
+    assert latency["ours"]["vs_torchvision"] == pytest.approx(latency["torchvision"]["ms"] / latency["ours"]["ms"])
     for key in ("ours/train_bs2", "ours/infer_bs1", "ours/infer_bs2", "torchvision/train_bs2", "torchvision/infer_bs2"):
         assert res[key]["images_per_s"] > 0 and res[key]["gflop_per_image"] > 0
     ratio = res["ours/train_bs2"]["images_per_s"] / res["torchvision/train_bs2"]["images_per_s"]
@@ -30,6 +34,7 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed
+    assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -65,3 +70,17 @@ def test_bench_step_under_fp16_uses_the_unfused_sgd_the_trainer_would():
     cfg = bench_config("voc07_res101", net="res18", amp="fp16")
     step = make_train_step(build_ours(cfg), cfg, "fp16", torch.device("cpu"), iters=3)
     assert isinstance(step, TrainStep) and step.scaler.is_enabled() and not step.optimizer.defaults.get("fused")
+
+
+def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
+    """``--onnx``: the exported model joins the interleaved rounds (the export itself is replaced by the
+    session's tiny ONNX file, which is tested elsewhere)."""
+    import fpn.engine.export
+
+    from fpn.benchmark import bench_latency
+
+    monkeypatch.setattr(fpn.engine.export, "export_onnx", lambda *args, **kwargs: tiny_onnx)
+    cfg = bench_config("voc07_res101", net="res18", scale=64, max_size=96)
+    res = bench_latency(cfg, (80, 60), torch.device("cpu"), "none", None, True, warmup=0, iters=2)
+    assert set(res) == {"ours", "ours_onnx"} and res["ours_onnx"]["iters"] == 2 and res["ours_onnx"]["ms"] > 0
+    assert "vs_torchvision" not in res["ours"]

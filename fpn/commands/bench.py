@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")
+    p.add_argument("--onnx", action="store_true",
+                   help="inference: also time our model exported to ONNX, in onnxruntime (CPU, batch 1)")
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="run our model in channels_last layout (default: the preset's model.channels_last)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode != "data":
         print(f"precision: {resolve_precision(cfg.solver.amp, device)}", flush=True)
         results = run_benchmarks(cfg, args.mode, device, image_size=args.image_size, compare=args.compare,
-                                 warmup=args.warmup, iters=args.iters)  # fmt: skip
+                                 warmup=args.warmup, iters=args.iters, onnx=args.onnx)  # fmt: skip
         print(format_results(results))
     if args.mode in ("data", "all"):
         from fpn.data.bench import time_loader

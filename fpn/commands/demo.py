@@ -2,7 +2,8 @@
 
 For every input image (files, or folders scanned for image files) writes ``OUT/<name>.jpg`` with boxes,
 class names and scores drawn, and ``OUT/detections.json`` with the detections of score >= ``--thresh``
-(boxes continuous xyxy in the image's pixels).
+(boxes continuous xyxy in the image's pixels). The model is a checkpoint (``--checkpoint``, PyTorch) or an
+exported ONNX file (``--model``, ONNX Runtime), run through ``fpn.Detector``.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ from pathlib import Path
 from fpn.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+CHUNK = 64  # images decoded and predicted together
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pth file written by fpn train")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="a .pth file written by fpn train")
+    source.add_argument("--model", metavar="PATH", help="an .onnx file written by fpn export (runs in onnxruntime)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--thresh", type=float, default=0.5, help="minimum score of a shown detection (default 0.5)")
     p.add_argument("--bs", type=int, default=1, help="images per batch (default 1)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 inference precision (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto; --checkpoint)")
+    p.add_argument("--amp", default="auto",
+                   help="auto | none | bf16 | fp16 inference precision (default auto; --checkpoint)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override test-time config fields, e.g. --set model.nms_thresh=0.4")  # fmt: skip
+                   help="override test-time config fields (--checkpoint), e.g. --set model.nms_thresh=0.4")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
 
@@ -46,27 +51,17 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def image_records(paths: list[Path]) -> list[dict]:
-    """Annotation-free records (what the test loader reads) for the images; UserError for unreadable ones."""
-    import numpy as np
+def check_images(paths: list[Path]) -> None:
+    """UserError for the first file that is not a readable image (header check: before anything is written)."""
     from PIL import Image, UnidentifiedImageError
 
-    records = []
-    for i, path in enumerate(paths):
+    for path in paths:
         try:
             with Image.open(path) as im:
                 im.verify()
-            with Image.open(path) as im:
-                width, height = im.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"{path}: not a readable image ({reason})") from None
-        records.append({
-            "id": str(i), "image": str(path), "width": width, "height": height,
-            "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
-            "difficult": np.zeros(0, bool), "truncated": np.zeros(0, bool),
-        })  # fmt: skip
-    return records
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -82,12 +77,10 @@ def output_names(paths: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
+    from tqdm import tqdm
 
-    from fpn import config as C
-    from fpn.commands.test import build_model_from_checkpoint, checkpoint_config
-    from fpn.engine.checkpoint import load_checkpoint
+    from fpn.api import Detector
     from fpn.engine.device import resolve_device, resolve_precision
-    from fpn.engine.inference import predict_records
     from fpn.engine.visualize import detections_record, draw_detections
     from fpn.io import atomic_open, atomic_write_text
 
@@ -95,40 +88,48 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bs {args.bs}: must be at least 1")
     if not 0.0 <= args.thresh <= 1.0:
         raise UserError(f"--thresh {args.thresh}: expected a score between 0 and 1")
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.amp, device)  # a precision the device lacks fails before any loading
-    print(f"precision: {precision}")
+    if args.model and args.overrides:
+        raise UserError("--set: applies to a --checkpoint; an exported --model has its settings built in")
+    if not args.model:  # a precision the device lacks fails before anything is read
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.amp, device)
+        print(f"precision: {precision}")
     paths = collect_images(args.images)
-    records = image_records(paths)
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(ckpt, args.checkpoint)
-    C.apply_overrides(cfg, args.overrides)
-    classes = tuple(ckpt["classes"])
-    model = build_model_from_checkpoint(ckpt, args.checkpoint, cfg, device)
-    ids, outputs = predict_records(
-        model, cfg, records, classes, device, args.bs, amp=precision.amp, progress=args.progress, desc="demo"
-    )
-    by_id = dict(zip(ids, outputs))
+    check_images(paths)
+    if args.model:
+        detector = Detector.from_onnx(args.model)
+    else:
+        detector = Detector.from_checkpoint(args.checkpoint, str(device), precision.amp, args.overrides)
+    print(f"model: {detector.description}")
+    classes = detector.classes
 
     out = Path(args.out)
+    names = output_names(paths)
     results = []
-    for rec, name in zip(records, output_names(paths)):
-        output = by_id[rec["id"]]
-        with Image.open(rec["image"]) as im:
-            drawn = draw_detections(im, output, classes, args.thresh)
-        with atomic_open(out / name, "wb") as f:
-            drawn.save(f, format="JPEG", quality=92)
-        entry = detections_record(rec["id"], rec["image"], output, classes, args.thresh)
-        entry["output"] = name
-        del entry["id"]
-        results.append(entry)
-        dets = entry["detections"]
-        summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in dets[:6]) + (" ..." if len(dets) > 6 else "")
-        print(f"{rec['image']}: {len(dets)} detection(s){': ' + summary if dets else ''}")
+    bar = tqdm(total=len(paths), desc="demo", unit="img", dynamic_ncols=True, disable=not args.progress or None,
+               leave=False)  # fmt: skip
+    for start in range(0, len(paths), CHUNK):  # a chunk of images in memory at a time
+        chunk = paths[start:start + CHUNK]
+        for i, (path, det) in enumerate(zip(chunk, detector.predict(chunk, batch_size=args.bs)), start):
+            output = {"boxes": det.boxes, "scores": det.scores, "labels": det.labels}
+            name = names[i]
+            with Image.open(path) as im:
+                drawn = draw_detections(im, output, classes, args.thresh)
+            with atomic_open(out / name, "wb") as f:
+                drawn.save(f, format="JPEG", quality=92)
+            entry = detections_record(str(i), str(path), output, classes, args.thresh)
+            entry["output"] = name
+            del entry["id"]
+            results.append(entry)
+            dets = entry["detections"]
+            summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in dets[:6]) + (" ..." if len(dets) > 6 else "")
+            print(f"{path}: {len(dets)} detection(s){': ' + summary if dets else ''}")
+        bar.update(len(chunk))
+    bar.close()
     info = {
-        "checkpoint": str(args.checkpoint), "classes": list(classes), "thresh": args.thresh,
-        "box_format": "xyxy, continuous pixel coordinates of the image", "images": results,
+        "checkpoint" if args.checkpoint else "model": str(args.checkpoint or args.model), "classes": list(classes),
+        "thresh": args.thresh, "box_format": "xyxy, continuous pixel coordinates of the image", "images": results,
     }  # fmt: skip
     atomic_write_text(out / "detections.json", json.dumps(info, indent=1) + "\n")
-    print(f"wrote {len(records)} image(s) and detections.json to {out}")
+    print(f"wrote {len(paths)} image(s) and detections.json to {out}")
     return 0

@@ -27,7 +27,12 @@ import json
 from pathlib import Path
 
 from fpn import config as C
-from fpn.engine.checkpoint import check_compatible, dataset_dirname, load_checkpoint, load_model_state
+from fpn.engine.checkpoint import (
+    build_model_from_checkpoint,
+    checkpoint_config,
+    dataset_dirname,
+    load_checkpoint,
+)
 from fpn.engine.device import AMP_MODES, resolve_device, resolve_precision
 from fpn.errors import UserError
 
@@ -52,22 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override test-time config fields, e.g. --set model.score_thresh=0.01")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
-
-
-def build_model_from_checkpoint(ckpt: dict, path: str | Path, cfg: C.Config, device):
-    """The checkpoint's detector, in eval mode on ``device`` (no pretrained weights are fetched)."""
-    import fpn.model as fpn_model
-
-    model = fpn_model.build_detector(cfg, len(ckpt["classes"]) + 1, load_pretrained=False)
-    load_model_state(model, ckpt, path)
-    return model.to(device).eval()
-
-
-def checkpoint_config(ckpt: dict, path: str | Path) -> C.Config:
-    try:
-        return C.from_dict(ckpt["config"])
-    except UserError as e:
-        raise UserError(f"{path}: the checkpoint's config is not valid here ({e})") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
-from fpn.data.transforms import RESIZES, check_scales, normalize, pick_scales, read_image, transform_image
+from fpn.data.transforms import (
+    RESIZES, batch_images, check_scales, is_normalized, normalize, pick_scales, read_image, transform_image,
+)
 from fpn.errors import UserError
 
 
@@ -65,8 +67,9 @@ class LoadFailure:
 class DetectionDataset(Dataset):
     """Records -> resized inputs. An item key is ``(index, scale)`` (what :class:`GroupedBatchSampler`
     yields) or a bare index (scale ``default_scale``). Returns ``(image, target, meta)`` with the image
-    still uint8 RGB (3, h, w) (``resize="fast"``: the :class:`Collator` normalises it straight into the padded
-    batch) or already normalised float32 (``resize="torchvision"``; see :func:`fpn.data.transforms.transform_image`),
+    still 0..255 RGB (3, h, w) (``resize="fast"``: uint8, or float32 with ``float_resize`` (test time: resized
+    in float, ``transforms.resize_image``); the :class:`Collator` normalises it straight into the padded batch)
+    or already normalised float32 (``resize="torchvision"``; see :func:`fpn.data.transforms.transform_image`),
     or a :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
 
     Difficult objects are dropped unless ``use_difficult``; images left without objects are kept (K=0).
@@ -84,8 +87,10 @@ class DetectionDataset(Dataset):
         use_difficult: bool = False,
         resize: str = "fast",
         normalization: str = "imagenet",
+        float_resize: bool = False,
     ) -> None:
         self.records = list(records)
+        self.float_resize = float_resize
         self.default_scale = default_scale
         self.max_size = max_size
         self.flip = flip
@@ -127,8 +132,9 @@ class DetectionDataset(Dataset):
         if crowd is not None:  # (K + M, 4): transformed together, split after
             boxes = torch.cat((boxes, torch.from_numpy(crowd)))
         image, boxes, factor = transform_image(
-            image, boxes, scale, self.max_size, self.normalization, flip=flipped, resize=self.resize
-        )
+            image, boxes, scale, self.max_size, self.normalization, flip=flipped, resize=self.resize,
+            float_resize=self.float_resize,
+        )  # fmt: skip
         target = {"boxes": boxes[:k], "labels": torch.from_numpy(self._labels[index % n]).clone()}  # not a view of ours
         if crowd is not None:
             target["crowd_boxes"] = boxes[k:]
@@ -147,31 +153,22 @@ def training_objects(record: dict, use_difficult: bool = False) -> tuple[np.ndar
 
 
 class Collator:
-    """List of dataset samples -> :class:`Batch`: normalises each uint8 image (see
-    :func:`fpn.data.transforms.normalize`; a float image is already normalised) into one float32 tensor,
-    zero-padded at the bottom/right to the largest height and width rounded up to a multiple of
-    ``size_divisible``. In a worker process the tensor is allocated in shared memory (as torch's default
-    collate does), saving a copy. Passes a :class:`LoadFailure` on."""
+    """List of dataset samples -> :class:`Batch`: the images normalised (unless ``resize`` gives them
+    normalised already, ``transforms.is_normalized``) into one zero-padded float32 tensor by
+    :func:`fpn.data.transforms.batch_images`. In a worker process the tensor is allocated in shared memory
+    (as torch's default collate does), saving a copy. Passes a :class:`LoadFailure` on."""
 
-    def __init__(self, size_divisible: int = 32, normalization: str = "imagenet") -> None:
+    def __init__(self, size_divisible: int = 32, normalization: str = "imagenet", resize: str = "fast") -> None:
         normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
         self.size_divisible = max(1, int(size_divisible))
-        self.normalization = normalization
+        self.normalization = None if is_normalized(resize) else normalization
 
     def __call__(self, samples: list) -> Batch | LoadFailure:
         for s in samples:
             if isinstance(s, LoadFailure):
                 return s
         images = [s[0] for s in samples]
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        d = self.size_divisible
-        height = math.ceil(max(h for h, _ in sizes) / d) * d
-        width = math.ceil(max(w for _, w in sizes) / d) * d
-        out = _empty_batch_tensor((len(images), images[0].shape[0], height, width))
-        for i, (im, (h, w)) in enumerate(zip(images, sizes)):
-            normalize(im, self.normalization, out=out[i, :, :h, :w])
-            out[i, :, h:, :].zero_()
-            out[i, :, :h, w:].zero_()
+        out, sizes = batch_images(images, self.normalization, self.size_divisible, _empty_batch_tensor)
         return Batch(out, sizes, [s[1] for s in samples], [s[2] for s in samples])
 
 
@@ -324,7 +321,7 @@ def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool, p
     return DetectionLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=Collator(cfg.data.size_divisible, cfg.data.normalization),
+        collate_fn=Collator(cfg.data.size_divisible, cfg.data.normalization, cfg.data.resize),
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
         pin_memory=pin_memory,
@@ -363,7 +360,8 @@ def build_train_loader(
 def build_test_loader(
     cfg: Config, records: Sequence[dict], classes: Sequence[str], batch_size: int = 1, pin_memory: bool = False
 ) -> DetectionLoader:
-    """Every image once, unflipped, at ``cfg.data.test_scale``; batches group images of one orientation,
+    """Every image once, unflipped, at ``cfg.data.test_scale`` (resized in float32, as in the Python API and an
+    exported graph); batches group images of one orientation,
     so the order is not the records' order (use ``batch.metas[i]["id"]``). Targets follow
     ``cfg.data.use_difficult`` like training (evaluation reads the records, not these targets)."""
     _check_config(cfg)
@@ -371,7 +369,7 @@ def build_test_loader(
     d = cfg.data
     dataset = DetectionDataset(
         records, default_scale=d.test_scale, max_size=d.max_size, flip=False,
-        use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization,
+        use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization, float_resize=True,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
     return _loader(dataset, sampler, cfg, persistent=False, pin_memory=pin_memory)

@@ -1,11 +1,15 @@
-"""Image decoding and the detector's input transforms: resize, horizontal flip, normalisation.
+"""Image decoding and the detector's input transforms: resize, horizontal flip, normalisation, batching.
+
+One implementation serves training, ``fpn test``, ``fpn demo``, the Python API (``fpn.Detector``) and the
+exported graph: :func:`flip_resize` (geometry), :func:`normalize` and :func:`batch_images` (the float network
+input), and :class:`GraphInputTransform`, the same steps as graph operations for ``fpn export``.
 
 Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Two resize rules (``cfg.data.resize``):
 
 * ``fast`` (the default): the shorter side becomes ``scale`` unless the longer side would then exceed
-  ``max_size`` (the seed's rule); the uint8 image is resized to ``round(h * f) x round(w * f)`` pixels and
-  normalised afterwards, boxes are multiplied by ``f``, so the content may be off from ``boxes * f`` by under
-  half a pixel at the far border;
+  ``max_size`` (the seed's rule); the image is resized to ``round(h * f) x round(w * f)`` pixels
+  (:func:`target_size`, exact integer arithmetic) and normalised afterwards, boxes are multiplied by ``f``, so
+  the content may be off from ``boxes * f`` by under half a pixel at the far border;
 * ``torchvision``: torchvision's ``GeneralizedRCNNTransform`` exactly: the image is normalised first (its
   arithmetic, ``(x / 255 - mean) / std``), then resized in float32 to ``floor(h * s) x floor(w * s)`` with
   ``s = min(scale / min(h, w), max_size / max(h, w))`` (what ``interpolate(recompute_scale_factor=True)``
@@ -14,8 +18,9 @@ Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Two resize rules (``c
 
 Speed (one CPU core, VOC image 500x375 -> 800x600): JPEGs are decoded with libjpeg-turbo
 (``torchvision.io.decode_jpeg``, 1.0 ms; PIL, 1.5 ms, is the fallback for other formats), resized in
-uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32), and converted to float
-once, fused with the normalisation (0.8 ms, written straight into the padded batch by the loader).
+uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32) for training, and converted
+to float once, fused with the normalisation (0.8 ms, written straight into the padded batch by the loader).
+At test time (test loader, demo, API, export) images are resized in float32, as an exported graph does.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from fpn.errors import UserError
@@ -102,10 +108,42 @@ def resized_size(height: int, width: int, factor: float, resize: str = "fast") -
     return max(1, size(height * factor)), max(1, size(width * factor))
 
 
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (no antialias) of a (3, H, W) tensor, uint8 or float, to ``size`` = (h, w)."""
+def _round_div(a, b):
+    """``round(a / b)`` with halves to even (Python's ``round``) for integers a >= 0, b > 0, in integer
+    arithmetic only: it runs on Python ints and on int64 tensors inside an exported graph alike."""
+    q = a // b
+    # the remainder rounds up when 2r > b, or 2r == b and q is odd: one floor division, no branch
+    return q + (2 * (a % b) + b - 1 + q % 2) // (2 * b)
+
+
+def target_size(height, width, scale: int, max_size: int):
+    """The pixel size (h, w) of an image resized by ``resize_factor``: ``round(h * f), round(w * f)`` computed
+    exactly, in integer arithmetic without branches, on Python ints or int64 tensors (an exported graph
+    computes it from its input's shape). Each side is the smaller of its size at "shorter side = scale" and at
+    "longer side = max_size", since whichever factor ``resize_factor`` picks gives the smaller image. Equal to
+    ``resized_size(h, w, resize_factor(...))`` except where the float product lands on the wrong side of an
+    exact half (144 x 219 at scale 600: 219 * 600 / 144 = 912.5, so 912, where floats give 913)."""
+    tensors = isinstance(height, Tensor)
+    lo, hi = (torch.minimum, torch.maximum) if tensors else (min, max)
+    short, long = lo(height, width), hi(height, width)
+
+    def side(n):
+        size = lo(_round_div(n * scale, short), _round_div(n * max_size, long))
+        return size.clamp(min=1) if tensors else max(1, size)
+
+    return side(height), side(width)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int], float_resize: bool = False) -> torch.Tensor:
+    """Bilinear resize (no antialias) of a (3, H, W) tensor, uint8 or float, to ``size`` = (h, w).
+
+    A uint8 image is resized in uint8 (torch's fixed-point kernel: 2.5x faster than in float, the training
+    loader's choice), or with ``float_resize`` in float32 (values 0..255 not rounded to whole grey levels): the
+    arithmetic an exported graph has, so test-time inputs are the same in PyTorch and in ONNX Runtime."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
+    if float_resize:
+        image = image.float()
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
 
 
@@ -131,10 +169,8 @@ def _normalization_constants(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
 def normalize(image: torch.Tensor, mode: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 RGB (3, H, W) -> float32 network input, written into ``out`` (e.g. a view of a padded
     batch) when given. "imagenet": RGB, /255, minus mean, over std (torchvision weights); "caffe": BGR
-    channel order, 0..255 range, minus CAFFE_MEAN_BGR, no std. A float image is taken as already
-    normalised (the ``torchvision`` resize normalises before resizing) and only copied."""
-    if image.is_floating_point():
-        return image if out is None else out.copy_(image)
+    channel order, 0..255 range, minus CAFFE_MEAN_BGR, no std. A float image holds the same 0..255 values
+    (resized in float, ``resize_image``)."""
     mul, off = _normalization_constants(mode)
     if mode == "caffe":
         image = image.flip(0)
@@ -160,20 +196,25 @@ def normalize_like_torchvision(image: torch.Tensor, mode: str) -> torch.Tensor:
 def flip_resize(
     image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, flip: bool = False,
     resize: str = "fast",
+    float_resize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Geometric part of the input transform of an image (3, H, W) and its continuous xyxy ``boxes``
-    (or None): optional mirror, then resize by :func:`resize_factor` under the ``resize`` rule. Returns
-    (image (3, h, w) of the input dtype, boxes in its pixels, factor). The mirror is taken in original
-    pixels; boxes are then scaled by the factor (``fast``) or per axis by new / old size in float32, as
-    torchvision's ``resize_boxes`` (``torchvision``)."""
+    (or None): optional mirror, then resize under the ``resize`` rule (``fast``: to :func:`target_size`, a uint8
+    image in uint8 unless ``float_resize``, see :func:`resize_image`; test time resizes in float). Returns
+    (image (3, h, w) of the input dtype, or float32 when resized in float, boxes in its pixels, factor). The
+    mirror is taken in original pixels; boxes are then scaled by the factor (``fast``) or per axis by new / old
+    size in float32, as torchvision's ``resize_boxes`` (``torchvision``)."""
     height, width = image.shape[-2:]
     factor = resize_factor(height, width, scale, max_size, resize)
     if flip:
         image = image.flip(-1)
         if boxes is not None:
             boxes = hflip_boxes(boxes, width)
-    size = resized_size(height, width, factor, resize)
-    image = resize_image(image, size)
+    if resize == "torchvision":
+        size = resized_size(height, width, factor, resize)
+    else:
+        size = target_size(height, width, scale, max_size)
+    image = resize_image(image, size, float_resize)
     if boxes is not None:
         if resize == "torchvision":
             ratio = torch.tensor(size[::-1], dtype=torch.float32) / torch.tensor((width, height), dtype=torch.float32)
@@ -185,17 +226,24 @@ def flip_resize(
 
 def transform_image(
     image: torch.Tensor, boxes: torch.Tensor | None, scale: int, max_size: int, normalization: str,
-    flip: bool = False, resize: str = "fast",
+    flip: bool = False, resize: str = "fast", float_resize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """The per-image input transform of a uint8 RGB image (3, H, W) up to batching. ``fast``:
-    :func:`flip_resize` of the uint8 image, which stays uint8 (:func:`normalize` converts it later, fused
-    with the copy into the padded batch); ``torchvision``: :func:`normalize_like_torchvision`, then
-    :func:`flip_resize` of the float image. Returns (image, boxes in its pixels or None, factor)."""
+    :func:`flip_resize` of the uint8 image, which stays 0..255 (uint8, or float32 with ``float_resize``;
+    :func:`batch_images` normalises it, fused with the copy into the padded batch); ``torchvision``:
+    :func:`normalize_like_torchvision`, then :func:`flip_resize` of the float image (already normalised: see
+    :func:`is_normalized`). Returns (image, boxes in its pixels or None, factor)."""
     if resize not in RESIZES:
         raise UserError(f"config data.resize: unknown '{resize}', choose one of: {', '.join(RESIZES)}")
     if resize == "torchvision":
         image = normalize_like_torchvision(image, normalization)
-    return flip_resize(image, boxes, scale, max_size, flip, resize)
+    return flip_resize(image, boxes, scale, max_size, flip, resize, float_resize)
+
+
+def is_normalized(resize: str) -> bool:
+    """Whether :func:`transform_image` under this resize rule returns the normalised network input (the
+    ``torchvision`` rule normalises before resizing) rather than 0..255 values."""
+    return resize == "torchvision"
 
 
 def prepare(
@@ -210,7 +258,82 @@ def prepare(
     """The whole input transform of one uint8 RGB image (3, H, W): :func:`transform_image` then
     :func:`normalize`. Returns (float32 image (3, h, w), boxes in its pixels or None, factor)."""
     image, boxes, factor = transform_image(image, boxes, scale, max_size, normalization, flip, resize)
-    return normalize(image, normalization), boxes, factor
+    return (image if is_normalized(resize) else normalize(image, normalization)), boxes, factor
+
+
+def batch_images(
+    images: Sequence[torch.Tensor], normalization: str | None, size_divisible: int = 32, empty=torch.empty
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resized RGB images (3, h_i, w_i), uint8 or float 0..255 -> (the float32 network input (N, 3, H, W):
+    each image normalised (:func:`normalize`) straight into its corner of the batch, zero-padded at the
+    bottom/right to the largest height and width rounded up to a multiple of ``size_divisible``; the (h_i, w_i)
+    of each). ``normalization=None``: the images are already the network input (:func:`is_normalized`) and
+    are only copied. ``empty(shape)`` allocates the uninitialised batch (the loader's workers use shared memory)."""
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    d = max(1, int(size_divisible))
+    height = math.ceil(max(h for h, _ in sizes) / d) * d
+    width = math.ceil(max(w for _, w in sizes) / d) * d
+    out = empty((len(images), 3, height, width))
+    for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+        if normalization is None:
+            out[i, :, :h, :w].copy_(im)
+        else:
+            normalize(im, normalization, out=out[i, :, :h, :w])
+        out[i, :, h:, :].zero_()
+        out[i, :, :h, w:].zero_()
+    return out, sizes
+
+
+class GraphInputTransform(nn.Module):
+    """The test-time input transform as graph operations, for export: one uint8 RGB image (3, H, W) of any
+    size -> (network input (1, 3, H', W') float32 zero-padded to a multiple of ``size_divisible``, its size
+    (1, 2) float (h, w) before padding, the original size (1, 2) float (H, W)).
+
+    The same steps as the eager test-time path (:func:`transform_image` with ``float_resize=True``, then
+    :func:`batch_images`): ``fast``: :func:`target_size` on the input's shape as a tensor, bilinear resize in
+    float32 without antialias, the :func:`normalize` constants; ``torchvision``: :func:`normalize_like_torchvision`,
+    then the resize to ``floor(side * s)`` computed in float64 as the eager path's Python floats are; zero padding.
+    """
+
+    def __init__(self, scale: int, max_size: int, normalization: str, size_divisible: int = 32, resize: str = "fast"):
+        super().__init__()
+        if resize not in RESIZES:
+            raise UserError(f"config data.resize: unknown '{resize}', choose one of: {', '.join(RESIZES)}")
+        mul, off = _normalization_constants(normalization)
+        self.register_buffer("mul", mul, persistent=False)
+        self.register_buffer("off", off, persistent=False)
+        self.normalization, self.resize = normalization, resize
+        self.bgr = normalization == "caffe"
+        self.scale, self.max_size, self.size_divisible = scale, max_size, size_divisible
+
+    def _size(self, original: Tensor) -> Tensor:
+        """(2,) int64 (H, W) -> (2,) int64 (h, w) of the resized image."""
+        if self.resize == "torchvision":
+            hw = original.double()
+            factor = torch.minimum(self.scale / hw.min(), self.max_size / hw.max())  # resize_factor's rule
+            return torch.floor(hw * factor).long().clamp(min=1)  # resized_size's rule
+        return torch.stack(target_size(original[0], original[1], self.scale, self.max_size))
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        original = torch.tensor(image.shape[-2:], device=image.device)  # (2,) int64 (H, W)
+        size = self._size(original)  # (2,) (h, w)
+        # the resized size as plain (data-dependent) integers: the graph's later shapes stay simple expressions
+        # of two symbols instead of the size rule's arithmetic (which made export several times slower)
+        h, w = size.tolist()
+        for v in (h, w):
+            torch._check(v >= 1)
+            torch._check(v <= max(self.scale, self.max_size))
+        if self.resize == "torchvision":  # normalised first, then resized (torchvision's order)
+            x = normalize_like_torchvision(image, self.normalization)[None]
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+        else:
+            x = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+            if self.bgr:
+                x = x.flip(1)
+            x = x * self.mul - self.off  # (1, 3, h, w)
+        d = self.size_divisible
+        x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))  # zeros at the bottom/right
+        return x, size.float()[None], original.float()[None]
 
 
 def pick_scales(scales: Sequence[int], n: int, rng: np.random.Generator) -> list[int]:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 import fpn
-from fpn.config import ModelConfig
+from fpn.config import Config, ModelConfig, from_dict
 from fpn.errors import UserError
 from fpn.io import atomic_torch_save
 
@@ -232,6 +232,23 @@ def load_model_state(model: nn.Module, ckpt: dict, path: str | Path) -> None:
         first = str(e).strip().splitlines()
         detail = " ".join(s.strip() for s in first[:2])[:200]
         raise UserError(f"{path}: weights do not fit the model ({detail})") from None
+
+
+def build_model_from_checkpoint(ckpt: dict, path: str | Path, cfg: Config, device):
+    """The checkpoint's detector, in eval mode on ``device`` (no pretrained weights are fetched)."""
+    import fpn.model as fpn_model
+
+    model = fpn_model.build_detector(cfg, len(ckpt["classes"]) + 1, load_pretrained=False)
+    load_model_state(model, ckpt, path)
+    return model.to(device).eval()
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
+    """The checkpoint's config; UserError naming the file when this fpn cannot read it."""
+    try:
+        return from_dict(ckpt["config"])
+    except UserError as e:
+        raise UserError(f"{path}: the checkpoint's config is not valid here ({e})") from None
 
 
 def _short(names: Sequence[str], n: int = 4) -> str:

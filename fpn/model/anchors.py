@@ -64,6 +64,8 @@ class AnchorGenerator:
         """feature_sizes: (H_l, W_l) per level; input_size: (H, W) of the padded input (used with
         ``strides_from_input``) -> (anchors (A_total, 4) float32, anchors per level)."""
         strides = self._level_strides(feature_sizes, input_size)
+        if torch.compiler.is_exporting():  # symbolic sizes: nothing to cache, the graph computes the anchors
+            return self._build(feature_sizes, strides, device)
         key = (tuple(feature_sizes), tuple(strides), str(device))
         hit = self._cache.get(key)
         if hit is None:
@@ -81,7 +83,7 @@ class AnchorGenerator:
             return [(s, s) for s in self.strides]
         if input_size is None:
             raise ValueError("strides_from_input needs the padded input size")
-        return [(int(input_size[0]) // h, int(input_size[1]) // w) for h, w in feature_sizes]
+        return [(input_size[0] // h, input_size[1] // w) for h, w in feature_sizes]  # symbolic when exporting
 
     def _build(
         self, feature_sizes: list[tuple[int, int]], strides: list[tuple[int, int]], device: torch.device

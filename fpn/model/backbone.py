@@ -197,3 +197,34 @@ def load_backbone_weights(backbone: ResNetBackbone, state: dict, source: str, dr
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys, e.g. {', '.join(unexpected[:3])}")
         raise UserError(f"{source}: weights do not match the backbone ({'; '.join(parts)})")
+
+
+def fold_batchnorm(backbone: ResNetBackbone) -> int:
+    """Inference only: fold each BatchNorm (frozen, or trainable in eval mode) into the convolution before it
+    (``conv(x) * s + t`` is one convolution with weight ``W * s`` and bias ``b * s + t``) and replace the norm
+    by an identity, so that no elementwise pass over the features follows each convolution. In place; the
+    weights keep their memory format. Returns how many norms were folded (GroupNorm is left alone). Same
+    arithmetic up to float rounding (tests); the backbone must not be trained afterwards."""
+    folded = 0
+    for parent in list(backbone.modules()):
+        for name, norm in list(parent.named_children()):
+            if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                continue
+            # the convolution before a norm: conv1 -> bn1 (stem and blocks), downsample "0" -> "1"
+            conv = getattr(parent, name.replace("bn", "conv") if name.startswith("bn") else str(int(name) - 1), None)
+            if not isinstance(conv, nn.Conv2d) or conv.out_channels != norm.weight.numel():
+                continue
+            if isinstance(norm, nn.BatchNorm2d) and norm.training:
+                raise ValueError("fold_batchnorm: BatchNorm in training mode (call .eval() first)")
+            with torch.no_grad():
+                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C,)
+                shift = norm.bias - norm.running_mean * scale
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+                nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
+                weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output
+                weight = weight.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                conv.weight = nn.Parameter(weight, requires_grad=False)
+                conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+            setattr(parent, name, nn.Identity())
+            folded += 1
+    return folded

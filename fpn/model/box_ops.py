@@ -78,7 +78,9 @@ def rank_within_groups(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]
     groups elements by group (priority order kept inside a group), ``rank`` (K,) the rank of
     ``groups[order]`` inside its group (0 = best).
     """
-    sorted_groups, order = torch.sort(groups, stable=True)
+    # sort by (group, position): unique keys make any sort stable (ONNX's TopK has no stable mode)
+    order = torch.argsort(groups * groups.numel() + torch.arange(groups.numel(), device=groups.device))
+    sorted_groups = groups[order]
     counts = torch.bincount(groups, minlength=num_groups)
     starts = torch.cumsum(counts, 0) - counts  # first position of each group in the sorted sequence
     rank = torch.arange(groups.numel(), device=groups.device) - starts[sorted_groups]
@@ -121,13 +123,32 @@ def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thr
     return keep[scores[keep].argsort(descending=True, stable=True)]
 
 
+def offset_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, max_coordinate: Tensor) -> Tensor:
+    """NMS within groups by shifting each group's boxes out of the others' reach (torchvision's "coordinate
+    trick") and one ``nms`` call: the kept indices, best score first. ``max_coordinate``: a scalar tensor no box
+    coordinate exceeds (e.g. the largest image side, for boxes clipped to their image).
+
+    Unlike ``batched_nms`` it has no branch on the number of boxes, so it traces into one graph
+    (``torch.export``, ONNX NonMaxSuppression) whatever the number of boxes, zero included."""
+    from torchvision.ops import nms
+
+    offsets = groups.to(boxes.dtype) * (max_coordinate.to(boxes.dtype) + 1)  # (M,)
+    return nms(boxes + offsets[:, None], scores, iou_thresh)
+
+
 def grouped_nms(
-    boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float, use_batched: bool | None = None
+    boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float, use_batched: bool | None = None,
+    max_coordinate: Tensor | None = None,
 ) -> Tensor:
     """NMS within contiguous segments (see ``segment_nms``): torchvision's ``batched_nms`` (one kernel over
-    boxes offset per group) on CUDA, ``segment_nms`` on a CPU; ``use_batched`` forces one of them (tests)."""
+    boxes offset per group) on CUDA, ``segment_nms`` on a CPU; ``use_batched`` forces one of them (tests).
+    Inside ``torch.export`` (ONNX export) it is ``offset_nms``, which needs ``max_coordinate``."""
     from torchvision.ops import batched_nms
 
+    if torch.compiler.is_exporting():
+        # (M,) segment of each box, from sizes that may be symbolic (no tensor of them can be made)
+        group = torch.cat([torch.full((size,), i, device=boxes.device) for i, size in enumerate(segment_sizes)])
+        return offset_nms(boxes, scores, group, iou_thresh, max_coordinate)
     if use_batched if use_batched is not None else boxes.is_cuda:
         group = torch.repeat_interleave(  # (M,) segment of each box; output_size avoids a host sync
             torch.arange(len(segment_sizes), device=boxes.device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -10,8 +11,9 @@ from torch import Tensor, nn
 
 from fpn.config import Config
 from fpn.errors import UserError
-from fpn.model.backbone import ResNetBackbone, build_backbone, uses_caffe_weights
+from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
+from fpn.model.postprocess import split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
 from fpn.model.rpn import RegionProposalNetwork, build_rpn
 from fpn.model.targets import pad_targets
@@ -73,20 +75,33 @@ class FPNDetector(nn.Module):
     ):
         images, image_sizes = self._batch(images, image_sizes)
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)  # (N, 2) (h, w)
-        features = self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))  # [P2..P6]
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for detections")
             if len(targets) != images.shape[0]:
                 raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
             gt = pad_targets(targets, images.device)
+            features = self.features(images)
             proposals, valid, rpn_losses = self.rpn(features, sizes, gt, input_size=images.shape[-2:])
             return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
-        proposals, valid, _ = self.rpn(features, sizes, input_size=images.shape[-2:])
         original = None
         if original_sizes is not None:
             original = torch.tensor(original_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
-        return self.roi_heads(features[:4], proposals, valid, sizes, original_sizes=original)
+        return split_by_image(*self.detect(images, sizes, original), images.shape[0])
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]."""
+        return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))
+
+    def detect(
+        self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eval mode on a padded batch with its sizes as tensors (N, 2) float (h, w): the detections of all
+        images flat, boxes (D, 4), scores (D,), labels (D,), image (D,) int64 index of each one's image (grouped
+        by image, best first). What ``forward`` splits per image, and what an exported graph computes."""
+        features = self.features(images)
+        proposals, valid, _ = self.rpn(features, image_sizes, input_size=images.shape[-2:])
+        return self.roi_heads.detect(features[:4], proposals, valid, image_sizes, original_sizes)
 
     def _batch(self, images: Tensor | list[Tensor], image_sizes: list[Size] | None) -> tuple[Tensor, list[tuple]]:
         """A padded (N, 3, H, W) batch and the (h, w) of each image in it."""
@@ -126,6 +141,17 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
         backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
         size_divisible=cfg.data.size_divisible, channels_last=m.channels_last,
     )
+
+
+def for_inference(model: FPNDetector) -> FPNDetector:
+    """A copy of ``model`` for inference only (``fpn.Detector``, export, ``fpn bench``): eval mode, every
+    BatchNorm folded into its convolution (``fold_batchnorm``), channels-last convolutions. The same detections
+    up to float rounding (tests), faster on a CPU (docs/PERFORMANCE.md). ``fpn test`` keeps the plain model, so
+    that it prints the training run's numbers."""
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model.backbone)
+    model.memory_format = torch.channels_last  # the input batch is converted in forward
+    return model.to(memory_format=torch.channels_last)
 
 
 def _check_normalization(cfg: Config) -> None:

@@ -7,6 +7,10 @@ soft-NMS (``soft_nms``: linear or gaussian score decay, the seed's option); the 
 ``detections_per_image`` per image. Boxes are in network-input pixels, or rescaled to the original
 image (per-axis factor original / input size, then clipped) when ``original_sizes`` is given.
 
+The output is flat (all images' detections, grouped by image, each image's best first, with the image index of
+each), so that it is also the output of an exported graph; ``split_by_image`` makes one dict per image of it.
+Inside ``torch.export`` the per-class NMS is ``offset_nms`` (ONNX NonMaxSuppression); soft-NMS does not export.
+
 Driven by cfg.model: score_thresh, nms_thresh, detections_per_image, soft_nms, soft_nms_method,
 soft_nms_sigma, soft_nms_min_score.
 
@@ -22,7 +26,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from fpn.model.box_coder import BoxCoder
-from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups
+from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, offset_nms, rank_within_groups
 
 MIN_DETECTION_SIZE = 1e-2  # pixels; boxes clipped to (almost) nothing are dropped
 
@@ -93,10 +97,11 @@ class PostProcessor:
     def __call__(
         self, pred_class_logits: Tensor, pred_deltas: Tensor, proposals: Tensor, valid: Tensor,
         image_sizes: Tensor, original_sizes: Tensor | None = None,
-    ) -> list[dict[str, Tensor]]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """pred_class_logits (N, P, C+1), pred_deltas (N, P, K, 4), proposals (N, P, 4), valid (N, P),
-        image_sizes / original_sizes (N, 2) float (h, w) -> N dicts {"boxes" (D, 4), "scores" (D,),
-        "labels" (D,) int64 in 1..C}."""
+        image_sizes / original_sizes (N, 2) float (h, w) -> flat detections of all images: boxes (D, 4),
+        scores (D,), labels (D,) int64 in 1..C, image (D,) int64 index of each one's image; grouped by image,
+        best score first within an image."""
         n, p, num_classes = pred_class_logits.shape
         c = num_classes - 1
         scores = F.softmax(pred_class_logits.float(), dim=-1)[..., 1:]  # (N, P, C), background dropped
@@ -112,6 +117,8 @@ class PostProcessor:
                                          self.nms_thresh, self.soft_nms_min_score)
             scores = scores.clone()
             scores[keep] = scores_kept
+        elif torch.compiler.is_exporting():
+            keep = offset_nms(boxes, scores, groups, self.nms_thresh, image_sizes.max())  # boxes are clipped
         else:
             keep = batched_nms(boxes, scores, groups, self.nms_thresh)  # sorted by score
         # best detections_per_image per image
@@ -123,9 +130,15 @@ class PostProcessor:
             # (D, 4) * (D, 4) factors (w, h, w, h); then clip each box to its own image: (D, 1, 4) is
             # "D images of one box" for clip_boxes
             boxes = clip_boxes((boxes * factor[:, [1, 0, 1, 0]]).unsqueeze(1), original_sizes[image]).squeeze(1)
-        counts = torch.bincount(image, minlength=n).tolist()
-        return [
-            {"boxes": b, "scores": s, "labels": lab}
-            for b, s, lab in zip(boxes.split(counts), scores.split(counts), labels.split(counts))
-        ]
+        return boxes, scores, labels, image
+
+
+def split_by_image(boxes: Tensor, scores: Tensor, labels: Tensor, image: Tensor, n: int) -> list[dict[str, Tensor]]:
+    """Flat detections grouped by image (the post-processor's output) -> ``n`` dicts {"boxes" (D_i, 4),
+    "scores" (D_i,), "labels" (D_i,)}."""
+    counts = torch.bincount(image, minlength=n).tolist()
+    return [
+        {"boxes": b, "scores": s, "labels": lab}
+        for b, s, lab in zip(boxes.split(counts), scores.split(counts), labels.split(counts))
+    ]
 

@@ -26,19 +26,22 @@ from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.matcher import IGNORE, Matcher
-from fpn.model.postprocess import PostProcessor
+from fpn.model.postprocess import PostProcessor, split_by_image
 from fpn.model.roi_align import sparse_roi_align
 from fpn.model.sampler import BalancedSampler
 from fpn.model.targets import GroundTruth
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign of each RoI on the level ``LevelMapper`` picks; ``aligned=True`` (continuous pixel boxes, the
-    default) or ``False`` (torchvision's detection models: no half-pixel shift, sides of at least 1 feature pixel).
+    """RoIAlign of each RoI on the level ``LevelMapper`` picks; ``aligned=True`` (continuous pixel boxes,
+    torchvision's half-pixel shift; the default) or ``False`` (torchvision's detection models: no half-pixel
+    shift, sides of at least 1 feature pixel).
 
     ``impl``: "torchvision" (one ``roi_align`` call per level), "sparse" (all levels in one sparse matrix
     product, ``fpn.model.roi_align``; ~2.5x faster forward + backward on a CPU) or "auto": sparse on CPU with a fixed
-    sampling ratio, torchvision otherwise. Both give the same values (tests compare them).
+    sampling ratio, torchvision otherwise. Both give the same values (tests compare them). Inside
+    ``torch.export`` (ONNX export) it is always torchvision's ``roi_align`` (ONNX RoiAlign), per level on the RoIs
+    a mask selects, without the host sync of the per-level counts.
     """
 
     IMPLS = ("auto", "torchvision", "sparse")
@@ -60,6 +63,8 @@ class MultiScaleRoIAlign(nn.Module):
         self.aligned = aligned
 
     def _use_sparse(self, features: list[Tensor]) -> bool:
+        if torch.compiler.is_exporting():  # sparse tensors do not export
+            return False
         if self.impl == "auto":
             return features[0].device.type == "cpu" and self.sampling_ratio > 0
         return self.impl == "sparse"
@@ -74,6 +79,8 @@ class MultiScaleRoIAlign(nn.Module):
             return sparse_roi_align(
                 features, rois, level, self.scales, self.output_size, self.sampling_ratio, self.aligned
             )
+        if torch.compiler.is_exporting():
+            return self._pool_by_mask(features, rois, level)
         # one roi_align call per level on that level's RoIs: sort by level, split, put back in order
         order = torch.argsort(level, stable=True)
         counts = torch.bincount(level, minlength=len(features)).tolist()  # host sync: roi_align needs the sizes
@@ -84,6 +91,17 @@ class MultiScaleRoIAlign(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return torch.cat(pooled)[inverse]
+
+    def _pool_by_mask(self, features: list[Tensor], rois: Tensor, level: Tensor) -> Tensor:
+        """The torchvision path with data-dependent sizes kept inside the graph: each level pools the RoIs
+        its mask selects and writes them into their rows."""
+        c, s = features[0].shape[1], self.output_size
+        out = rois.new_zeros((rois.shape[0], c, s, s))
+        for lvl, feature in enumerate(features):
+            index = torch.nonzero(level == lvl).squeeze(1)  # (R_l,) RoIs of this level
+            pooled = roi_align(feature, rois[index], s, self.scales[lvl], self.sampling_ratio, self.aligned)
+            out = out.index_put((index,), pooled.to(out.dtype))
+        return out
 
 
 class BoxHead(nn.Module):
@@ -136,6 +154,14 @@ class RoIHeads(nn.Module):
         Training (``gt`` given): {"rcnn_cls", "rcnn_box"}; else a list of N detection dicts."""
         if gt is not None:
             return self.losses(features, proposals, proposal_valid, gt)
+        detections = self.detect(features, proposals, proposal_valid, image_sizes, original_sizes)
+        return split_by_image(*detections, proposals.shape[0])
+
+    def detect(
+        self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,
+        original_sizes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Inference: the flat detections of ``PostProcessor`` (boxes, scores, labels, image index)."""
         n, p, _ = proposals.shape
         pred_class_logits, pred_deltas = self.box_head(self.pooler(features, proposals))
         return self.postprocessor(

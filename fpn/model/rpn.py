@@ -129,7 +129,7 @@ class RegionProposalNetwork(nn.Module):
             scores, index, sizes = [], [], []
             start = 0
             for count in level_counts:
-                k = min(pre_n, count)
+                k = torch.sym_min(pre_n, count)  # sym_min: counts are symbolic in torch.export
                 s, i = logits[:, start:start + count].topk(k, dim=1)  # (N, k_l) best of this level
                 scores.append(s)
                 index.append(i + start)
@@ -138,7 +138,7 @@ class RegionProposalNetwork(nn.Module):
             scores, index = torch.cat(scores, dim=1), torch.cat(index, dim=1)  # (N, K)
             segments = sizes * n  # NMS groups (image, level): contiguous in the flattened (N*K,) order
         else:
-            scores, index = logits.topk(min(pre_n, num_anchors), dim=1)  # (N, K) jointly over levels
+            scores, index = logits.topk(torch.sym_min(pre_n, num_anchors), dim=1)  # (N, K) jointly over levels
             segments = [index.shape[1]] * n  # NMS per image, across levels (the seed)
         k = index.shape[1]
         if self.score == "sigmoid":
@@ -154,7 +154,8 @@ class RegionProposalNetwork(nn.Module):
 
         flat_boxes = boxes.reshape(n * k, 4)
         # data-dependent output size: the one host sync of proposal selection
-        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, self.batched_nms)  # (M,)
+        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, self.batched_nms,
+                           max_coordinate=image_sizes.max())  # (M,); boxes are clipped to their image
         # keep is sorted by score; group it by image (order kept) and take each image's first P
         image = keep // k  # (M,) image of each kept box
         order, rank = rank_within_groups(image, n)

@@ -62,3 +62,25 @@ def test_bad_inputs_one_line_exit_2(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_runs_an_exported_model(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    """``--model model.onnx`` (onnxruntime) draws the detections the checkpoint gives in PyTorch."""
+    from tiny_model import rectangles_image
+
+    image = rectangles_image(100, 128, 160)[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "r.png")
+    for flag, model, out in (("--model", tiny_onnx, "onnx"), ("--checkpoint", tiny_checkpoint, "torch")):
+        assert main(["demo", str(tmp_path / "r.png"), flag, str(model), "--out", str(tmp_path / out),
+                     "--thresh", "0.3", "--no-progress", "--amp", "none"]) == 0  # fmt: skip
+    onnx, torch = (json.loads((tmp_path / d / "detections.json").read_text()) for d in ("onnx", "torch"))
+    assert onnx["model"] == str(tiny_onnx) and onnx["classes"] == torch["classes"] == ["red", "green", "blue"]
+    a, b = onnx["images"][0]["detections"], torch["images"][0]["detections"]
+    assert len(a) == len(b) >= 2 and [d["class"] for d in a] == [d["class"] for d in b]
+    for x, y in zip(a, b):
+        assert x["score"] == pytest.approx(y["score"], abs=1e-4) and x["box"] == pytest.approx(y["box"], abs=0.02)
+    assert (tmp_path / "onnx" / "r.jpg").is_file()
+    assert "onnxruntime" in capsys.readouterr().out
+    assert main(["demo", str(tmp_path / "r.png"), "--model", str(tiny_onnx), "--out", str(tmp_path / "x"),
+                 "--set", "model.nms_thresh=0.4"]) == 2  # fmt: skip
+    assert "--set: applies to a --checkpoint" in capsys.readouterr().err

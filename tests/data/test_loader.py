@@ -206,7 +206,7 @@ def test_dataset_torchvision_resize_gives_normalised_floats_the_collator_copies(
     expected, boxes, _ = prepare(read_image(recs[1]["image"]), torch.tensor([[4.0, 5.0, 30.0, 50.0]]), 96, 160,
                                  "caffe", flip=True, resize="torchvision")  # fmt: skip
     assert torch.equal(img, expected) and torch.equal(target["boxes"], boxes)
-    batch = Collator(32, "caffe")([ds[4]])
+    batch = Collator(32, "caffe", "torchvision")([ds[4]])
     assert torch.equal(batch.images[0, :, :144, :96], img) and (batch.images[0, :, 144:] == 0).all()
 
 

@@ -5,8 +5,11 @@ from PIL import Image
 
 from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from fpn.data.transforms import (
+    GraphInputTransform,
+    batch_images,
     flip_resize,
     hflip_boxes,
+    is_normalized,
     normalize,
     pick_scales,
     prepare,
@@ -14,6 +17,7 @@ from fpn.data.transforms import (
     resize_factor,
     resize_image,
     resized_size,
+    target_size,
     transform_image,
     unnormalize,
 )
@@ -167,7 +171,51 @@ def test_transform_image_keeps_uint8_fast_and_unknown_resize():
     out, _, _ = transform_image(img, None, 60, 1000, "imagenet")
     assert out.dtype == torch.uint8 and out.shape == (3, 60, 80)
     out, _, _ = transform_image(img, None, 60, 1000, "caffe", resize="torchvision")
-    assert out.dtype == torch.float32 and torch.equal(normalize(out, "caffe"), out)  # already normalised: copied
+    assert out.dtype == torch.float32 and is_normalized("torchvision") and not is_normalized("fast")
     torch.testing.assert_close(out, resize_image(normalize(img, "caffe"), (60, 80)), rtol=0, atol=1e-4)
     with pytest.raises(UserError, match="data.resize: unknown 'pil'"):
         transform_image(img, None, 60, 1000, "imagenet", resize="pil")
+
+
+def test_target_size_is_the_exact_rounded_size():
+    """The integer size rule equals ``resized_size(resize_factor(...))`` except where float rounding of an
+    exact half goes the wrong way (then it is the exact rational value, halves to even as Python rounds)."""
+    mismatches = []
+    for scale, max_size in [(600, 1000), (208, 320), (128, 192), (600, 500)]:
+        for h in range(1, 700, 7):
+            for w in list(range(1, 40, 3)) + [h // 3, h // 2, h - 1, h, h + 1, (3 * h) // 2, 2 * h, 3 * h]:
+                w = max(w, 1)
+                size = target_size(h, w, scale, max_size)
+                if size != resized_size(h, w, resize_factor(h, w, scale, max_size)):
+                    mismatches.append((h, w, scale))
+                if h > 1 and w > 1:  # the same on int64 tensors (an exported graph's arithmetic)
+                    on_tensors = target_size(torch.tensor(h), torch.tensor(w), scale, max_size)
+                    assert tuple(int(v) for v in on_tensors) == size
+    assert len(mismatches) <= 3, mismatches
+    assert target_size(144, 219, 600, 1000) == (600, 912)  # 219 * 600 / 144 = 912.5 exactly: to even
+    assert resized_size(144, 219, resize_factor(144, 219, 600, 1000)) == (600, 913)  # floats land above
+    assert target_size(375, 500, 600, 1000) == (600, 800) and target_size(100, 1000, 600, 1000) == (100, 1000)
+    assert target_size(1, 5000, 600, 1000) == (1, 1000)  # at least one pixel
+
+
+def test_float_resize_is_the_uint8_resize_unrounded():
+    img = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fast, exact = resize_image(img, (61, 90)), resize_image(img, (61, 90), float_resize=True)
+    assert fast.dtype == torch.uint8 and exact.dtype == torch.float32 and exact.shape == (3, 61, 90)
+    assert (fast.float() - exact).abs().max() <= 1.0  # torch's fixed-point uint8 kernel: within a grey level
+    assert resize_image(img, (37, 53), float_resize=True) is img  # no resize, no copy
+
+
+@pytest.mark.parametrize("normalization", ["imagenet", "caffe"])
+def test_graph_input_transform_equals_the_eager_test_path(normalization):
+    """The in-graph transform gives the network input, size and original size the API builds eagerly
+    (flip_resize in float, batch_images), for shrunk, enlarged and long-side-capped images."""
+    transform = GraphInputTransform(128, 192, normalization, 32)
+    g = torch.Generator().manual_seed(1)
+    for h, w in [(128, 160), (96, 300), (300, 200), (50, 70), (360, 150)]:
+        img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        x, sizes, original = transform(img)
+        resized, _, _ = flip_resize(img, None, 128, 192, float_resize=True)
+        batch, batch_sizes = batch_images([resized], normalization, 32)
+        assert x.shape == batch.shape and sizes.tolist() == [list(batch_sizes[0])] and original.tolist() == [[h, w]]
+        torch.testing.assert_close(x, batch, rtol=0, atol=1e-5)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import torch
 from PIL import Image
 from torch import nn
@@ -139,7 +141,12 @@ def as_torchvision_input(uint8_image: torch.Tensor) -> torch.Tensor:
 
 
 def records_of(paths: list[Path]) -> list[dict]:
-    """Annotation-free records of the images (what ``fpn demo`` builds)."""
-    from fpn.commands.demo import image_records
-
-    return image_records(list(paths))
+    """Annotation-free records of the images, for the test loader."""
+    records = []
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            width, height = im.size
+        records.append({"id": str(i), "image": str(path), "width": width, "height": height,
+                        "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                        "difficult": np.zeros(0, bool)})  # fmt: skip
+    return records

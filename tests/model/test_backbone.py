@@ -1,11 +1,13 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import synthetic
 from fpn.errors import UserError
 from fpn.model import build_detector, uses_caffe_weights
-from fpn.model.backbone import build_backbone
+from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm
 
 
 def _cfg(**model):
@@ -136,3 +138,29 @@ def test_narrow_backbone_refuses_pretrained_weights():
         build_backbone(_cfg(backbone_width=32, pretrained="imagenet"))
     with pytest.raises(UserError, match="model.backbone_width"):
         build_backbone(_cfg(backbone_width=4, pretrained="none"))
+
+
+@pytest.mark.parametrize("norm, channels_last", [("frozen_bn", False), ("bn", True)])
+def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(50 if norm == "frozen_bn" else 18, norm=norm, freeze_at=1, width=16).eval()
+    for m in backbone.modules():  # non-trivial statistics and affine parameters
+        if hasattr(m, "running_var"):
+            m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
+            m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
+            m.weight.data.copy_(torch.rand_like(m.weight) + 0.5)
+            m.bias.data.copy_(torch.randn_like(m.bias) * 0.1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    backbone.to(memory_format=layout)
+    x = torch.randn(1, 3, 96, 128).contiguous(memory_format=layout)
+    with torch.no_grad():
+        plain = backbone(x)
+        norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
+        assert fold_batchnorm(backbone) == norms > 0
+        folded = backbone(x)
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
+    assert backbone.layer1[0].conv1.weight.is_contiguous(memory_format=layout)
+    for a, b in zip(folded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    with pytest.raises(ValueError, match="training mode"):
+        fold_batchnorm(ResNetBackbone(18, norm="bn", freeze_at=0, width=16).train())

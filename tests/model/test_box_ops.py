@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from fpn.model.box_ops import grouped_nms, segment_nms
+from fpn.model.box_ops import grouped_nms, offset_nms, rank_within_groups, segment_nms
 
 
 def _boxes(g, m):
@@ -59,3 +59,24 @@ def test_grouped_nms_batched_path_equals_segment_path(device):
     batched = grouped_nms(boxes, scores, sizes, 0.5, use_batched=True)
     assert torch.equal(batched, grouped_nms(boxes, scores, sizes, 0.5))  # the device's default
     assert torch.equal(batched, segment_nms(boxes, scores, sizes, 0.5))
+
+
+def test_offset_nms_equals_batched_nms():
+    """The exportable per-group NMS keeps what torchvision's batched_nms keeps, in the same order, also for
+    no boxes at all; boxes of different groups never suppress each other."""
+    g = torch.Generator().manual_seed(3)
+    boxes = _boxes(g, 300)  # coordinates within 0..80
+    scores = torch.rand(300, generator=g)
+    groups = torch.randint(0, 7, (300,), generator=g)
+    keep = offset_nms(boxes, scores, groups, 0.5, torch.tensor(80.0))
+    assert torch.equal(keep, batched_nms(boxes, scores, groups, 0.5))
+    same = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2)
+    assert offset_nms(same, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5, torch.tensor(10.0)).tolist() == [0, 1]
+    empty = offset_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5, torch.tensor(1.0))
+    assert empty.shape == (0,)
+
+
+def test_rank_within_groups_keeps_priority_order():
+    groups = torch.tensor([2, 0, 2, 1, 0, 2])
+    order, rank = rank_within_groups(groups, 4)
+    assert order.tolist() == [1, 4, 3, 0, 2, 5] and rank.tolist() == [0, 1, 0, 0, 1, 2]

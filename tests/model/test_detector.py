@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import box_iou
 
 from detector_helpers import rectangles_batch
-from fpn.model import FPNDetector, build_detector
+from fpn.model import FPNDetector, build_detector, for_inference
 
 LOSS_KEYS = {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
 
@@ -175,3 +175,24 @@ def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
         assert torch.equal(a["labels"], b["labels"])
         torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_for_inference_gives_the_same_detections(small_cfg):
+    """The inference copy (BatchNorms folded into the convolutions, channels-last) equals the plain model; the
+    original is left untouched."""
+    torch.manual_seed(0)
+    small_cfg.model.channels_last = False
+    model = build_detector(small_cfg, num_classes=4).train()
+    images, targets = rectangles_batch()
+    model(images, None, targets)  # one step's worth of BatchNorm statistics (train mode)
+    model.eval()
+    fast = for_inference(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    assert fast.backbone.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        plain_out, fast_out = model(images, None), fast(images, None)
+    for a, b in zip(plain_out, fast_out):
+        assert a["labels"].tolist() == b["labels"].tolist() and len(a["labels"]) > 0
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-5)

@@ -32,8 +32,15 @@ def _torchvision_per_level(feats, rois, level, s, ratio, aligned=True):
 
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("ratio", [1, 2, 3])
-def _torchvision_per_level(feats, rois, level, s, ratio, aligned=True):
-    out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], s, s)
+def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio, aligned, device):
+    """Both alignments: aligned=False (torchvision's detection models) has no half-pixel shift and makes a RoI
+    at least 1 feature pixel wide (the boxes here go down to 1.5 px, a twentieth of a P5 pixel)."""
+    g = torch.Generator().manual_seed(ratio)
+    feats = [f.to(device).requires_grad_() for f in _features(g)]
+    rois = _rois(g, 300).to(device)
+    level = torch.randint(0, 4, (300,), generator=g).to(device)
+    ours = sparse_roi_align(feats, rois, level, SCALES, 7, ratio, aligned=aligned)
+    ref = _torchvision_per_level(feats, rois, level, 7, ratio, aligned=aligned)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float rounding of the weights differs
     weights = torch.randn(ref.shape, generator=g).to(device)
     grads = torch.autograd.grad((ours * weights).sum(), feats)
@@ -111,3 +118,21 @@ def test_csr_transpose_with_repeated_entries():
     torch.testing.assert_close(at.to_dense(), a.to_dense().t())
     x = torch.randn(rows, 3, generator=g)
     torch.testing.assert_close(at @ x, a.to_dense().t() @ x)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_pool_by_mask_equals_the_per_level_path(aligned):
+    """The exportable pooling (a mask per level, no host sync) gives the per-level path's values, for either
+    ``aligned``, with RoIs of several images and levels, and one level without RoIs."""
+    mapper = LevelMapper(canonical_size=56, canonical_level=4)
+    g = torch.Generator().manual_seed(2)
+    feats = _features(g, n=2)
+    boxes = _rois(g, 40, n=1)[:, 1:].reshape(2, 20, 4)
+    boxes[:, :, 2:] = boxes[:, :, :2] + (boxes[:, :, 2:] - boxes[:, :, :2]).clamp(max=40)  # no RoI on P5
+    pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="torchvision", aligned=aligned)
+    per_level = pooler(feats, boxes)
+    image = torch.arange(2.0).repeat_interleave(20)[:, None]
+    rois = torch.cat([image, boxes.reshape(40, 4)], 1)
+    level = mapper(rois[:, 1:]) - 2
+    assert (level == 3).sum() == 0 and len(level.unique()) >= 2
+    torch.testing.assert_close(pooler._pool_by_mask(feats, rois, level), per_level, rtol=0, atol=0)
