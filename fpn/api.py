@@ -176,7 +176,7 @@ class _TorchRunner:
 
         d = self.cfg.data
         resized = [
-            transform_image(im, None, d.test_scale, d.max_size, d.normalization, resize=d.resize, float_resize=True)[0]
+            transform_image(im, None, d.test_scale, d.test_size_limit(), d.normalization, resize=d.resize, float_resize=True)[0]
             for im in images
         ]
         normalization = None if is_normalized(d.resize) else d.normalization

@@ -226,7 +226,7 @@ def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device
     Runtime (``onnx``), torchvision (``compare``); every round times each once, in turn."""
     from fpn.api import Detector
 
-    net, scale, max_size = cfg.model.backbone, cfg.data.test_scale, cfg.data.max_size
+    net, scale, max_size = cfg.model.backbone, cfg.data.test_scale, cfg.data.test_size_limit()
     num_classes = num_classes_of(cfg)
     inp = make_input(1, image_size, scale, max_size, torch.device("cpu"), num_classes=num_classes)
     image = (inp.originals[0] * 255).round().to(torch.uint8)  # (3, h, w)
@@ -304,10 +304,11 @@ def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tup
             inp = make_input(batch, image_size, scale, max_size, device, num_classes=num_classes)
             results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, cfg, amp, device, warmup, iters)
         if mode in ("infer", "all"):
+            test_max = cfg.data.test_size_limit()
             if impl == "torchvision":
-                model.transform.min_size = (test_scale,)
+                model.transform.min_size, model.transform.max_size = (test_scale,), test_max
             for bs in sorted({1, batch}):
-                inp = make_input(bs, image_size, test_scale, max_size, device, num_classes=num_classes)
+                inp = make_input(bs, image_size, test_scale, test_max, device, num_classes=num_classes)
                 results[f"{impl}/infer_bs{bs}"] = bench_infer(model, inp, impl, amp, device, warmup, iters)
         del model
         if device.type == "cuda":

@@ -29,6 +29,7 @@ class DataConfig:
     train_scales: tuple[int, ...] = (600,)  # shorter side; several values = multi-scale training
     test_scale: int = 600
     max_size: int = 1000  # longer side never exceeds this
+    test_max_size: int = 0  # the longer-side limit at test time (test, demo, API, export); 0: max_size
     flip: bool = True  # train on each image and its mirror (the seed's doubled dataset)
     use_difficult: bool = False  # keep difficult objects in training (the seed did)
     normalization: str = "imagenet"  # imagenet (RGB mean/std, 0-1 range) | caffe (BGR, 0-255, mean only)
@@ -49,6 +50,10 @@ class DataConfig:
     test_images: str = ""
     filter_empty: bool = False  # drop training images without objects (detectron2 / torchvision do); default: negatives
     flip_random: bool = False  # with flip: each image once per epoch, mirrored with probability 1/2 (1x schedules)
+
+    def test_size_limit(self) -> int:
+        """The longer-side limit of test-time inputs: ``test_max_size``, or ``max_size`` when that is 0."""
+        return self.test_max_size or self.max_size
 
 
 @dataclass

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         export_torch(model, cfg, classes, out)
         what = "torch.export program"
     print(f"wrote {out} ({what}, {len(classes)} classes, {time.perf_counter() - start:.0f} s): input image uint8 "
-          f"(3, H, W) RGB of any size, resized to {cfg.data.test_scale} / max {cfg.data.max_size} inside; outputs "
+          f"(3, H, W) RGB of any size, resized to {cfg.data.test_scale} / max {cfg.data.test_size_limit()} inside; outputs "
           f"boxes (D, 4) xyxy in its pixels, scores (D,), labels (D,) int64")  # fmt: skip
     return 0
 

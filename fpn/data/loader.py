@@ -298,7 +298,9 @@ class _CheckedIterator:
 def _check_config(cfg: Config) -> None:
     d = cfg.data
     check_scales(d.train_scales, d.max_size)
-    check_scales((d.test_scale,), d.max_size, "config data.test_scale")
+    if d.test_max_size < 0:
+        raise UserError(f"config data.test_max_size: expected 0 (max_size) or a positive integer, got {d.test_max_size}")
+    check_scales((d.test_scale,), d.test_size_limit(), "config data.test_scale")
     if d.workers < 0:
         raise UserError(f"config data.workers: expected >= 0, got {d.workers}")
     if d.size_divisible < 1:
@@ -368,7 +370,7 @@ def build_test_loader(
     _check_records(records, classes, "test")
     d = cfg.data
     dataset = DetectionDataset(
-        records, default_scale=d.test_scale, max_size=d.max_size, flip=False,
+        records, default_scale=d.test_scale, max_size=d.test_size_limit(), flip=False,
         use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization, float_resize=True,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)

@@ -3,7 +3,7 @@ program (``.pt2``).
 
 The graph's input is one RGB image, uint8 (3, H, W), of any height and width. Inside: the checkpoint's
 test-time input transform (:class:`fpn.data.transforms.GraphInputTransform`: resize to ``data.test_scale`` /
-``data.max_size``, normalise, pad), then the detector's eval path (``FPNDetector.detect``: backbone, FPN, RPN
+``data.test_size_limit()``, normalise, pad), then the detector's eval path (``FPNDetector.detect``: backbone, FPN, RPN
 with its NMS per level, RoIAlign per level, box head, per-class NMS, boxes mapped back to the input's pixels).
 Outputs: ``boxes`` float32 (D, 4) continuous xyxy in the input image's pixels, ``scores`` float32 (D,),
 ``labels`` int64 (D,) in 1..C (``classes[label - 1]``), best first, D <= ``model.detections_per_image``.
@@ -60,7 +60,7 @@ def deployed_detector(model: nn.Module, cfg: Config) -> DeployedDetector:
         raise UserError("model.soft_nms=True does not export (its loop has no fixed length); export with "
                         "--set model.soft_nms=False")
     d = cfg.data
-    transform = GraphInputTransform(d.test_scale, d.max_size, d.normalization, d.size_divisible, d.resize)
+    transform = GraphInputTransform(d.test_scale, d.test_size_limit(), d.normalization, d.size_divisible, d.resize)
     return DeployedDetector(for_inference(model), transform).eval()
 
 
@@ -83,7 +83,7 @@ def metadata(cfg: Config, classes: Sequence[str]) -> dict[str, str]:
         "outputs": "boxes float32 (D, 4), scores float32 (D,), labels int64 (D,) in 1..C (classes[label - 1])",
         "box_format": BOX_FORMAT,
         "test_scale": str(d.test_scale),
-        "max_size": str(d.max_size),
+        "max_size": str(d.test_size_limit()),
         "normalization": d.normalization,
         "resize": d.resize,
         "score_thresh": str(m.score_thresh),

@@ -326,3 +326,20 @@ def test_pinned_batches_and_non_blocking_copies(voc_folder, device, pinning, wor
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(UserError, match="b.jpg: cannot read image"):
         list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))
+
+
+def test_test_max_size_limits_test_inputs_only(voc_folder):
+    from fpn.config import Config
+
+    cfg = Config()
+    cfg.data.workers, cfg.data.train_scales, cfg.data.test_scale, cfg.data.max_size = 0, (40,), 40, 50
+    recs = _records(voc_folder)
+    classes = ("cat", "dog")
+    assert cfg.data.test_size_limit() == 50  # 0: the training limit
+    train_batch = next(iter(build_test_loader(cfg, recs[:1], classes)))
+    cfg.data.test_max_size = 90
+    test_batch = next(iter(build_test_loader(cfg, recs[:1], classes)))
+    assert max(train_batch.image_sizes[0]) == 50 and max(test_batch.image_sizes[0]) > 50
+    cfg.data.test_max_size = -1
+    with pytest.raises(UserError, match="data.test_max_size: expected 0"):
+        build_test_loader(cfg, recs[:1], classes)
