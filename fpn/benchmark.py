@@ -219,12 +219,54 @@ def _dense_pooling(model):
         pooler.impl = impl
 
 
+def _same_weights_detector(tv: torch.nn.Module, scale: int, max_size: int, device, amp: str, tmp: Path,
+                           overrides: tuple[str, ...] = ()):
+    """Our model with torchvision's weights (``fpn convert torchvision``'s mapping and conventions): the same
+    detections as ``tv``. Returns (the bare model, its config, the Detector running it)."""
+    from fpn.api import Detector
+    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
+    from fpn.interop.torchvision import convert_state
+
+    slots = tv.roi_heads.box_predictor.cls_score.out_features
+    classes_file = tmp / "classes.txt"
+    classes_file.write_text("".join(f"class{i}\n" for i in range(1, slots)))
+    ckpt = convert_state(tv.state_dict(), "torchvision's model", classes_file,
+                         [f"data.test_scale={scale}", f"data.max_size={max_size}", *overrides])  # fmt: skip
+    cfg = checkpoint_config(ckpt, "converted")
+    model = build_model_from_checkpoint(ckpt, "converted", cfg, "cpu")
+    return model, cfg, Detector.from_model(model, cfg, ckpt["classes"], str(device), amp)
+
+
+def _agreement(tv: torch.nn.Module, image: torch.Tensor, device, tmp: Path) -> dict:
+    """Largest differences between torchvision's detections and ours with its weights on ``image`` (fp32, every
+    score kept, so random weights give 100 detections to compare): {"detections", "max_box_px", "max_score",
+    "labels_equal"}, detections in score order."""
+    scale, max_size = tv.transform.min_size[0], tv.transform.max_size
+    detector = _same_weights_detector(tv, scale, max_size, device, "none", tmp, ("model.score_thresh=0.0",))[2]
+    threshold, tv.roi_heads.score_thresh = tv.roi_heads.score_thresh, 0.0
+    try:
+        with torch.inference_mode():
+            ref = tv([image.to(device).float() / 255])[0]
+        ours = detector.predict(image)
+    finally:
+        tv.roi_heads.score_thresh = threshold
+    n = min(len(ours), len(ref["scores"]))
+    boxes, scores = torch.from_numpy(ours.boxes[:n]), torch.from_numpy(ours.scores[:n])
+    return {"detections": [len(ours), len(ref["scores"])],
+            "max_box_px": float((boxes - ref["boxes"][:n].cpu()).abs().max()) if n else 0.0,
+            "max_score": float((scores - ref["scores"][:n].cpu()).abs().max()) if n else 0.0,
+            "labels_equal": bool(torch.equal(torch.from_numpy(ours.labels[:n]), ref["labels"][:n].cpu()))}
+
+
 def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device, amp: str, compare: str | None,
                   onnx: bool, warmup: int, iters: int) -> dict:
     """Batch-1 latency, one uint8 image -> detections: {impl: {"ms" (median), "ms_min", "precision", "iters",
-    "vs_torchvision": torchvision's ms / this one's}}. Implementations: ours (``fpn.Detector``), ours in ONNX
-    Runtime (``onnx``), torchvision (``compare``); every round times each once, in turn."""
+    "vs_torchvision": torchvision's ms / this one's}}. Implementations: ours (``fpn.Detector`` of ``cfg``), ours in
+    ONNX Runtime (``onnx``), torchvision (``compare``) and then also ours with torchvision's weights and
+    conventions (``ours_tv_weights``, and in ONNX Runtime with ``onnx``), whose detections are compared with
+    torchvision's (``"agreement"``); every round times each once, in turn."""
     from fpn.api import Detector
+    from fpn.engine.export import export_onnx
 
     net, scale, max_size = cfg.model.backbone, cfg.data.test_scale, cfg.data.test_size_limit()
     num_classes = num_classes_of(cfg)
@@ -236,16 +278,19 @@ def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device
     detector = Detector.from_model(ours, cfg, classes, str(device), amp)
     runners = {"ours": lambda: detector.predict(image)}
     precisions = {"ours": PRECISION_NAMES[amp]}
+    agreement = None
+    if onnx and device.type != "cpu":
+        raise UserError("--onnx: the ONNX model runs in onnxruntime on the CPU; add --device cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        if onnx:
-            if device.type != "cpu":
-                raise UserError("--onnx: the ONNX model runs in onnxruntime on the CPU; add --device cpu")
-            from fpn.engine.export import export_onnx
+        tmp = Path(tmp)
 
-            path = export_onnx(ours, cfg, classes, Path(tmp) / "ours.onnx")
-            exported = Detector.from_onnx(path, threads=torch.get_num_threads())
-            runners["ours_onnx"] = lambda: exported.predict(image)
-            precisions["ours_onnx"] = "fp32"
+        def add_onnx(name: str, model, model_cfg, model_classes):
+            exported = Detector.from_onnx(export_onnx(model, model_cfg, model_classes, tmp / f"{name}.onnx"),
+                                          threads=torch.get_num_threads())  # fmt: skip
+            runners[name], precisions[name] = (lambda: exported.predict(image)), "fp32"
+
+        if onnx:
+            add_onnx("ours_onnx", ours, cfg, classes)
         if compare == "torchvision":
             tv = build_torchvision(net, scale, max_size, num_classes).to(device).eval()
             tv_image = image.to(device).float() / 255
@@ -256,6 +301,12 @@ def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device
 
             runners["torchvision"] = run_tv
             precisions["torchvision"] = PRECISION_NAMES[amp]
+            same, same_cfg, same_detector = _same_weights_detector(tv, scale, max_size, device, amp, tmp)
+            runners["ours_tv_weights"] = lambda: same_detector.predict(image)
+            precisions["ours_tv_weights"] = PRECISION_NAMES[amp]
+            if onnx:
+                add_onnx("ours_tv_weights_onnx", same, same_cfg, same_detector.classes)
+            agreement = _agreement(tv, image, device, tmp)
         times = {name: [] for name in runners}
         for i in range(warmup + iters):
             for name, fn in runners.items():
@@ -271,6 +322,8 @@ def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device
         for name, r in results.items():
             if name != "torchvision":
                 r["vs_torchvision"] = results["torchvision"]["ms"] / r["ms"]  # > 1: faster than torchvision
+    if agreement is not None:
+        results["agreement"] = agreement
     return results
 
 
@@ -336,6 +389,11 @@ def format_results(results: dict) -> str:
     if "latency_bs1" in results:
         rows.append("batch-1 latency, one image to its detections (median of interleaved runs):")
         for name, r in results["latency_bs1"].items():
+            if name == "agreement":
+                rows.append(f"  ours with torchvision's weights vs torchvision ({r['detections'][1]} detections): "
+                            f"boxes within {r['max_box_px']:.1e} px, scores within {r['max_score']:.1e}, "
+                            f"labels {'equal' if r['labels_equal'] else 'DIFFER'}")
+                continue
             speed = f"   {r['vs_torchvision']:.2f}x torchvision's speed" if "vs_torchvision" in r else ""
             rows.append(f"  {name:<14}{r['ms']:>9.1f} ms (min {r['ms_min']:.1f}), {r['precision']}{speed}")
     return "\n".join(rows)

@@ -24,7 +24,10 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     assert rc == 0
     res = json.loads(out.read_text())
     latency = res["latency_bs1"]
-    assert set(latency) == {"ours", "torchvision"}
+    agreement = latency.pop("agreement")  # ours with torchvision's weights computes torchvision's detections
+    assert set(latency) == {"ours", "torchvision", "ours_tv_weights"}
+    assert agreement["detections"] == [100, 100] and agreement["labels_equal"]
+    assert agreement["max_box_px"] < 1e-3 and agreement["max_score"] < 1e-4
     assert all(r["ms"] > 0 and r["iters"] == 1 and r["precision"] == "fp32" for r in latency.values())
     assert latency["ours"]["vs_torchvision"] == pytest.approx(latency["torchvision"]["ms"] / latency["ours"]["ms"])
     for key in ("ours/train_bs2", "ours/infer_bs1", "ours/infer_bs2", "torchvision/train_bs2", "torchvision/infer_bs2"):
@@ -35,6 +38,7 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
+    assert "ours with torchvision's weights vs torchvision (100 detections)" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
