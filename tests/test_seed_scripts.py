@@ -135,7 +135,8 @@ def test_torchrun_relaunch_command():
 
 def test_tiny_train_test_demo_through_the_seed_scripts(tmp_path, capsys):
     generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=4)
-    sets = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+    sets = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128",
+            "data.max_size=160", "data.flip=False",
             "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "eval_at_end=False"]  # fmt: skip
     common = ["--dataset", "synthetic", "--net", "res18", "--data_dir", str(tmp_path / "data")]
     rc = trainval_net.main(["tiny", *common, "--bs", "2", "--nw", "0", "--epochs", "1", "--save_dir",

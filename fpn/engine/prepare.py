@@ -52,26 +52,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def ensure_synthetic(cfg: Config, log=print) -> None:
-    """Generate ``{data_dir}/synthetic`` with the config's ``synth_*`` parameters unless a complete one exists."""
+def ensure_synthetic(cfg: Config, log=print, exact: bool = False) -> None:
+    """Generate ``{data_dir}/synthetic`` with the config's ``synth_*`` parameters unless a complete one (VOC
+    layout) is there. ``exact`` (training): it must have exactly those parameters, another seed or size is
+    regenerated, so ``--set data.synth_seed=N`` trains on seed N's images; without it (testing a checkpoint)
+    any complete one is used."""
     from fpn.data import synthetic
 
-    root = Path(cfg.data.data_dir) / "synthetic"
-    if synthetic.is_complete(root) and "voc" in synthetic.formats(root):
-        return
     d = cfg.data
-    log(f"generating the synthetic dataset in {root} ({d.synth_train} train + {d.synth_test} test images) ...")
+    root = Path(d.data_dir) / "synthetic"
+    found = synthetic.formats(root)
+    if "voc" in found and (not exact or synthetic.matches(root, d.synth_seed, d.synth_train, d.synth_test, found)):
+        return
+    what = "regenerating" if found else "generating"
+    log(f"{what} the synthetic dataset in {root} (seed {d.synth_seed}: {d.synth_train} train + {d.synth_test} "
+        "test images) ...")
     synthetic.generate(root, seed=d.synth_seed, n_train=d.synth_train, n_test=d.synth_test)
 
 
-def resolve(cfg: Config, generate: bool = True, log=print, classes_from: str = "train"):
-    """The dataset's ``DatasetSpec``; for ``synthetic`` the data is generated first when missing. A dataset
-    folder's layout is logged. ``classes_from``: the split whose COCO categories are the classes."""
+def resolve(cfg: Config, generate: bool = True, log=print, classes_from: str = "train", exact: bool = False):
+    """The dataset's ``DatasetSpec``; for ``synthetic`` the data is generated first when missing (or, with
+    ``exact``, when it has other parameters: ``ensure_synthetic``). A dataset folder's layout is logged.
+    ``classes_from``: the split whose COCO categories are the classes."""
     from fpn.data.catalog import resolve_dataset
 
     d = cfg.data
     if generate and d.dataset == "synthetic" and not (d.train_json or d.test_json):
-        ensure_synthetic(cfg, log=log)
+        ensure_synthetic(cfg, log=log, exact=exact)
     spec = resolve_dataset(
         d.dataset, d.data_dir, train_json=d.train_json, train_images=d.train_images, test_json=d.test_json,
         test_images=d.test_images, classes_from=classes_from,

@@ -149,7 +149,7 @@ class _Trainer:
         seed_everything(cfg.seed)
         # the main rank may generate data and write record caches; the others read them afterwards
         if self.main:
-            self.spec = resolve(cfg, generate=True, log=self.say)
+            self.spec = resolve(cfg, generate=True, log=self.say, exact=True)  # the config's synthetic images
             records = split_records(self.spec, "train")
             # read (and so checked) now, not after hours of training
             self.test_records = split_records(self.spec, "test") if cfg.eval_at_end else None

@@ -65,7 +65,7 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     data_dir = tmp_path / "data"
     assert train(data_dir, tmp_path, "--epochs", "1", sets=("data.synth_train=8", "data.synth_test=4")) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"generating the synthetic dataset in {data_dir / 'synthetic'} (8 train + 4 test images)")
+    assert out.startswith(f"generating the synthetic dataset in {data_dir / 'synthetic'} (seed 0: 8 train + 4 test images)")
     assert "[epoch 1/1][iter 2/4] loss " in out and out.rstrip().splitlines()[-1].startswith("mAP = ")
     assert (data_dir / "synthetic" / "DONE").is_file()
     run = run_folder(tmp_path)
@@ -169,7 +169,7 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     real_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
     sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02",
-            "data.train_scales=96", "data.max_size=128")  # fmt: skip
+            "data.train_scales=96", "data.max_size=128", "data.synth_train=4", "data.synth_test=2")  # fmt: skip
     assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "precision: fp16 (asked for; with a GradScaler in training)"

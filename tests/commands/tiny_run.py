@@ -4,7 +4,7 @@ tests/model/detector_helpers.py)."""
 from fpn.cli import main
 
 # 128 px images, no flip, small RPN/RoI batches: 8 images at batch 2 = 4 iterations per epoch
-TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+TINY = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
         "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2"]  # fmt: skip
 
 

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from fpn import config as C
 from fpn.data.synthetic import generate
 
-TINY = ["data.train_scales=128", "data.test_scale=128", "data.max_size=160", "data.flip=False",
+TINY = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128", "data.max_size=160",
+        "data.flip=False",
         "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2",
         "solver.batch_size=1", "solver.epochs=1", "data.workers=0", "eval_at_end=False", "device=cpu"]  # fmt: skip
 
@@ -38,7 +39,7 @@ def _worker(rank, world, port, data_dir, save_dir, out):
 
 
 def test_two_cpu_processes_stay_in_sync(tmp_path):
-    generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=2)
+    generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=4)  # TINY's synth_train / synth_test
     mp.spawn(_worker, args=(2, _free_port(), tmp_path / "data", tmp_path / "runs", tmp_path), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["iteration"] == r1["iteration"] == 4  # 8 images, batch 1, two shards of 4
