@@ -79,8 +79,8 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert [(r["epoch"], r["step"], r["iter"]) for r in train_lines] == [(1, 2, 2), (1, 4, 4)]
     assert set(train_lines[0]["losses"]) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
     assert train_lines[0]["loss"] == pytest.approx(sum(train_lines[0]["losses"].values()))
-    # lr of the logged iteration 4 (0-based 3) of the preset's cosine over 4 iterations, base lr 1e-3
-    assert train_lines[1]["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    # lr of the logged iteration 4 (0-based 3) of the preset's cosine over 4 iterations, base lr 2e-3
+    assert train_lines[1]["lr"] == pytest.approx(2e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)
     assert train_lines[0]["time"] > 0
     assert lines[-1]["type"] == "eval" and lines[-1]["metric"] == "voc07" and 0.0 <= lines[-1]["map"] <= 1.0
     assert json.loads((run / "eval_test.json").read_text())["map"] == lines[-1]["map"]

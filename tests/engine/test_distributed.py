@@ -14,7 +14,7 @@ from fpn.data.synthetic import generate
 
 TINY = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128", "data.max_size=160",
         "data.flip=False",
-        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2",
+        "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2", "solver.lr=1e-3",
         "solver.batch_size=1", "solver.epochs=1", "data.workers=0", "eval_at_end=False", "device=cpu"]  # fmt: skip
 
 

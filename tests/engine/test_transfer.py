@@ -125,6 +125,7 @@ def test_init_onto_a_subset_with_a_renamed_class_keeps_the_matched_classes_ap(tm
     cfg = C.synthetic()
     d, m = cfg.data, cfg.model
     d.train_scales, d.test_scale, d.max_size, d.flip, d.workers = (120,), 120, 160, False, 0
+    d.test_max_size, m.nms_thresh = 0, 0.5
     m.fpn_channels = m.rpn_channels = 64
     m.fc_dim, m.roi_canonical_size = 128, 64.0
     m.rpn_batch_per_image = m.roi_batch_per_image = 64
