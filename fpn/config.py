@@ -206,13 +206,13 @@ def synthetic() -> Config:
     m.rpn_post_nms_top_n_test = 300
     m.roi_batch_per_image = 256  # twice the RoIs of 128: +0.02-0.06 mAP for ~15% more time per step
     m.nms_thresh = 0.4  # objects overlap little in these images
-    s.batch_size = 8
-    s.reference_batch = 8
+    s.batch_size = 4  # twice the updates of batch 8 for ~7% more time: +0.02 mAP (generator seed 3, fp32)
+    s.reference_batch = 4
     s.optimizer = "adamw"
     s.lr = 2e-3
     s.weight_decay = 0.05
     s.lr_schedule = "cosine"
-    s.epochs = 1  # 3200 images x 2 (flipped copies) / 8 = 800 iterations: fresh images beat repeated epochs
+    s.epochs = 1  # 3200 images x 2 (flipped copies) / 4 = 1600 iterations: fresh images beat repeated epochs
     s.lr_decay_epochs = ()
     s.warmup_iters = 100
     cfg.eval_at_end = True
