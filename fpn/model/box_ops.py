@@ -18,19 +18,28 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
+def _batched_intersection(a: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection area of every box of ``a`` with every box of ``boxes``, per image.
+
+    a: (N, M, 4); boxes: (N, B, 4) or (B, 4) (shared by all images, e.g. anchors) -> ((N, M, B) areas,
+    ``boxes`` as (N or 1, B, 4)).
+    """
+    if boxes.dim() == 2:
+        boxes = boxes.unsqueeze(0)  # (1, B, 4), broadcast over images
+    r = a.unsqueeze(2)  # (N, M, 1, 4)
+    b = boxes.unsqueeze(1)  # (N or 1, 1, B, 4)
+    iw = (torch.minimum(r[..., 2], b[..., 2]) - torch.maximum(r[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.minimum(r[..., 3], b[..., 3]) - torch.maximum(r[..., 1], b[..., 1])).clamp(min=0)
+    return iw * ih, boxes
+
+
 def batched_iou(gt: Tensor, boxes: Tensor) -> Tensor:
     """IoU of every ground truth with every box, per image.
 
     gt: (N, G, 4); boxes: (N, B, 4) or (B, 4) (shared by all images, e.g. anchors) -> (N, G, B).
     Pairs with an empty union get IoU 0.
     """
-    if boxes.dim() == 2:
-        boxes = boxes.unsqueeze(0)  # (1, B, 4), broadcast over images
-    g = gt.unsqueeze(2)  # (N, G, 1, 4)
-    b = boxes.unsqueeze(1)  # (N or 1, 1, B, 4)
-    iw = (torch.minimum(g[..., 2], b[..., 2]) - torch.maximum(g[..., 0], b[..., 0])).clamp(min=0)
-    ih = (torch.minimum(g[..., 3], b[..., 3]) - torch.maximum(g[..., 1], b[..., 1])).clamp(min=0)
-    inter = iw * ih  # (N, G, B)
+    inter, boxes = _batched_intersection(gt, boxes)  # (N, G, B)
     union = box_area(gt).unsqueeze(2) + box_area(boxes).unsqueeze(1) - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
@@ -40,14 +49,9 @@ def batched_ioa(regions: Tensor, boxes: Tensor) -> Tensor:
 
     regions: (N, M, 4); boxes: (N, B, 4) or (B, 4) -> (N, M, B). Empty boxes get 0.
     """
-    if boxes.dim() == 2:
-        boxes = boxes.unsqueeze(0)  # (1, B, 4), broadcast over images
-    r = regions.unsqueeze(2)  # (N, M, 1, 4)
-    b = boxes.unsqueeze(1)  # (N or 1, 1, B, 4)
-    iw = (torch.minimum(r[..., 2], b[..., 2]) - torch.maximum(r[..., 0], b[..., 0])).clamp(min=0)
-    ih = (torch.minimum(r[..., 3], b[..., 3]) - torch.maximum(r[..., 1], b[..., 1])).clamp(min=0)
+    inter, boxes = _batched_intersection(regions, boxes)  # (N, M, B)
     area = box_area(boxes).unsqueeze(1)  # (N or 1, 1, B)
-    return torch.where(area > 0, iw * ih / area.clamp(min=1e-12), torch.zeros_like(iw))
+    return torch.where(area > 0, inter / area.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
