@@ -3,8 +3,6 @@ puts tests/, the folder of tests/conftest.py, on the import path)."""
 
 import torch
 
-from tiny_model import small_config  # noqa: F401  (tests/tiny_model.py; re-exported for the model tests)
-
 
 def rectangles_batch():
     """Two 128x128 noise images with coloured rectangles (class 1 red, 2 green, 3 blue)."""

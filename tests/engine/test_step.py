@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from detector_helpers import rectangles_batch, small_config
+from detector_helpers import rectangles_batch
+from tiny_model import small_config
 from fpn.engine.schedule import build_optimizer
 from fpn.engine.step import TrainStep
 from fpn.model import build_detector

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detector_helpers import small_config
+from tiny_model import small_config
 from fpn.config import Config
 
 
