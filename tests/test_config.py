@@ -102,3 +102,19 @@ def test_coco_presets_are_the_1x_schedule():
     assert (d.train_scales, d.test_scale, d.max_size, d.flip, d.flip_random) == ((800,), 800, 1333, True, True)
     assert cfg.eval_at_end and C.get_preset("coco_res101").model.backbone == "res101"
     assert C.preset_for_dataset("/my/coco_json_folder").preset == "voc07_res101"  # own datasets: the VOC recipe
+
+
+def test_synthetic_preset_sees_each_of_its_images_once_in_1600_batches_of_4():
+    from fpn.data.loader import GroupedBatchSampler
+
+    cfg = C.get_preset("synthetic")
+    d, s = cfg.data, cfg.solver
+    # the quickstart's dataset is the one `fpn synth` writes by default, so one reuses the other's folder
+    assert (d.synth_train, d.synth_test) == (C.DataConfig().synth_train, C.DataConfig().synth_test) == (6400, 300)
+    assert (d.flip, d.flip_random, s.batch_size, s.epochs) == (True, True, 4, 1)
+    # one orientation group, the image or its mirror per item: 6400 / 4 batches in the epoch
+    sampler = GroupedBatchSampler([0] * (2 * d.synth_train), s.batch_size, d.train_scales, random_mirror=True)
+    batches = sampler.epoch_batches(1)
+    assert len(sampler) == len(batches) == 1600
+    images = sorted(i % d.synth_train for b in batches for i, _ in b)
+    assert images == list(range(d.synth_train))
