@@ -121,7 +121,8 @@ def test_init_onto_a_subset_with_a_renamed_class_keeps_the_matched_classes_ap(tm
     """A model learns three classes (VOC names); its weights start a model for a dataset of the same images with two of
     them, one under its COCO name, and a new class: before any training the matched classes have the source's AP."""
     source_classes = ("motorbike", "person", "sofa")
-    records = _rectangles(tmp_path / "images", 6)  # ~6 objects per class: with 3 images AP was too coarse for the 0.02 below (AVX2 kernels failed it)
+    # ~6 objects per class: with 3 images AP moved in steps too coarse for the 0.02 below (failed on AVX2 kernels)
+    records = _rectangles(tmp_path / "images", 6)
     cfg = C.synthetic()
     d, m = cfg.data, cfg.model
     d.train_scales, d.test_scale, d.max_size, d.flip, d.workers = (120,), 120, 160, False, 0
