@@ -105,16 +105,19 @@ def test_coco_presets_are_the_1x_schedule():
 
 
 def test_synthetic_preset_sees_each_of_its_images_once_in_1600_batches_of_4():
-    from fpn.data.loader import GroupedBatchSampler
+    import numpy as np
+
+    from fpn.data.loader import build_train_loader
 
     cfg = C.get_preset("synthetic")
     d, s = cfg.data, cfg.solver
     # the quickstart's dataset is the one `fpn synth` writes by default, so one reuses the other's folder
     assert (d.synth_train, d.synth_test) == (C.DataConfig().synth_train, C.DataConfig().synth_test) == (6400, 300)
-    assert (d.flip, d.flip_random, s.batch_size, s.epochs) == (True, True, 4, 1)
-    # one orientation group, the image or its mirror per item: 6400 / 4 batches in the epoch
-    sampler = GroupedBatchSampler([0] * (2 * d.synth_train), s.batch_size, d.train_scales, random_mirror=True)
-    batches = sampler.epoch_batches(1)
-    assert len(sampler) == len(batches) == 1600
+    # the trainer's loader over records of one orientation (one group): the image or its mirror per item
+    records = [{"id": str(i), "image": f"{i}.jpg", "width": 320, "height": 240, "boxes": np.zeros((0, 4)),
+                "labels": np.zeros(0, np.int64), "difficult": np.zeros(0, bool)} for i in range(d.synth_train)]
+    loader = build_train_loader(cfg, records, ("a",))
+    batches = loader.batch_sampler.epoch_batches(1)
+    assert len(loader) == len(batches) == 1600 and {len(b) for b in batches} == {s.batch_size} and s.epochs == 1
     images = sorted(i % d.synth_train for b in batches for i, _ in b)
     assert images == list(range(d.synth_train))
