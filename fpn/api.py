@@ -171,6 +171,7 @@ class _TorchRunner:
 
     @torch.inference_mode()
     def __call__(self, images: list[torch.Tensor], batch_size: int) -> list[dict[str, np.ndarray]]:
+        from fpn.data.targets import to_device
         from fpn.data.transforms import batch_images, is_normalized, transform_image
         from fpn.engine.device import autocast
 
@@ -190,11 +191,10 @@ class _TorchRunner:
                 chunk = members[start:start + batch_size]
                 batch, sizes = batch_images([resized[i] for i in chunk], normalization, d.size_divisible)
                 with autocast(self.device, self.amp):
-                    outs = self.model(batch.to(self.device), sizes,
-                                      original_sizes=[tuple(images[i].shape[-2:]) for i in chunk])
+                    outs = self.model.detect_to_host(to_device(batch, self.device), sizes,
+                                                     original_sizes=[tuple(images[i].shape[-2:]) for i in chunk])
                 for i, out in zip(chunk, outs):
-                    outputs[i] = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-                                  for k, v in out.items()}  # fmt: skip
+                    outputs[i] = {k: v.numpy() for k, v in out.items()}
         return outputs
 
 

@@ -1,8 +1,9 @@
 """The ``fpn`` command line: ``fpn train|test|demo|export|synth|voc-eval|coco-eval|bench|convert``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
-this file only dispatches. A ``UserError`` becomes one line on stderr and exit code 2; a ``DataWarning``
-one ``warning: ...`` line.
+this file only dispatches. A ``UserError`` becomes one line on stderr and its exit code (2; 3 a diverged
+loss, 4 out of memory); a ``DataWarning`` one ``warning: ...`` line. ``--set KEY=VALUE ...`` lists end at the
+first argument without ``=`` (:func:`end_set_lists`), in every command that has one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import sys
 import warnings
 
-from fpn.errors import DataWarning, UserError
+from fpn.errors import DataWarning, OutOfMemory, UserError
 
 # subcommand -> (module, one-line help); modules are imported lazily so `fpn --help` stays fast
 COMMANDS = {
@@ -38,13 +39,52 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def end_set_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with each ``--set`` list (an option ``--set`` with ``nargs="+", action="extend"``, in
+    ``parser`` or a subcommand's) ending at the first argument without ``=``, which argparse would otherwise
+    take too (``fpn demo --set data.test_scale=208 a.jpg b.jpg``: the images). Each value becomes
+    ``--set=KEY=VALUE``, of which argparse takes exactly one, and the rest is parsed as written. After ``--``
+    nothing is touched; a ``--set`` without a ``KEY=VALUE`` after it is a usage error (``parser.error``)."""
+    options = _set_options(parser)
+    out: list[str] = []
+    option, has_value = None, False  # the --set whose list is open, and whether it has a value yet
+    for i, token in enumerate(argv):
+        if option and "=" in token and not token.startswith("-"):
+            out.append(f"{option}={token}")
+            has_value = True
+            continue
+        if option and not has_value:
+            parser.error(f"{option} {token}: expected KEY=VALUE (other arguments go before {option} or after --)")
+        if token == "--":
+            return out + argv[i:]
+        option, has_value = (token if token in options else None), False
+        if option is None:
+            out.append(token)
+            given = token.split("=", 1)[0]  # --set=KEY=VALUE opens a list too
+            option, has_value = (given, True) if "=" in token and given in options else (None, False)
+    if option and not has_value:
+        parser.error(f"{option}: expected at least one KEY=VALUE")
+    return out
+
+
+def _set_options(parser: argparse.ArgumentParser) -> set[str]:
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _set_options(sub)
+        elif isinstance(action, argparse._ExtendAction) and action.nargs == "+" and "--set" in action.option_strings:
+            found |= set(action.option_strings)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(end_set_lists(parser, argv))
     if args.command is None:
         parser.print_help()
         return 2
@@ -58,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _out_of_memory_errors() as e:  # where no step names what it held (fpn.engine.device.out_of_memory)
+        print(f"error: out of memory ({str(e).strip().splitlines()[0][:200]}); try a smaller --bs or smaller images",
+              file=sys.stderr)  # fmt: skip
+        return OutOfMemory.exit_code
+
+
+def _out_of_memory_errors() -> tuple:
+    from fpn.engine.device import OUT_OF_MEMORY
+
+    return OUT_OF_MEMORY
 
 
 def _show_data_warnings_as_one_line() -> None:

@@ -62,9 +62,15 @@ class ModelConfig:
     backbone_width: int = 64  # channels of the stem / layer1; 64 is torchvision's ResNet (smaller: from scratch only)
     pretrained: str = "imagenet"  # imagenet (torchvision weights) | none | path to a .pth file
     norm: str = "frozen_bn"  # frozen_bn | bn | gn  (bn/gn when training from scratch)
+    fuse_frozen_bn: bool = True  # frozen BatchNorm applied through its convolution's weight and bias (no pass over
+    #   the activations; same outputs and gradients up to rounding); False: torchvision's FrozenBatchNorm2d as is
     freeze_at: int = 1  # 0: nothing frozen, 1: stem + layer1 frozen, 2: + layer2 ...
     fpn_channels: int = 256
-    channels_last: bool = False  # NHWC convolutions: much faster on the CPU (oneDNN); not measured on GPUs yet
+    channels_last: bool = True  # NHWC convolutions: much faster on the CPU (oneDNN), +10-15% on an H200 (training
+    #   and inference, docs/PERFORMANCE.md); False: NCHW
+    compile: str = ""  # "" (eager) or a torch.compile backend ("inductor") for backbone + FPN: fuses their elementwise
+    #   work on a GPU (measure it: docs/PERFORMANCE.md); slow to compile on a CPU. A few input sizes (a larger
+    #   data.size_divisible) keep recompiles rare; after the second size torch compiles for any size
     # anchors: one size per level P2..P6
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -116,6 +122,9 @@ class ModelConfig:
     #   (torchvision)
     pool_aligned: bool = True  # RoIAlign with the half-pixel shift; False: torchvision's detection models (no shift,
     #   boxes at least 1 feature pixel wide)
+    # implementations (the same results; "auto" picks by device: docs/ARCHITECTURE.md, "CUDA-only branches")
+    pool_impl: str = "auto"  # auto | sparse (CPU) | packed (CUDA, no host sync) | torchvision (per level)
+    nms_impl: str = "auto"  # auto | mask (keep masks, Triton on CUDA: no host sync) | offset | segment (CPU threads)
     # a whole detector's starting weights (fpn train --init): a checkpoint; box-predictor classes matched by name
     init: str = ""
 
@@ -141,6 +150,11 @@ class SolverConfig:
     amp: str = "auto"  # auto | none | bf16 | fp16 (auto: bf16 where native, fp16 on older GPUs, else fp32)
     amp_used: str = ""  # written by a run: what amp resolved to on its device (none | bf16 | fp16); not read
     clip_grad_norm: float = 0.0  # 0 disables
+    # long runs (fpn.engine.trainer): mid-epoch checkpoints every N iterations ("500") or every so long ("30m",
+    # "2h", "90s"); "" only at epoch ends (and on a stop signal)
+    checkpoint_every: str = ""
+    keep_checkpoints: int = 2  # mid-epoch checkpoints (interval and interrupted) kept, newest; 0: all. Epoch ends: all
+    stop_signal: str = ""  # besides SIGTERM, this signal (USR1 | USR2) also stops, saves and exits 75 (SLURM --signal)
 
 
 @dataclass
@@ -197,7 +211,6 @@ def synthetic() -> Config:
     m.norm = "bn"
     m.freeze_at = 0
     m.fpn_channels = 64
-    m.channels_last = True
     m.rpn_channels = 64
     m.fc_dim = 256
     m.anchor_sizes = (16, 32, 64, 128, 256)
@@ -383,7 +396,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` strings (``--set``); values are Python/JSON literals or bare strings."""
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"--set {item}: expected key=value, e.g. model.backbone=res50")
+            raise UserError(f"--set {item}: expected key=value, e.g. model.backbone=res50 (other arguments go "
+                            "before --set or after --)")  # fmt: skip
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         target: Any = cfg

@@ -12,6 +12,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class OutOfMemory(UserError):
+    """The device ran out of memory: a one-line error naming the batch, image size and precision and what to
+    change (``fpn.engine.device.out_of_memory``), exit code 4."""
+
+    exit_code = 4
+
+
 class DataWarning(UserWarning):
     """Something in the user's data was repaired or left out (e.g. bad boxes dropped); the CLI prints it as
     one ``warning: ...`` line."""

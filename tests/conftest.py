@@ -9,6 +9,9 @@ to those devices; ``scripts/gpu_check.sh`` uses it, and asking for CUDA where th
 
 ``tiny_checkpoint`` / ``tiny_onnx``: a tiny trained detector checkpoint and its ONNX export, shared by the
 API, export and command tests (session fixtures; the images and config they use are in tiny_model.py).
+
+Without CUDA, Triton kernels (``fpn.model.triton_nms``) run in Triton's interpreter on CPU tensors
+(``TRITON_INTERPRET=1``, set here before anything imports them), so tests cover them on a CPU too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from fpn.config import to_dict
 from tiny_model import CLASSES, TRAIN_SIZES, rectangles_image, tiny_config

@@ -1,6 +1,8 @@
-"""Precision on the command line: every command and seed script defaults to ``--amp auto``, prints what
-it resolved to, and an explicit ``--amp bf16`` on a device without native bf16 is a one-line error."""
+"""The command line: every command and seed script defaults to ``--amp auto``, prints what it resolved to,
+and an explicit ``--amp bf16`` on a device without native bf16 is a one-line error; ``--set`` lists end at
+the first argument without ``=`` in every command that has one."""
 
+import argparse
 import importlib.util
 import os
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fpn.cli import main
+from fpn.cli import COMMANDS, build_parser, end_set_lists, main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_NATIVE = "--amp bf16: CPU without native bf16, bf16 would be emulated and slow; use --amp auto or none (fp32)"
@@ -86,3 +88,47 @@ def test_avx2_only_cpu_picks_fp32_and_refuses_bf16(tmp_path):
             err = out.stderr.strip()
             assert err.startswith("error: --amp bf16: ") and err.endswith("use --amp auto or none (fp32)")
             assert "\n" not in err and not out.stdout
+
+
+def _subcommand(command):
+    (action,) = build_parser(command)._subparsers._group_actions
+    return action.choices[command]
+
+
+def test_set_lists_end_at_the_first_argument_without_equals_in_every_command():
+    with_set = [c for c in COMMANDS if "--set" in _subcommand(c)._option_string_actions]
+    assert {"train", "test", "demo", "export"} <= set(with_set)
+    for command in with_set:
+        parser = build_parser(command)
+        argv = [command, "--set", "a.b=1", "c.d=[1, 2]", "img1.jpg", "--x", "--set", "e=f", "--", "g=h.jpg"]
+        assert end_set_lists(parser, argv) == [command, "--set=a.b=1", "--set=c.d=[1, 2]", "img1.jpg", "--x",
+                                               "--set=e=f", "--", "g=h.jpg"], command  # fmt: skip
+
+    demo = build_parser("demo")
+    args = demo.parse_args(end_set_lists(demo, ["demo", "--checkpoint", "c.pth", "--set", "data.test_scale=208",
+                                                "img1.jpg", "img2.jpg", "--out", "o"]))  # fmt: skip
+    assert (args.images, args.overrides, args.out) == (["img1.jpg", "img2.jpg"], ["data.test_scale=208"], "o")
+
+    # any command defining --set this way (fpn bench's, the seed scripts') is covered, positional arguments too
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command").add_parser("other")
+    sub.add_argument("inputs", nargs="*")
+    sub.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
+    args = parser.parse_args(end_set_lists(parser, ["other", "--set", "a=1", "b=2", "x", "y", "--set=c=3", "d=4"]))
+    assert (args.inputs, args.overrides) == (["x", "y"], ["a=1", "b=2", "c=3", "d=4"])
+    trainval = _seed_script("trainval_net").__globals__["build_parser"]()
+    args = trainval.parse_args(end_set_lists(trainval, ["--set", "solver.lr=0.1", "my_exp", "--bs", "4"]))
+    assert (args.exp_name, args.set_cfgs, args.bs) == ("my_exp", ["solver.lr=0.1"], 4)
+
+
+def test_a_set_without_key_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--checkpoint", "c.pth", "--out", "o", "--set", "img1.jpg"])
+    assert e.value.code == 2
+    assert "--set img1.jpg: expected KEY=VALUE (other arguments go before --set or after --)" in capsys.readouterr().err
+
+
+def test_train_help_names_every_kind_of_dataset():
+    text = " ".join(_subcommand("train").format_help().split())
+    assert ("--dataset DATASET pascal_voc, pascal_voc_0712, synthetic, coco, or a dataset folder (VOC layout or COCO "
+            "JSON)") in text  # fmt: skip

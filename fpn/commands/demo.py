@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                leave=False)  # fmt: skip
     for start in range(0, len(paths), CHUNK):  # a chunk of images in memory at a time
         chunk = paths[start:start + CHUNK]
-        for i, (path, det) in enumerate(zip(chunk, detector.predict(chunk, batch_size=args.bs)), start):
+        for i, (path, det) in enumerate(zip(chunk, _predict(detector, chunk, args)), start):
             output = {"boxes": det.boxes, "scores": det.scores, "labels": det.labels}
             name = names[i]
             with Image.open(path) as im:
@@ -133,3 +133,15 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "detections.json", json.dumps(info, indent=1) + "\n")
     print(f"wrote {len(paths)} image(s) and detections.json to {out}")
     return 0
+
+
+def _predict(detector, paths: list[Path], args: argparse.Namespace) -> list:
+    """``detector.predict``; out of memory (``--checkpoint`` on a GPU) is a one-line error."""
+    from fpn.engine.device import OUT_OF_MEMORY, resolve_device, resolve_precision, test_out_of_memory
+
+    try:
+        return detector.predict(paths, batch_size=args.bs)
+    except OUT_OF_MEMORY:
+        device = resolve_device(args.device)
+        cfg = detector._runner.cfg  # a --checkpoint's config (ONNX runs on the CPU)
+        raise test_out_of_memory(device, "test step", args.bs, cfg.data, resolve_precision(args.amp, device)) from None

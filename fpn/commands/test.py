@@ -33,7 +33,7 @@ from fpn.engine.checkpoint import (
     dataset_dirname,
     load_checkpoint,
 )
-from fpn.engine.device import AMP_MODES, resolve_device, resolve_precision
+from fpn.engine.device import AMP_MODES, OUT_OF_MEMORY, resolve_device, resolve_precision, test_out_of_memory
 from fpn.errors import UserError
 
 
@@ -96,9 +96,11 @@ def run(args: argparse.Namespace) -> int:
     records = split_records(spec, "test")
     split = spec.test_sets[0].split
     model = build_model_from_checkpoint(ckpt, path, cfg, device)
-    ids, outputs = predict_records(
-        model, cfg, records, classes, device, args.bs, amp=precision.amp, progress=args.progress, desc=f"test {split}"
-    )
+    try:
+        ids, outputs = predict_records(model, cfg, records, classes, device, args.bs, amp=precision.amp,
+                                       progress=args.progress, desc=f"test {split}")  # fmt: skip
+    except OUT_OF_MEMORY:
+        raise test_out_of_memory(device, "test step", args.bs, cfg.data, precision) from None
 
     out_dir = Path(args.output_dir) if args.output_dir else path.parent / f"test_{dataset_dirname(cfg.data.dataset)}"
     _, result = evaluate_outputs(ids, outputs, records, classes, metric, split, out_dir / "results", spec=spec)

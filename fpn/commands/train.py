@@ -3,20 +3,29 @@
 The config is built in layers, each overriding the one before:
 
 1. the dataset's preset (``fpn.config.preset_for_dataset``; ``--preset`` names another), or, with
-   ``--resume`` and no ``--config``, the checkpoint's own config;
+   ``--resume PATH`` and no ``--config``, the checkpoint's own config;
 2. ``--config FILE`` (a ``config.json`` saved by an earlier run);
 3. the flags (``--net``, ``--bs``, ``--lr``, ``--init`` ...);
 4. ``--set section.field=value`` overrides, in order.
 
 The resolved config is saved as ``config.json`` in the run folder ``{save_dir}/{net}/{dataset}/{exp_name}/``.
+
+``--resume auto`` resolves the config as a new run would (so a requeued job runs the very command that
+started it), then continues from the newest complete checkpoint of that run folder
+(``fpn.engine.checkpoint.newest_checkpoint``: a truncated newest file falls back to the one before, with a
+warning), or starts fresh when there is none. Exit codes: 0 done, 2 a usage error, 3 a diverged loss,
+4 out of memory, 75 stopped by SIGTERM / ``--stop-signal`` with the state saved (requeue and rerun), 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import os
+import sys
+
 from fpn import config as C
-from fpn.engine.checkpoint import has_training_state, load_checkpoint
+from fpn.engine.checkpoint import has_training_state, is_mid_epoch, load_checkpoint, newest_checkpoint, run_dir
 from fpn.engine.device import AMP_MODES
 from fpn.engine.prepare import NETS
 from fpn.errors import UserError
@@ -38,12 +47,14 @@ _FLAG_FIELDS = {
     "device": (None, "device"),
     "seed": (None, "seed"),
     "log_interval": (None, "log_interval"),
+    "checkpoint_every": ("solver", "checkpoint_every"),
+    "stop_signal": ("solver", "stop_signal"),
 }
+DATASETS = "pascal_voc, pascal_voc_0712, synthetic, coco, or a dataset folder (VOC layout or COCO JSON)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="pascal_voc | pascal_voc_0712 | synthetic | path of a VOC-layout folder "
-                   "(default: the --config's or --resume checkpoint's dataset)")  # fmt: skip
+    p.add_argument("--dataset", help=f"{DATASETS} (default: the --config's or --resume checkpoint's dataset)")
     p.add_argument("--net", help=f"backbone: {', '.join(NETS)} (preset: res101 for VOC, res18 for synthetic)")
     p.add_argument("--data-dir", help="folder holding VOCdevkit2007/..., synthetic/ (default: data)")
     p.add_argument("--save-dir", help="runs are written to SAVE_DIR/NET/DATASET/EXP_NAME/ (default: runs)")
@@ -65,8 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"start from this preset instead of the dataset's ({', '.join(C.PRESETS)})")
     p.add_argument("--config", metavar="FILE", help="start from this config.json (e.g. from an earlier run)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override config fields, e.g. --set model.fpn_channels=128 solver.warmup_iters=0")  # fmt: skip
-    p.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
+                   help="override config fields, e.g. --set model.fpn_channels=128 solver.warmup_iters=0 (the list "
+                   "ends at the first argument without '=')")  # fmt: skip
+    p.add_argument("--resume", metavar="PATH|auto", help="continue training from this checkpoint; auto: from the "
+                   "newest complete checkpoint of the run folder, or from scratch when there is none (a requeued "
+                   "job reruns the same command)")  # fmt: skip
+    p.add_argument("--checkpoint-every", metavar="N|TIME", help="also checkpoint within epochs, every N iterations "
+                   "(500) or every TIME (90s, 30m, 2h); the newest solver.keep_checkpoints (2) of those stay")
+    p.add_argument("--stop-signal", metavar="USR1|USR2", help="this signal, like SIGTERM, stops training after the "
+                   "current iteration, saves a checkpoint and exits with code 75 (e.g. SLURM --signal=B:USR1@120)")
     p.add_argument("--init", metavar="CKPT", help="start from all weights of this detection checkpoint (e.g. from fpn "
                    "convert); box-predictor rows of classes with the same name (or a VOC/COCO alias) are kept, "
                    "new classes start fresh")  # fmt: skip
@@ -76,12 +94,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="show progress bars (on a terminal; default: on)")  # fmt: skip
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[C.Config, tuple | None]:
+def resolve_config(args: argparse.Namespace, log=print) -> tuple[C.Config, tuple | None]:
     """(config, resume) from the flags; ``resume`` is (path, checkpoint dict) or None. See module docstring."""
     resume = None
+    if args.resume and args.init:
+        raise UserError("--init: cannot be combined with --resume (a resumed run has its weights)")
+    if args.resume == "auto":
+        return _resume_auto(args, log)
     if args.resume:
-        if args.init:
-            raise UserError("--init: cannot be combined with --resume (a resumed run has its weights)")
         resume = (args.resume, load_checkpoint(args.resume, flag="--resume"))
         if not has_training_state(resume[1]):
             raise UserError(f"--resume {args.resume}: holds weights only (no optimiser state, e.g. from fpn convert); "
@@ -95,7 +115,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[C.Config, tuple | None]:
     elif args.dataset:
         cfg = C.preset_for_dataset(args.dataset)
     else:
-        raise UserError("--dataset is required (pascal_voc, pascal_voc_0712, synthetic or a VOC-layout folder)")
+        raise UserError(f"--dataset is required ({DATASETS})")
     if args.preset and (args.config or resume is not None):
         raise UserError("--preset: cannot be combined with --config or --resume (they carry a whole config)")
     if args.dataset:
@@ -112,12 +132,67 @@ def resolve_config(args: argparse.Namespace) -> tuple[C.Config, tuple | None]:
     return cfg, resume
 
 
-def run(args: argparse.Namespace) -> int:
-    from fpn.engine.trainer import train
+def _resume_auto(args: argparse.Namespace, log) -> tuple[C.Config, tuple | None]:
+    """``--resume auto``: the config of a new run, and the newest complete checkpoint of its run folder (of
+    ``--session`` when given), or None. One line says which it took (rank 0 under torchrun)."""
+    fresh = argparse.Namespace(**{**vars(args), "resume": None})
+    cfg, _ = resolve_config(fresh)
+    folder = run_dir(cfg.save_dir, cfg.model.backbone, cfg.data.dataset, cfg.exp_name)
+    found = newest_checkpoint(folder, args.session, warn=lambda line: log(f"warning: {line}", file=sys.stderr))
+    if found is None:
+        log(f"--resume auto: no checkpoint in {folder}; training from the start")
+        return cfg, None
+    path, ckpt = found
+    log(f"--resume auto: {path} (epoch {ckpt['epoch']}, step {ckpt['step']}, iteration {ckpt['iteration']})"
+        + (f": all {cfg.solver.epochs} epochs are done, nothing to train" if _finished(ckpt, cfg) else ""))  # fmt: skip
+    differ = _differences(C.to_dict(cfg), ckpt["config"])
+    if differ:
+        log(f"note: this command's config differs from the checkpoint's in {', '.join(differ)} (the command's apply)")
+    return cfg, (str(path), ckpt)
 
-    cfg, resume = resolve_config(args)
+
+def _finished(ckpt: dict, cfg: C.Config) -> bool:
+    return not is_mid_epoch(ckpt) and int(ckpt["epoch"]) >= cfg.solver.epochs
+
+
+# filled in by a run (the precision it resolved, the synthetic dataset it found), not settings to compare
+_RECORDED = ("solver.amp_used", "data.synth_seed", "data.synth_train", "data.synth_test")
+
+
+def _differences(now: dict, saved: dict, prefix: str = "") -> list[str]:
+    """Config keys whose values differ between ``now`` and ``saved`` (``to_dict`` output)."""
+    keys = []
+    for key, value in now.items():
+        name, old = f"{prefix}{key}", saved.get(key, value)
+        if isinstance(value, dict) and isinstance(old, dict):
+            keys += _differences(value, old, f"{name}.")
+        elif name not in _RECORDED and _plain(value) != _plain(old):
+            keys.append(name)
+    return keys
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _say(line: str, file=None) -> None:
+    """Print on rank 0 only (torchrun starts one process per GPU, each resolving the command line)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=file or sys.stdout, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpn.engine.trainer import REQUEUE_EXIT_CODE, train
+
+    cfg, resume = resolve_config(args, log=_say)
+    if args.resume == "auto" and resume is not None and _finished(resume[1], cfg):
+        return 0  # e.g. a requeued job whose training had finished
     session = args.session
     if session is None:
         session = int(resume[1]["session"]) if resume is not None else 1
-    result = train(cfg, session=session, resume=resume, tensorboard=args.tensorboard, progress=args.progress)
-    return 130 if result.interrupted else 0
+    asked = [item.split("=", 1)[0].strip() for item in args.overrides]
+    result = train(cfg, session=session, resume=resume, tensorboard=args.tensorboard, progress=args.progress,
+                   asked=asked)  # fmt: skip
+    if result.interrupted:
+        return REQUEUE_EXIT_CODE if result.requeue else 130
+    return 0

@@ -8,7 +8,7 @@ Pieces, each replaceable:
   stays small; order and per-image scales are a pure function of (seed, epoch); DDP ranks get disjoint
   batches, the same number each.
 - :class:`Collator`: zero-pads a list of images into one tensor (bottom/right, multiple of
-  ``size_divisible``).
+  ``size_divisible``) and the targets into a ``GroundTruth``.
 - :class:`DetectionLoader`: a ``DataLoader`` that turns an unreadable image, also one met in a worker
   process, into a one-line ``UserError`` naming the file (instead of the worker's traceback text).
 """
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
+from fpn.data.targets import GroundTruth, pad_targets
 from fpn.data.transforms import (
     RESIZES, batch_images, check_scales, is_normalized, normalize, pick_scales, read_image, transform_image,
 )
@@ -34,26 +35,33 @@ from fpn.errors import UserError
 class Batch:
     """What the model consumes. ``images`` float32 (N, 3, H, W) zero-padded at the bottom/right;
     ``image_sizes`` (h, w) of each image before padding; ``targets`` {"boxes" float32 (K, 4) continuous
-    xyxy in input pixels, "labels" int64 (K,)}; ``metas`` {"id", "image" (path), "orig_size" (h, w),
-    "scale" (the resize factor: input size = original * scale, rounded or floored per axis), "flipped"}."""
+    xyxy in input pixels, "labels" int64 (K,)[, "crowd_boxes" (M, 4)]}, per image, always on the host;
+    ``metas`` {"id", "image" (path), "orig_size" (h, w), "scale" (the resize factor: input size = original *
+    scale, rounded or floored per axis), "flipped"}; ``gt`` the targets padded into a few tensors
+    (``fpn.data.targets.GroundTruth``: what training feeds the model, one copy per field to the device)."""
 
     images: torch.Tensor
     image_sizes: list[tuple[int, int]]
     targets: list[dict[str, torch.Tensor]]
     metas: list[dict]
+    gt: GroundTruth | None = None  # None: padded from ``targets`` when needed
 
     def __len__(self) -> int:
         return len(self.image_sizes)
 
+    def padded_targets(self) -> GroundTruth:
+        return self.gt if self.gt is not None else pad_targets(self.targets, "cpu")
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The images and the padded targets on ``device``; ``targets`` stay on the host."""
         images = self.images.to(device, non_blocking=non_blocking)
-        targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in self.targets]
-        return Batch(images, self.image_sizes, targets, self.metas)
+        gt = self.padded_targets().to(device, non_blocking=non_blocking)
+        return Batch(images, self.image_sizes, self.targets, self.metas, gt)
 
     def pin_memory(self) -> "Batch":
-        """Called by ``DataLoader(pin_memory=True)`` in its pinning thread."""
-        targets = [{k: v.pin_memory() for k, v in t.items()} for t in self.targets]
-        return Batch(self.images.pin_memory(), self.image_sizes, targets, self.metas)
+        """Called by ``DataLoader(pin_memory=True)`` in its pinning thread: page-locks what ``to`` copies."""
+        gt = self.padded_targets().pin_memory()
+        return Batch(self.images.pin_memory(), self.image_sizes, self.targets, self.metas, gt)
 
 
 @dataclass
@@ -155,8 +163,9 @@ def training_objects(record: dict, use_difficult: bool = False) -> tuple[np.ndar
 class Collator:
     """List of dataset samples -> :class:`Batch`: the images normalised (unless ``resize`` gives them
     normalised already, ``transforms.is_normalized``) into one zero-padded float32 tensor by
-    :func:`fpn.data.transforms.batch_images`. In a worker process the tensor is allocated in shared memory
-    (as torch's default collate does), saving a copy. Passes a :class:`LoadFailure` on."""
+    :func:`fpn.data.transforms.batch_images`, the targets padded (``Batch.gt``, here in the worker rather than
+    in the training step). In a worker process the tensor is allocated in shared memory (as torch's default
+    collate does), saving a copy. Passes a :class:`LoadFailure` on."""
 
     def __init__(self, size_divisible: int = 32, normalization: str = "imagenet", resize: str = "fast") -> None:
         normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
@@ -169,7 +178,8 @@ class Collator:
                 return s
         images = [s[0] for s in samples]
         out, sizes = batch_images(images, self.normalization, self.size_divisible, _empty_batch_tensor)
-        return Batch(out, sizes, [s[1] for s in samples], [s[2] for s in samples])
+        targets = [s[1] for s in samples]
+        return Batch(out, sizes, targets, [s[2] for s in samples], pad_targets(targets, "cpu"))
 
 
 def _empty_batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:

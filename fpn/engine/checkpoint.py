@@ -7,7 +7,9 @@ Keys (loadable with ``torch.load(path, map_location="cpu", weights_only=False)``
     step         0-based index of the last iteration done in that epoch (the seed's naming: at batch 2 the
                  last step of a VOC07 epoch is 5010)
     iteration    iterations done in total (the scheduler's count)
-    interrupted  True when saved mid-epoch on Ctrl-C; resuming then continues that epoch at step + 1
+    interrupted  True when saved on a stop request (Ctrl-C, SIGTERM, --stop-signal)
+    mid_epoch    True when saved before the end of its epoch (interrupted, or solver.checkpoint_every); resuming
+                 then continues that epoch at step + 1 (absent in older files: ``interrupted`` says it)
     config       fpn.config.to_dict of the run's config
     classes      class names without background (tuple)
     net, dataset, session, version (the checkpoint format), fpn_version
@@ -20,16 +22,19 @@ with epoch, step, iteration and session 0 and no optimiser, scheduler, scaler or
 ``fpn demo`` and ``fpn train --init`` read it, ``--resume`` refuses it (:func:`has_training_state`).
 
 File name: ``fpn_{session}_{epoch}_{step}.pth`` inside the run folder
-``{save_dir}/{net}/{dataset}/{exp_name}/``.
+``{save_dir}/{net}/{dataset}/{exp_name}/``; :func:`checkpoint_files` lists a folder's in the order a run writes
+them, :func:`newest_checkpoint` finds the one ``--resume auto`` continues, :func:`prune_mid_epoch` keeps the
+newest ``solver.keep_checkpoints`` mid-epoch ones (epoch-end checkpoints are never removed).
 """
 
 from __future__ import annotations
 
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,8 +51,23 @@ FC1_WEIGHT = "roi_heads.box_head.fc1.weight"
 REQUIRED_KEYS = ("model", "epoch", "step", "iteration", "config", "classes", "net", "dataset", "session", "version")
 
 
+_NAME = re.compile(r"fpn_(\d+)_(\d+)_(\d+)\.pth")
+
+
 def checkpoint_name(session: int, epoch: int, step: int) -> str:
     return f"fpn_{session}_{epoch}_{step}.pth"
+
+
+def checkpoint_files(folder: str | Path, session: int | None = None) -> list[Path]:
+    """The checkpoints ``fpn_{session}_{epoch}_{step}.pth`` in ``folder`` (of ``session`` only, when given),
+    oldest first: by (session, epoch, step), the order in which a run writes them (file times are not used:
+    copying a folder changes them)."""
+    found = []
+    for path in Path(folder).glob("fpn_*.pth") if Path(folder).is_dir() else ():
+        m = _NAME.fullmatch(path.name)
+        if m and (session is None or int(m.group(1)) == session):
+            found.append((tuple(map(int, m.groups())), path))
+    return [path for _, path in sorted(found)]
 
 
 def run_dir(save_dir: str | Path, net: str, dataset: str, exp_name: str) -> Path:
@@ -103,8 +123,10 @@ def make_checkpoint(
     dataset: str,
     session: int,
     interrupted: bool = False,
+    mid_epoch: bool | None = None,
     rng: list[dict] | None = None,
 ) -> dict[str, Any]:
+    """``mid_epoch`` defaults to ``interrupted``."""
     return {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -114,6 +136,7 @@ def make_checkpoint(
         "step": int(step),
         "iteration": int(iteration),
         "interrupted": bool(interrupted),
+        "mid_epoch": bool(interrupted if mid_epoch is None else mid_epoch),
         "config": config,
         "classes": tuple(classes),
         "net": net,
@@ -147,6 +170,30 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     return path
 
 
+def is_mid_epoch(ckpt: dict) -> bool:
+    """Whether ``ckpt`` was saved before the end of its epoch: resuming continues that epoch."""
+    return bool(ckpt.get("mid_epoch", ckpt.get("interrupted", False)))
+
+
+def prune_mid_epoch(folder: str | Path, session: int, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` mid-epoch checkpoints of ``session`` in ``folder`` (``keep`` 0: none
+    deleted) and return the deleted paths. Epoch-end checkpoints, and files that cannot be read, stay. Only
+    the small entries of each file are read (its tensors are memory-mapped, not loaded)."""
+    if keep <= 0:
+        return []
+    mid = []
+    for path in checkpoint_files(folder, session):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # unreadable (truncated, foreign): not ours to delete
+            continue
+        if isinstance(ckpt, dict) and is_mid_epoch(ckpt):
+            mid.append(path)
+    for path in mid[:-keep]:
+        path.unlink(missing_ok=True)
+    return mid[:-keep]
+
+
 # --- read -----------------------------------------------------------------------------------------------------
 
 
@@ -175,6 +222,25 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, A
     if ckpt["version"] < 2:
         _upgrade_from_1(ckpt)
     return ckpt
+
+
+def newest_checkpoint(
+    folder: str | Path, session: int | None = None, warn: Callable[[str], None] = print
+) -> tuple[Path, dict] | None:
+    """(path, checkpoint) of the newest checkpoint in ``folder`` (of ``session``, when given) that loads and
+    holds a training state, or None; each newer file skipped (truncated, unreadable, weights only) is one
+    ``warn`` line. What ``fpn train --resume auto`` continues from."""
+    for path in reversed(checkpoint_files(folder, session)):
+        try:
+            ckpt = load_checkpoint(path, flag="--resume auto")
+        except UserError as e:
+            warn(f"--resume auto: skipped {e}")
+            continue
+        if not has_training_state(ckpt):
+            warn(f"--resume auto: skipped {path}: holds weights only")
+            continue
+        return path, ckpt
+    return None
 
 
 def cyx_to_yxc(weight: Tensor, pool_size: int) -> Tensor:

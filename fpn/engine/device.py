@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fpn.errors import UserError
+from fpn.errors import OutOfMemory, UserError
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -131,6 +131,35 @@ def resolve_precision(amp: str, device: torch.device, flag: str = "--amp") -> Pr
     if device.type == "cuda":
         return Precision("fp16", f"{what}; with a GradScaler in training")
     return Precision("none", what)
+
+
+# what running out of device memory raises: torch.OutOfMemoryError (torch >= 2.5), torch.cuda.OutOfMemoryError before
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError)
+
+
+def out_of_memory(device, step: str, batch: str, scale: int, max_size: int, precision: Precision,
+                  size_keys: tuple[str, str], then: str = "") -> OutOfMemory:  # fmt: skip
+    """The one-line error for an ``OUT_OF_MEMORY`` in ``step`` (e.g. "training step (epoch 2, step 31)"):
+    what it held (``batch``, images up to ``scale`` x ``max_size``, the precision) and what to change: the
+    batch, the image size (``size_keys``: the scale and max-size config keys), fp32 -> bf16; ``then`` ends it."""
+    smaller = f"{size_keys[1]}={_smaller(max_size)} {size_keys[0]}={_smaller(scale)}"
+    fixes = ["a smaller --bs", f"smaller images (--set {smaller})"]
+    if precision.amp == "none":
+        fixes.append("--amp bf16 (fp16 on a GPU without bf16)")
+    return OutOfMemory(
+        f"out of memory on {device} in the {step}: batch {batch}, images up to {scale} x {max_size} px "
+        f"({', '.join(size_keys)}), precision {precision.name}; try {', '.join(fixes[:-1])} or {fixes[-1]}{then}"
+    )
+
+
+def test_out_of_memory(device, step: str, batch: int, data, precision: Precision, then: str = "") -> OutOfMemory:
+    """``out_of_memory`` of a test step (inference) of ``batch`` images at ``data``'s (a DataConfig) test size."""
+    return out_of_memory(device, step, str(batch), data.test_scale, data.test_size_limit(), precision,
+                         ("data.test_scale", "data.test_max_size"), then)  # fmt: skip
+
+
+def _smaller(size: int) -> int:
+    return max(32, int(size) * 4 // 5 // 32 * 32)  # ~80%, a multiple of 32
 
 
 def autocast(device: torch.device, amp: str):

@@ -91,3 +91,40 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class Vote:
+    """All ranks agree on a few small non-negative integers once per iteration (their maximum over ranks:
+    "some rank was asked to stop", "rank 0's clock says a checkpoint is due") without the step waiting for it.
+
+    ``vote(values)`` at an iteration boundary starts the all-reduce of this boundary's values in the
+    background and returns the result of the previous boundary's, so every rank acts on the same values at
+    the same iteration, one iteration after they were cast. The reduction runs on a separate gloo group
+    over CPU tensors: no device synchronisation (an NCCL reduction read on the host would be one), and by
+    the next boundary it has long finished (the gradient all-reduce keeps the ranks within an iteration of
+    each other). A blocking all-reduce every iteration would cost a round trip per step instead. In a
+    single process ``vote`` returns its values at once.
+    """
+
+    def __init__(self, info: DistInfo, size: int):
+        self.size = size
+        self._group = dist.new_group(backend="gloo") if info.enabled else None
+        self._pending: tuple | None = None
+
+    def __call__(self, values: list[int]) -> list[int]:
+        if self._group is None:
+            return list(values)
+        agreed = self.finish()
+        tensor = torch.tensor(values, dtype=torch.int64)
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, tensor)
+        return agreed
+
+    def finish(self) -> list[int]:
+        """Wait for the reduction in flight (every rank at the same point) and return it (zeros if none)."""
+        if self._pending is None:
+            return [0] * self.size
+        work, tensor = self._pending
+        self._pending = None
+        work.wait()
+        return tensor.tolist()

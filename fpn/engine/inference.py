@@ -10,11 +10,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fpn.config import Config
+from fpn.engine.checkpoint import unwrap
 from fpn.engine.device import autocast
-
-
-def _to_cpu(output: dict) -> dict:
-    return {k: (v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()) for k, v in output.items()}
 
 
 @torch.inference_mode()
@@ -34,12 +31,13 @@ def predict(
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not progress or None, leave=False)
     try:
         for batch in loader:
-            batch = batch.to(device, non_blocking=True)
+            images = batch.images.to(device, non_blocking=True)
             with autocast(device, amp):
-                outs = model(batch.images, batch.image_sizes, original_sizes=[m["orig_size"] for m in batch.metas])
+                outs = unwrap(model).detect_to_host(images, batch.image_sizes,
+                                                    original_sizes=[m["orig_size"] for m in batch.metas])
             for meta, out in zip(batch.metas, outs):
                 ids.append(meta["id"])
-                outputs.append(_to_cpu(out))
+                outputs.append(out)
             bar.update(len(batch.metas))
     finally:
         bar.close()

@@ -38,13 +38,17 @@ def format_train_line(record: dict, epochs: int, iters_per_epoch: int) -> str:
 class RunLogger:
     """Appends to ``{run_dir}/metrics.jsonl`` and writes TensorBoard events into ``run_dir``.
 
-    ``purge_step``: when resuming, TensorBoard drops events at or after this iteration left by the earlier,
-    interrupted run, so the curves do not double back.
+    ``purge_step``: when resuming, TensorBoard events and ``metrics.jsonl`` records (of ``session``) at or
+    after this iteration, left by the earlier run after its checkpoint (a run killed between checkpoints),
+    are dropped, so the curves do not double back.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None,
+                 session: int | None = None):  # fmt: skip
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if purge_step is not None:
+            _purge_jsonl(self.run_dir / "metrics.jsonl", purge_step, session)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -82,3 +86,22 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _purge_jsonl(path: Path, purge_step: int, session: int | None) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def later(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return record.get("session") == session and record.get("iter", -1) >= purge_step
+
+    kept = [line for line in lines if not later(line)]
+    if len(kept) < len(lines):
+        from fpn.io import atomic_write_text
+
+        atomic_write_text(path, "".join(kept))

@@ -118,9 +118,16 @@ def fail(message: str) -> int:
     return UserError.exit_code
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args`` with ``--set`` lists ending at the first argument without ``=``, as in ``fpn``."""
+    from fpn.cli import end_set_lists
+
+    return parser.parse_args(end_set_lists(parser, argv))
+
+
 def script_main(build_parser, to_fpn_argv, argv: list[str] | None = None) -> int:
     """The seed scripts' ``main``: parse the old flags, map them with ``to_fpn_argv(args)`` and run ``fpn``."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parse_args(build_parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         fpn_argv = to_fpn_argv(args)
     except UserError as e:

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from fpn.data.targets import to_device
+
 _MAX_CACHE = 32  # distinct input sizes seen (multi-scale training, test sizes); cleared when exceeded
 
 
@@ -97,4 +99,7 @@ class AnchorGenerator:
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4): cell-major, ratio-minor
             per_level.append((centres + cell.unsqueeze(0)).reshape(-1, 4))
         counts = [a.shape[0] for a in per_level]
-        return torch.cat(per_level).to(device), counts
+        anchors = torch.cat(per_level)
+        if torch.compiler.is_exporting():
+            return anchors.to(device), counts
+        return to_device(anchors, device), counts  # built on the host; copied without waiting for the GPU

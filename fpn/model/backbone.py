@@ -6,6 +6,8 @@ Driven by ``cfg.model``:
 * ``norm``: ``frozen_bn`` (affine BatchNorm with fixed statistics, for fine-tuning pretrained
   weights at small batch sizes), ``bn`` (trainable BatchNorm, for training from scratch), ``gn``
   (GroupNorm, 32 groups);
+* ``fuse_frozen_bn``: a frozen BatchNorm is applied through the weight and bias of the convolution before it
+  (``fuse_frozen_batchnorm``), not as a pass over its output;
 * ``freeze_at``: 0 nothing frozen, 1 stem + layer1, 2 + layer2, ... 4 everything. Frozen stages have
   ``requires_grad = False`` and, with ``bn``, stay in eval mode (their running statistics never move);
 * ``pretrained``: ``imagenet`` (torchvision's IMAGENET1K_V1 weights, downloaded/cached by torchvision;
@@ -144,6 +146,8 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         else:
             state, source = read_state_dict(m.pretrained), m.pretrained
         load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
+    if m.norm == "frozen_bn" and m.fuse_frozen_bn:
+        fuse_frozen_batchnorm(backbone)
     return backbone
 
 
@@ -199,6 +203,63 @@ def load_backbone_weights(backbone: ResNetBackbone, state: dict, source: str, dr
         raise UserError(f"{source}: weights do not match the backbone ({'; '.join(parts)})")
 
 
+def _conv_norm_pairs(backbone: nn.Module):
+    """(parent, norm name, conv, norm) for every BatchNorm (frozen or not) that follows a convolution of
+    matching width: conv1 -> bn1 (stem and blocks), downsample "0" -> "1"."""
+    for parent in list(backbone.modules()):
+        for name, norm in list(parent.named_children()):
+            if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                continue
+            conv = getattr(parent, name.replace("bn", "conv") if name.startswith("bn") else str(int(name) - 1), None)
+            if isinstance(conv, nn.Conv2d) and conv.out_channels == norm.weight.numel():
+                yield parent, name, conv, norm
+
+
+def _scale_and_shift(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """The per-channel affine map a BatchNorm in eval mode applies: x * scale + shift, each (C,)."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    return scale, norm.bias - norm.running_mean * scale
+
+
+class _AppliedByConv(FrozenBatchNorm2d):
+    """A frozen BatchNorm whose scale and shift its convolution (``FrozenBNConv2d``) applies: the identity here.
+    Same parameters and buffers, so state dicts and checkpoints do not change."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class FrozenBNConv2d(nn.Conv2d):
+    """A convolution followed by a frozen BatchNorm, computed as one convolution: weight ``W * scale`` and bias
+    ``b * scale + shift``, formed in every forward from the current values (a weight-sized product instead of an
+    activation-sized pass; the weight's gradient is the chain rule's ``dL/dW' * scale``, as unfolded). The norm
+    stays in the module tree under its own name (``_AppliedByConv``); ``self.norm`` only points at it."""
+
+    norm: FrozenBatchNorm2d
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = _scale_and_shift(self.norm)
+        weight = self.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output channel
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, weight, bias)
+
+
+def fuse_frozen_batchnorm(backbone: nn.Module) -> int:
+    """Training and inference: every frozen BatchNorm after a convolution is applied through that convolution's
+    weight and bias (``FrozenBNConv2d``), removing an elementwise pass over every activation. In place; parameter
+    names, state dicts and gradients stay as they were (tests compare outputs and gradients with the unfused
+    backbone). Returns how many norms were fused."""
+    fused = 0
+    for _, _, conv, norm in _conv_norm_pairs(backbone):
+        if type(norm) is not FrozenBatchNorm2d or type(conv) is not nn.Conv2d:
+            continue
+        norm.__class__ = _AppliedByConv
+        conv.__class__ = FrozenBNConv2d
+        object.__setattr__(conv, "norm", norm)  # a plain reference, not a submodule: no second state-dict entry
+        fused += 1
+    return fused
+
+
 def fold_batchnorm(backbone: ResNetBackbone) -> int:
     """Inference only: fold each BatchNorm (frozen, or trainable in eval mode) into the convolution before it
     (``conv(x) * s + t`` is one convolution with weight ``W * s`` and bias ``b * s + t``) and replace the norm
@@ -206,25 +267,20 @@ def fold_batchnorm(backbone: ResNetBackbone) -> int:
     weights keep their memory format. Returns how many norms were folded (GroupNorm is left alone). Same
     arithmetic up to float rounding (tests); the backbone must not be trained afterwards."""
     folded = 0
-    for parent in list(backbone.modules()):
-        for name, norm in list(parent.named_children()):
-            if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                continue
-            # the convolution before a norm: conv1 -> bn1 (stem and blocks), downsample "0" -> "1"
-            conv = getattr(parent, name.replace("bn", "conv") if name.startswith("bn") else str(int(name) - 1), None)
-            if not isinstance(conv, nn.Conv2d) or conv.out_channels != norm.weight.numel():
-                continue
-            if isinstance(norm, nn.BatchNorm2d) and norm.training:
-                raise ValueError("fold_batchnorm: BatchNorm in training mode (call .eval() first)")
-            with torch.no_grad():
-                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C,)
-                shift = norm.bias - norm.running_mean * scale
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-                nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
-                weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output
-                weight = weight.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-                conv.weight = nn.Parameter(weight, requires_grad=False)
-                conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
-            setattr(parent, name, nn.Identity())
-            folded += 1
+    for parent, name, conv, norm in list(_conv_norm_pairs(backbone)):
+        if isinstance(norm, nn.BatchNorm2d) and norm.training:
+            raise ValueError("fold_batchnorm: BatchNorm in training mode (call .eval() first)")
+        with torch.no_grad():
+            scale, shift = _scale_and_shift(norm)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+            nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output
+            weight = weight.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+            if isinstance(conv, FrozenBNConv2d):  # its norm becomes part of the weights now
+                conv.__class__ = nn.Conv2d
+                del conv.__dict__["norm"]
+            conv.weight = nn.Parameter(weight, requires_grad=False)
+            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+        setattr(parent, name, nn.Identity())
+        folded += 1
     return folded

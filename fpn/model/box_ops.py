@@ -6,9 +6,6 @@ Every helper here works on any number of leading batch dimensions.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from itertools import accumulate
-
 import torch
 from torch import Tensor
 
@@ -83,81 +80,12 @@ def rank_within_groups(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]
     ``groups[order]`` inside its group (0 = best).
     """
     # sort by (group, position): unique keys make any sort stable (ONNX's TopK has no stable mode)
-    order = torch.argsort(groups * groups.numel() + torch.arange(groups.numel(), device=groups.device))
+    position = torch.arange(groups.numel(), device=groups.device)
+    order = torch.argsort(groups * groups.numel() + position)
     sorted_groups = groups[order]
-    counts = torch.bincount(groups, minlength=num_groups)
-    starts = torch.cumsum(counts, 0) - counts  # first position of each group in the sorted sequence
-    rank = torch.arange(groups.numel(), device=groups.device) - starts[sorted_groups]
-    return order, rank
-
-
-_NMS_POOL: ThreadPoolExecutor | None = None
-
-
-def _nms_pool() -> ThreadPoolExecutor:
-    global _NMS_POOL
-    if _NMS_POOL is None:
-        _NMS_POOL = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="fpn-nms")
-    return _NMS_POOL
-
-
-def segment_nms(boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float) -> Tensor:
-    """NMS within contiguous segments of ``boxes`` (M, 4) / ``scores`` (M,) of the given sizes: the same
-    kept set and order as ``batched_nms`` with one group per segment, (kept indices, best score first).
-
-    For the CPU, where torchvision's NMS kernel runs on one core: the segments are spread over
-    ``torch.get_num_threads()`` threads (the kernel releases the GIL; each segment's result does not
-    depend on the thread), and each group is a slice rather than a mask over all M boxes as in
-    ``batched_nms``. On CUDA use ``batched_nms`` (one kernel over offset boxes)."""
-    from torchvision.ops import nms
-
-    if sum(segment_sizes) != boxes.shape[0]:
-        raise ValueError(f"segment sizes add up to {sum(segment_sizes)}, not to the {boxes.shape[0]} boxes")
-    starts = accumulate(segment_sizes, initial=0)
-    jobs = [(start, size) for start, size in zip(starts, segment_sizes) if size > 0]
-    if not jobs:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-
-    def one(job: tuple[int, int]) -> Tensor:
-        start, size = job
-        return nms(boxes[start : start + size], scores[start : start + size], iou_thresh) + start
-
-    parallel = len(jobs) > 1 and torch.get_num_threads() > 1
-    keep = torch.cat(list(_nms_pool().map(one, jobs)) if parallel else [one(job) for job in jobs])
-    return keep[scores[keep].argsort(descending=True, stable=True)]
-
-
-def offset_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, max_coordinate: Tensor) -> Tensor:
-    """NMS within groups by shifting each group's boxes out of the others' reach (torchvision's "coordinate
-    trick") and one ``nms`` call: the kept indices, best score first. ``max_coordinate``: a scalar tensor no box
-    coordinate exceeds (e.g. the largest image side, for boxes clipped to their image).
-
-    Unlike ``batched_nms`` it has no branch on the number of boxes, so it traces into one graph
-    (``torch.export``, ONNX NonMaxSuppression) whatever the number of boxes, zero included."""
-    from torchvision.ops import nms
-
-    offsets = groups.to(boxes.dtype) * (max_coordinate.to(boxes.dtype) + 1)  # (M,)
-    return nms(boxes + offsets[:, None], scores, iou_thresh)
-
-
-def grouped_nms(
-    boxes: Tensor, scores: Tensor, segment_sizes: list[int], iou_thresh: float, use_batched: bool | None = None,
-    max_coordinate: Tensor | None = None,
-) -> Tensor:
-    """NMS within contiguous segments (see ``segment_nms``): torchvision's ``batched_nms`` (one kernel over
-    boxes offset per group) on CUDA, ``segment_nms`` on a CPU; ``use_batched`` forces one of them (tests).
-    Inside ``torch.export`` (ONNX export) it is ``offset_nms``, which needs ``max_coordinate``."""
-    from torchvision.ops import batched_nms
-
-    if torch.compiler.is_exporting():
-        # (M,) segment of each box, from sizes that may be symbolic (no tensor of them can be made)
-        group = torch.cat([torch.full((size,), i, device=boxes.device) for i, size in enumerate(segment_sizes)])
-        return offset_nms(boxes, scores, group, iou_thresh, max_coordinate)
-    if use_batched if use_batched is not None else boxes.is_cuda:
-        group = torch.repeat_interleave(  # (M,) segment of each box; output_size avoids a host sync
-            torch.arange(len(segment_sizes), device=boxes.device),
-            torch.tensor(segment_sizes, device=boxes.device),
-            output_size=boxes.shape[0],
-        )
-        return batched_nms(boxes, scores, group, iou_thresh)
-    return segment_nms(boxes, scores, segment_sizes, iou_thresh)
+    if torch.compiler.is_exporting():  # ONNX has no searchsorted: count the groups instead
+        counts = torch.bincount(groups, minlength=num_groups)
+        starts = (torch.cumsum(counts, 0) - counts)[sorted_groups]
+    else:  # no bincount, which reads its maximum on the host on CUDA
+        starts = torch.searchsorted(sorted_groups, sorted_groups)  # first position of each element's group
+    return order, position - starts

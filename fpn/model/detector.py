@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Sequence
 
 import torch
@@ -10,13 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import Config
+from fpn.data.targets import GroundTruth, pad_targets, to_device
 from fpn.errors import UserError
 from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
 from fpn.model.postprocess import split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
 from fpn.model.rpn import RegionProposalNetwork, build_rpn
-from fpn.model.targets import pad_targets
 
 Size = Sequence[int]  # (h, w)
 
@@ -29,7 +30,8 @@ class FPNDetector(nn.Module):
     * training mode: ``model(images, image_sizes, targets)`` -> ``{"rpn_cls", "rpn_box", "rcnn_cls",
       "rcnn_box"}``, scalar float32 losses (sum them for the total loss). ``targets``: one dict per
       image, {"boxes": float (K, 4) continuous xyxy in network-input pixels, "labels": int64 (K,) in
-      1..C}; K may be 0 (then that image only teaches "background" and its box losses are 0).
+      1..C}; K may be 0 (then that image only teaches "background" and its box losses are 0); or the same
+      already padded, a ``fpn.data.targets.GroundTruth`` (what the loader's batches carry as ``batch.gt``).
     * eval mode: ``model(images, image_sizes, original_sizes=None)`` -> one dict per image
       {"boxes": float32 (D, 4) xyxy, "scores": (D,), "labels": int64 (D,) in 1..C}, sorted by score.
       Boxes are in network-input pixels, or in original-image pixels when ``original_sizes`` (list of
@@ -48,13 +50,13 @@ class FPNDetector(nn.Module):
     the input batch is converted in ``forward``. Same arithmetic up to rounding; on the CPU oneDNN's
     convolutions and the stem's max-pool are much faster in that layout (docs/PERFORMANCE.md).
 
-    Device-to-host syncs in a training step come only from data-dependent sizes around torchvision
-    ops: the RPN's ``batched_nms`` and the RoI pooler's per-level RoI counts. Nothing calls ``.item()``;
-    the only other transfers are the small host-to-device copies of the image sizes and object counts.
+    No host syncs on CUDA (with Triton) in a training step; an inference batch reads its results' counts (two
+    small reads). The small host-to-device copies (image sizes, padded targets) are non-blocking from pinned
+    memory. Details and the CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
     """
 
     def __init__(self, backbone: ResNetBackbone, neck: FPNNeck, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 size_divisible: int = 32, channels_last: bool = False):
+                 size_divisible: int = 32, channels_last: bool = False, compile_backend: str = ""):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -64,34 +66,63 @@ class FPNDetector(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)  # 4-D weights; a later .to(device) keeps the layout
+        self.compile_backend = compile_backend  # "" or a torch.compile backend for backbone + FPN (``features``)
 
     def forward(
         self,
         images: Tensor | list[Tensor],
         image_sizes: list[Size] | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
+        targets: list[dict[str, Tensor]] | GroundTruth | None = None,
         *,
         original_sizes: list[Size] | None = None,
     ):
         images, image_sizes = self._batch(images, image_sizes)
-        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)  # (N, 2) (h, w)
+        sizes = _sizes_tensor(image_sizes, images.device)  # (N, 2) (h, w)
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for detections")
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
-            gt = pad_targets(targets, images.device)
+            n = targets.boxes.shape[0] if isinstance(targets, GroundTruth) else len(targets)
+            if n != images.shape[0]:
+                raise ValueError(f"{n} targets for {images.shape[0]} images")
+            if isinstance(targets, GroundTruth):  # padded by the loader; already there unless the caller kept it
+                gt = targets.to(images.device, non_blocking=True)
+            else:
+                gt = pad_targets(targets, images.device)
             features = self.features(images)
             proposals, valid, rpn_losses = self.rpn(features, sizes, gt, input_size=images.shape[-2:])
             return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
-        original = None
-        if original_sizes is not None:
-            original = torch.tensor(original_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
+        original = None if original_sizes is None else _sizes_tensor(original_sizes, images.device)
         return split_by_image(*self.detect(images, sizes, original), images.shape[0])
 
+    @torch.no_grad()
+    def detect_to_host(
+        self, images: Tensor | list[Tensor], image_sizes: list[Size] | None = None, *,
+        original_sizes: list[Size] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Eval mode: ``forward``'s detections per image as CPU tensors (boxes, scores float32; labels int64), all
+        of a batch moved in one transfer (``forward`` then ``.cpu()`` on each field would wait for the GPU once per
+        tensor)."""
+        images, image_sizes = self._batch(images, image_sizes)
+        original = None if original_sizes is None else _sizes_tensor(original_sizes, images.device)
+        boxes, scores, labels, image = self.detect(images, _sizes_tensor(image_sizes, images.device), original)
+        # (D, 7): box, score, label, image; labels and image indices are exact in float32 (far below 2**24)
+        flat = torch.cat((boxes.float(), scores.float()[:, None], labels[:, None].float(), image[:, None].float()), 1)
+        flat = flat.cpu()
+        return split_by_image(flat[:, :4], flat[:, 4], flat[:, 5].long(), flat[:, 6].long(), images.shape[0])
+
     def features(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]."""
-        return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))
+        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]; through ``torch.compile`` with ``compile_backend`` (the first call
+        compiles; a second input size compiles once more, for any size: torch's automatic dynamic shapes)."""
+        images = images.contiguous(memory_format=self.memory_format)
+        if self.compile_backend and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            compiled = _COMPILED.get(self)
+            if compiled is None:
+                compiled = _COMPILED[self] = torch.compile(self._plain_features, backend=self.compile_backend)
+            return compiled(images)
+        return self._plain_features(images)
+
+    def _plain_features(self, images: Tensor) -> list[Tensor]:
+        return self.neck(self.backbone(images))
 
     def detect(
         self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None
@@ -123,6 +154,16 @@ class FPNDetector(nn.Module):
         return images, [tuple(int(v) for v in s) for s in image_sizes]
 
 
+# compiled ``features`` per model, kept outside the modules: a deep copy or a pickle of a model never carries a
+# compiled function bound to the original
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sizes_tensor(sizes: list[Size], device: torch.device) -> Tensor:
+    """(h, w) per image -> (N, 2) float32 on ``device``, copied without a host sync."""
+    return to_device(torch.tensor(sizes, dtype=torch.float32).reshape(-1, 2), device)
+
+
 def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) -> FPNDetector:
     """The detector ``cfg.model`` describes, for ``num_classes`` classes including background.
 
@@ -139,7 +180,7 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
     neck = FPNNeck(backbone.out_channels, m.fpn_channels)
     return FPNDetector(
         backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
-        size_divisible=cfg.data.size_divisible, channels_last=m.channels_last,
+        size_divisible=cfg.data.size_divisible, channels_last=m.channels_last, compile_backend=m.compile,
     )
 
 

@@ -17,7 +17,7 @@ every zero-IoU candidate would "tie" and become positive.
 An image without ground truth has only negatives, whatever ``bg_lo`` (it still teaches "background").
 
 Crowd regions (``crowd_ioa``: the largest fraction of each candidate's area inside one, see
-``GroundTruth.crowd_ioa``): a candidate with ``crowd_ioa >= crowd_thresh`` that is not positive is
+``fpn.model.targets.crowd_ioa``): a candidate with ``crowd_ioa >= crowd_thresh`` that is not positive is
 ignored, as in Detectron's crowd filter (0.7): it is neither an object nor background.
 """
 

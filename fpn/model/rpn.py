@@ -25,18 +25,22 @@ regression loss is exactly 0.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import Config
+from fpn.data.targets import GroundTruth, to_device
 from fpn.errors import UserError
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder
-from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, grouped_nms, rank_within_groups
+from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups
 from fpn.model.matcher import Matcher
+from fpn.model.nms import grouped_nms, nms_keep_mask, triton_available
 from fpn.model.sampler import BalancedSampler
-from fpn.model.targets import GroundTruth
+from fpn.model.targets import crowd_ioa
 
 
 class RPNHead(nn.Module):
@@ -66,6 +70,10 @@ class RPNHead(nn.Module):
 
 class RegionProposalNetwork(nn.Module):
     SCORES = ("logit", "sigmoid")  # what NMS and the post-NMS top-n rank (``score``)
+    # how proposal NMS runs: "segment" (kept indices, a thread per group: the CPU's), "offset" (kept indices,
+    # groups offset into few torchvision calls: one host sync per call), "mask" (a keep mask of fixed shape:
+    # no host sync with Triton on CUDA); "auto": segment on a CPU, mask on CUDA with Triton, else offset
+    NMS_IMPLS = ("auto", "segment", "offset", "mask")
 
     def __init__(
         self,
@@ -79,7 +87,7 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float = 0.7,
         min_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9.0,
-        batched_nms: bool | None = None,  # None: batched_nms on CUDA, segment_nms on a CPU; True/False forces one
+        nms_impl: str = "auto",  # see NMS_IMPLS
         score: str = "logit",
     ):
         super().__init__()
@@ -94,7 +102,9 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
-        self.batched_nms = batched_nms
+        if nms_impl not in self.NMS_IMPLS:
+            raise ValueError(f"nms_impl must be one of {self.NMS_IMPLS}, got {nms_impl!r}")
+        self.nms_impl = nms_impl
         if score not in self.SCORES:
             raise ValueError(f"score must be one of {self.SCORES}, got {score!r}")
         self.score = score
@@ -151,10 +161,13 @@ class RegionProposalNetwork(nn.Module):
         # removed: NMS visits them last, so they never suppress a real box, and shapes stay fixed
         scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
         boxes = torch.where(ok.unsqueeze(2), boxes, torch.zeros_like(boxes))
+        impl = self._nms_impl(boxes.device)
+        if impl == "mask" and not torch.compiler.is_exporting():
+            return self._best_kept(boxes, scores, ok, segments[: len(segments) // n], post_n, image_sizes.max())
 
         flat_boxes = boxes.reshape(n * k, 4)
-        # data-dependent output size: the one host sync of proposal selection
-        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, self.batched_nms,
+        # data-dependent output size: the host waits here (once per offset call on CUDA)
+        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, impl == "offset",
                            max_coordinate=image_sizes.max())  # (M,); boxes are clipped to their image
         # keep is sorted by score; group it by image (order kept) and take each image's first P
         image = keep // k  # (M,) image of each kept box
@@ -169,9 +182,45 @@ class RegionProposalNetwork(nn.Module):
         valid[slot] = take
         return out[:-1].reshape(n, post_n, 4), valid[:-1].reshape(n, post_n)
 
+    def _nms_impl(self, device: torch.device) -> str:
+        if self.nms_impl != "auto":
+            return self.nms_impl
+        if device.type != "cuda":
+            return "segment"
+        return "mask" if triton_available() else "offset"
+
+    def _best_kept(self, boxes: Tensor, scores: Tensor, ok: Tensor, group_sizes: list[int], post_n: int,
+                   max_coordinate: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Proposal selection with fixed shapes (no host sync): NMS as a keep mask over each image's groups (its
+        levels, or the image in the joint mode), then each image's best ``post_n`` kept boxes, in score order.
+        boxes (N, K, 4), scores / ok (N, K), laid out as the groups of ``group_sizes`` one after the other."""
+        n, k = scores.shape
+        width = max(group_sizes)
+        # (N, K) -> (N, L, width): each group padded to the widest; slot k (appended below) is the padding
+        slot = torch.full((len(group_sizes), width), k)
+        for group, (start, size) in enumerate(zip(accumulate(group_sizes, initial=0), group_sizes)):
+            slot[group, :size] = torch.arange(start, start + size)
+        slot = to_device(slot, boxes.device)  # (L, width), made on the host from host-side sizes
+
+        def grouped(t: Tensor, fill) -> Tensor:  # (N, K, ...) -> (N*L, width, ...), padding slots = fill
+            padded = torch.cat((t, t.new_full((n, 1) + t.shape[2:], fill)), dim=1)  # (N, K+1, ...)
+            return padded[:, slot].flatten(0, 1)
+
+        grouped_boxes, grouped_scores = grouped(boxes, 0.0), grouped(scores, float("-inf"))
+        keep = nms_keep_mask(grouped_boxes, grouped_scores, grouped(ok, False), self.nms_thresh, max_coordinate)
+        # (N*L, width) -> (N, L*width): each image's candidates, group after group
+        kept_scores = torch.where(keep, grouped_scores, float("-inf")).reshape(n, -1)
+        # each image's kept boxes best first; the stable sort breaks ties by level, then rank, as NMS does
+        best = kept_scores.argsort(dim=1, descending=True, stable=True)[:, :post_n]  # (N, <= P)
+        valid = kept_scores.gather(1, best) > float("-inf")
+        proposals = grouped_boxes.reshape(n, -1, 4).gather(1, best.unsqueeze(2).expand(-1, -1, 4))  # (N, <= P, 4)
+        proposals = torch.where(valid.unsqueeze(2), proposals, 0.0)
+        short = post_n - best.shape[1]  # fewer candidates than P in all: pad the rest as invalid
+        return F.pad(proposals, (0, 0, 0, short)), F.pad(valid, (0, short), value=False)
+
     def label_anchors(self, anchors: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor]:
         """anchors (A, 4) -> (matched (N, A) ground-truth index, labels (N, A) in {1, 0, -1})."""
-        return self.matcher(batched_iou(gt.boxes, anchors), gt.valid, gt.crowd_ioa(anchors))  # IoU (N, G, A)
+        return self.matcher(batched_iou(gt.boxes, anchors), gt.valid, crowd_ioa(gt, anchors))  # IoU (N, G, A)
 
     def losses(self, anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt: GroundTruth) -> dict[str, Tensor]:
         """anchors (A, 4), pred_logits (N, A), pred_deltas (N, A, 4) -> {"rpn_cls", "rpn_box"} fp32 scalars."""
@@ -203,6 +252,8 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
     strides = (4, 8, 16, 32, 64)
     if len(m.anchor_sizes) != len(strides):
         raise UserError(f"model.anchor_sizes: need one size per level P2..P6 (5 values), got {m.anchor_sizes}")
+    if m.nms_impl not in RegionProposalNetwork.NMS_IMPLS:
+        raise UserError(f"model.nms_impl: must be one of {', '.join(RegionProposalNetwork.NMS_IMPLS)}, got {m.nms_impl!r}")
     if m.rpn_score not in RegionProposalNetwork.SCORES:
         choices = ", ".join(RegionProposalNetwork.SCORES)
         raise UserError(f"model.rpn_score: must be one of {choices}, got {m.rpn_score!r}")
@@ -219,4 +270,5 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
         min_size=m.rpn_min_size,
         smooth_l1_beta=m.rpn_smooth_l1_beta,
         score=m.rpn_score,
+        nms_impl=m.nms_impl,
     )

@@ -92,3 +92,23 @@ def test_user_errors(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, (flags, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_in_the_test_step_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    import fpn.engine.inference
+    from fpn.engine.device import OUT_OF_MEMORY
+
+    def oom(*args, **kwargs):
+        raise OUT_OF_MEMORY[0]("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(fpn.engine.inference, "predict_records", oom)
+    root, ckpt = trained
+    capsys.readouterr()
+    assert main(["test", "--checkpoint", str(ckpt), "--data-dir", str(root / "data"), "--bs", "8", "--amp", "none",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 4  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    # the synthetic preset's test_max_size 368, the tiny run's test_scale 128
+    assert err == ("error: out of memory on cpu in the test step: batch 8, images up to 128 x 368 px (data.test_scale, "
+                   "data.test_max_size), precision fp32; try a smaller --bs, smaller images (--set "
+                   "data.test_max_size=288 data.test_scale=96) or --amp bf16 (fp16 on a GPU without bf16)")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import shutil
 import signal
 
 import pytest
@@ -13,15 +14,29 @@ from fpn import config as C
 from fpn.cli import main
 from fpn.commands import train as train_cmd
 from fpn.data.synthetic import SYNTH_CLASSES, generate
+from fpn.engine.checkpoint import load_checkpoint
+from fpn.engine.device import OUT_OF_MEMORY
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 from tiny_run import train
+
+# SGD with a step decay: its schedule does not depend on --epochs, so 1 epoch + 1 resumed == 2 epochs
+SGD = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02")
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     generate(d / "synthetic", seed=0, n_train=8, n_test=4)
     return d
+
+
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):
+    """The last checkpoint of an uninterrupted 2-epoch SGD run: what interrupted and resumed runs must end with."""
+    save = tmp_path_factory.mktemp("straight")
+    assert train(data_dir, save, "--epochs", "2", "--exp-name", "straight", sets=SGD) == 0
+    return load(run_folder(save, "straight") / "fpn_1_2_3.pth")
 
 
 def run_folder(save_dir, exp="default"):
@@ -105,12 +120,8 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert ck["scheduler"]["last_epoch"] == 4 and ck["scaler"] == {} and ck["optimizer"]["state"]
 
 
-def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_path, monkeypatch):
-    # SGD with a step decay: its schedule does not depend on --epochs, so 1 epoch + 1 resumed == 2 epochs
-    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02")
-    assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight", sets=sets) == 0
-    straight = load(run_folder(tmp_path, "straight") / "fpn_1_2_3.pth")
-
+def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, straight, tmp_path, monkeypatch):
+    sets = SGD
     # one epoch, then resume for the second
     assert train(data_dir, tmp_path, "--epochs", "1", "--exp-name", "split", sets=sets) == 0
     first = run_folder(tmp_path, "split") / "fpn_1_1_3.pth"
@@ -149,6 +160,99 @@ def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, tmp_pat
     assert steps == [(1, 2), (1, 4), (2, 2), (2, 4)]  # every step logged once across the three processes
 
 
+def metric_steps(run):
+    return [(r["epoch"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_sigterm_then_the_same_command_with_resume_auto_equals_straight_run(data_dir, straight, tmp_path, monkeypatch,
+                                                                            capsys):  # fmt: skip
+    def command(exp):  # what a requeued job reruns; a checkpoint every 3 iterations, 1 mid-epoch one kept
+        return train(data_dir, tmp_path, "--epochs", "2", "--exp-name", exp, "--resume", "auto",
+                     "--checkpoint-every", "3", sets=(*SGD, "solver.keep_checkpoints=1"))  # fmt: skip
+
+    def sigterm(losses):
+        signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    with monkeypatch.context() as m:
+        patch_forward(m, 6, sigterm)  # in iteration 6 = epoch 2, step 2: it stops after that iteration
+        assert command("pre") == 75
+    out = capsys.readouterr().out
+    run = run_folder(tmp_path, "pre")
+    assert f"--resume auto: no checkpoint in {run}; training from the start" in out
+    # iteration 3: an interval checkpoint (step index 2), then the epoch end's, then the stop's; 1 mid-epoch kept
+    assert f"saved {run / 'fpn_1_1_2.pth'}" in out and "removed fpn_1_1_2.pth" in out
+    assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_3.pth", "fpn_1_2_1.pth"]
+    ck = load(run / "fpn_1_2_1.pth")
+    assert (ck["epoch"], ck["step"], ck["iteration"], ck["interrupted"], ck["mid_epoch"]) == (2, 1, 6, True, True)
+
+    # a copy whose newest checkpoint is truncated falls back to the one before, with a warning
+    truncated = run_folder(tmp_path, "truncated")
+    shutil.copytree(run, truncated)
+    (truncated / "fpn_1_2_1.pth").write_bytes((run / "fpn_1_2_1.pth").read_bytes()[:4096])
+
+    (run / ".fpn_1_2_2.pth.x1y2.tmp").write_bytes(b"half a checkpoint")  # its writing killed by a SIGKILL
+
+    assert command("pre") == 0
+    out = capsys.readouterr().out
+    assert f"--resume auto: {run / 'fpn_1_2_1.pth'} (epoch 2, step 1, iteration 6)" in out
+    assert "removed .fpn_1_2_2.pth.x1y2.tmp: an unfinished checkpoint of a killed run" in out
+    assert not (run / ".fpn_1_2_2.pth.x1y2.tmp").exists()
+    assert_same_state(straight["model"], load(run / "fpn_1_2_3.pth")["model"])
+    assert metric_steps(run) == [(1, 2), (1, 4), (2, 2), (2, 4)]
+
+    assert command("truncated") == 0
+    captured = capsys.readouterr()
+    assert f"warning: --resume auto: skipped {truncated / 'fpn_1_2_1.pth'}: not a readable checkpoint" in captured.err
+    assert f"--resume auto: {truncated / 'fpn_1_1_3.pth'} (epoch 1, step 3, iteration 4)" in captured.out
+    assert_same_state(straight["model"], load(truncated / "fpn_1_2_3.pth")["model"])
+    # the copied run's line of iteration 6, logged after the checkpoint it resumed from, is not repeated
+    assert metric_steps(truncated) == [(1, 2), (1, 4), (2, 2), (2, 4)]
+
+    assert command("pre") == 0  # a finished run: nothing to do
+    assert "all 2 epochs are done, nothing to train" in capsys.readouterr().out
+
+
+def test_out_of_memory_is_one_line_and_the_last_checkpoint_stays_loadable(data_dir, tmp_path, monkeypatch, capsys):
+    def oom(call):
+        raise OUT_OF_MEMORY[0]("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    patch_forward(monkeypatch, 3, oom, before=True)
+    assert train(data_dir, tmp_path, "--epochs", "1", "--checkpoint-every", "2") == 4
+    err = capsys.readouterr().err.strip()
+    last = run_folder(tmp_path) / "fpn_1_1_1.pth"
+    assert err.startswith("error: out of memory on cpu in the training step (epoch 1, step 3): batch 2 per process, "
+                          "images up to 128 x 160 px (data.train_scales, data.max_size), precision ")  # fmt: skip
+    assert "try a smaller --bs or smaller images (--set data.max_size=128 data.train_scales=96)" in err
+    assert err.endswith(f"; last checkpoint: {last}") and "\n" not in err
+    ck = load_checkpoint(last)
+    assert (ck["iteration"], ck["mid_epoch"], ck["interrupted"]) == (2, True, False)
+
+
+def test_a_synthetic_dataset_the_user_made_is_trained_on_not_replaced(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data" / "synthetic"
+    assert main(["synth", "--out", str(root), "--seed", "311", "--train", "24", "--test", "2"]) == 0
+    done = (root / "DONE").read_text()
+    capsys.readouterr()
+
+    def stop(call):
+        raise KeyboardInterrupt
+
+    patch_forward(monkeypatch, 1, stop, before=True)  # the run is set up; no need to train
+    assert main(["train", "--dataset", "synthetic", "--data-dir", str(tmp_path / "data"), "--save-dir",
+                 str(tmp_path), "--bs", "2", "--workers", "0", "--no-progress", "--set", "eval_at_end=False",
+                 "data.train_scales=128", "data.max_size=160"]) == 130  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"dataset synthetic: training on the complete dataset in {root} as it is: seed 311: 24 train + 2 test images "
+        "(the config's: seed 0: 6400 train + 300 test images; --set data.synth_seed=0 data.synth_train=6400 "
+        "data.synth_test=300 regenerates it)\n"
+    )
+    assert (root / "DONE").read_text() == done and len(list((root / "JPEGImages").iterdir())) == 26
+    cfg = C.load_json(run_folder(tmp_path) / "config.json")  # the data the run trained on
+    assert (cfg.data.synth_seed, cfg.data.synth_train, cfg.data.synth_test) == (311, 24, 2)
+
+
 def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
     # the synthetic preset: AdamW, cosine over all epochs; resuming the straight run's epoch-1 checkpoint
     assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight") == 0
@@ -168,8 +272,7 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     calls = []
     real_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
-    sets = ("eval_at_end=False", "solver.optimizer=sgd", "solver.lr_schedule=step", "solver.lr=0.02",
-            "data.train_scales=96", "data.max_size=128", "data.synth_train=4", "data.synth_test=2")  # fmt: skip
+    sets = (*SGD, "data.train_scales=96", "data.max_size=128", "data.synth_train=4", "data.synth_test=2")  # fmt: skip
     assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "precision: fp16 (asked for; with a GradScaler in training)"
@@ -209,6 +312,9 @@ def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir,
     last = run_folder(tmp_path) / "fpn_1_1_3.pth"
     assert err.startswith("error: non-finite loss at iteration 6 (epoch 2, step 2): rpn_cls=")
     assert "rcnn_cls=nan" in err and f"last good checkpoint: {last};" in err and "\n" not in err
+    # from the config: the preset's lr for its batch of 4 at batch 2
+    assert err.endswith("likely causes: solver.lr 0.002 is meant for a total batch of 4, not 2; else lower --lr or "
+                        "raise solver.warmup_iters (now 2)")  # fmt: skip
     assert sorted(p.name for p in run_folder(tmp_path).glob("*.pth")) == ["fpn_1_1_3.pth"]
 
 
@@ -223,6 +329,12 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data_dir, tmp_path, 
         (["--set", "solver.nope=1"], "unknown config key"),
         (["--set", "solver.optimizer=adam"], "error: solver.optimizer adam: choose one of sgd, adamw"),
         (["--set", "solver.lr_schedule=poly"], "error: solver.lr_schedule poly: choose one of step, cosine"),
+        (["--checkpoint-every", "5x"], "error: solver.checkpoint_every=5x: expected a number of iterations (500)"),
+        (["--stop-signal", "HUP"], "error: --stop-signal HUP: choose one of TERM, USR1, USR2"),
+        # the synthetic preset trains from scratch (pretrained none) with BatchNorm; frozen, it cannot
+        (["--set", "model.norm=frozen_bn"], "error: --pretrained none with model.norm=frozen_bn: frozen BatchNorm "
+         "keeps its initial statistics, so nothing normalises a randomly initialised backbone and the loss diverges; "
+         "to train from scratch add --set model.norm=bn (or model.norm=gn"),
     ]
     for flags, message in cases:
         assert train(data_dir, save, *flags) == 2, flags

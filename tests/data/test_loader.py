@@ -13,6 +13,7 @@ from fpn.data.loader import (
     build_test_loader,
     build_train_loader,
 )
+from fpn.data.targets import pad_targets
 from fpn.data.transforms import normalize, prepare, read_image
 from fpn.errors import UserError
 
@@ -285,7 +286,9 @@ def pinning(monkeypatch, device):
     """Page-locked batches for ``device``: real pinning on CUDA; on a CPU (where torch cannot pin without
     a GPU driver and the DataLoader would switch pinning off) the DataLoader sees an accelerator and
     ``Tensor.pin_memory`` returns a recorded copy, so its pinning thread and ``Batch.pin_memory`` run.
-    Yields ``is_pinned(tensor)``."""
+    Yields ``is_pinned(tensor)``, which answers as CUDA does: a tensor without memory (no elements) is never
+    pinned, whatever ``pin_memory`` returned (the emulation once let empty targets pass that CUDA reported
+    unpinned)."""
     if device.type == "cuda":
         yield lambda t: t.is_pinned()
         return
@@ -293,35 +296,42 @@ def pinning(monkeypatch, device):
 
     def pin_memory(t, *args, **kwargs):
         copy = t.clone()
-        pinned.add(copy.data_ptr())
+        if copy.untyped_storage().nbytes() > 0:  # CUDA page-locks memory; an empty tensor has none
+            pinned.add(copy.data_ptr())
         return copy
 
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
     monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
     monkeypatch.setattr(torch.accelerator, "set_device_index", lambda index: None)
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
-    yield lambda t: t.data_ptr() in pinned
+    yield lambda t: t.data_ptr() in pinned and t.untyped_storage().nbytes() > 0
+
+
+def _gt_tensors(gt):
+    return [v for v in (gt.boxes, gt.labels, gt.valid, gt.crowd_boxes, gt.crowd_valid) if v is not None]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_pinned_batches_and_non_blocking_copies(voc_folder, device, pinning, workers):
     """The loader of a CUDA run (pin_memory=True): in the pinning thread (workers > 0) or the main process
-    every tensor of a Batch is pinned, a LoadFailure passes through, and ``to(device, non_blocking=True)``
-    gives the unpinned loader's values."""
+    every tensor that ``Batch.to`` copies (the images and the padded targets) is pinned, also in a batch with
+    an image without objects ("c"), a LoadFailure passes through, and ``to(device, non_blocking=True)`` gives
+    the unpinned loader's values."""
     recs = _records(voc_folder)
     cfg = _cfg(workers=workers)
     pinned_batches = list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))
     plain_batches = list(build_train_loader(cfg, recs, CLASSES))
     assert len(pinned_batches) == len(plain_batches) == 3
+    assert any(len(t["labels"]) == 0 for b in pinned_batches for t in b.targets)  # the case CUDA caught
     for pinned, plain in zip(pinned_batches, plain_batches):
         assert isinstance(pinned, Batch) and pinning(pinned.images)
-        assert all(pinning(v) for t in pinned.targets for v in t.values())
+        assert all(pinning(v) for v in _gt_tensors(pinned.gt))
         assert pinned.image_sizes == plain.image_sizes and pinned.metas == plain.metas
         moved = pinned.to(device, non_blocking=True)
-        assert moved.images.device.type == device.type
+        assert moved.images.device.type == device.type and moved.gt.device.type == device.type
         assert torch.equal(moved.images.cpu(), plain.images)
-        for t, u in zip(moved.targets, plain.targets):
-            assert torch.equal(t["boxes"].cpu(), u["boxes"]) and torch.equal(t["labels"].cpu(), u["labels"])
+        for t, u in zip(_gt_tensors(moved.gt), _gt_tensors(pad_targets(plain.targets, "cpu"))):
+            assert torch.equal(t.cpu(), u)
     bad = voc_folder / "JPEGImages" / "b.jpg"
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(UserError, match="b.jpg: cannot read image"):

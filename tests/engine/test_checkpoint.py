@@ -119,3 +119,40 @@ def test_format_1_checkpoint_is_upgraded(tmp_path):
         assert torch.equal(loaded["optimizer"]["state"][index][k], v)
     current = ck.load_checkpoint(ck.save_checkpoint(c, tmp_path / "new.pth"))
     assert "upgraded_from" not in current and torch.equal(current["model"][ck.FC1_WEIGHT], fc1)
+
+
+def test_newest_checkpoint_orders_by_session_epoch_step_and_skips_unreadable_ones(tmp_path):
+    for name, kw in [("fpn_1_9_5.pth", {}), ("fpn_1_10_0.pth", dict(interrupted=True)), ("fpn_2_1_3.pth", {})]:
+        ck.save_checkpoint(_ckpt(**kw)[1], tmp_path / name)
+    (tmp_path / "fpn_1_x_1.pth").write_bytes(b"")  # not a checkpoint name: ignored
+    assert [p.name for p in ck.checkpoint_files(tmp_path)] == ["fpn_1_9_5.pth", "fpn_1_10_0.pth", "fpn_2_1_3.pth"]
+    assert [p.name for p in ck.checkpoint_files(tmp_path, session=1)] == ["fpn_1_9_5.pth", "fpn_1_10_0.pth"]
+    warned = []
+    path, found = ck.newest_checkpoint(tmp_path, session=1, warn=warned.append)
+    assert path.name == "fpn_1_10_0.pth" and found["interrupted"] and not warned
+
+    # the newest truncated (a node lost while writing), the one before holding weights only: one warning each
+    data = (tmp_path / "fpn_2_1_3.pth").read_bytes()
+    (tmp_path / "fpn_2_1_3.pth").write_bytes(data[: len(data) // 3])
+    torch.save(ck.weights_checkpoint({}, config={}, classes=(), net="res18", dataset="x"), tmp_path / "fpn_2_1_2.pth")
+    path, _ = ck.newest_checkpoint(tmp_path, warn=warned.append)
+    assert path.name == "fpn_1_10_0.pth"
+    assert warned[0].startswith(f"--resume auto: skipped {tmp_path / 'fpn_2_1_3.pth'}: not a readable checkpoint (")
+    assert warned[1] == f"--resume auto: skipped {tmp_path / 'fpn_2_1_2.pth'}: holds weights only"
+    assert ck.newest_checkpoint(tmp_path / "none") is None
+
+
+def test_prune_keeps_the_newest_mid_epoch_checkpoints_and_every_epoch_end(tmp_path):
+    names = {"fpn_1_1_1.pth": True, "fpn_1_1_3.pth": False, "fpn_1_2_0.pth": True, "fpn_1_2_2.pth": True,
+             "fpn_1_2_3.pth": False, "fpn_2_1_0.pth": True}  # name: mid-epoch  # fmt: skip
+    for name, mid in names.items():
+        ck.save_checkpoint(_ckpt(mid_epoch=mid)[1], tmp_path / name)
+    (tmp_path / "fpn_1_1_2.pth").write_bytes(b"truncated")  # unreadable: left alone
+    assert ck.prune_mid_epoch(tmp_path, session=1, keep=0) == []
+    removed = ck.prune_mid_epoch(tmp_path, session=1, keep=2)
+    assert [p.name for p in removed] == ["fpn_1_1_1.pth"]
+    left = ["fpn_1_1_2.pth", "fpn_1_1_3.pth", "fpn_1_2_0.pth", "fpn_1_2_2.pth", "fpn_1_2_3.pth", "fpn_2_1_0.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+    assert [p.name for p in ck.prune_mid_epoch(tmp_path, session=1, keep=1)] == ["fpn_1_2_0.pth"]
+    # a checkpoint from before mid_epoch was saved: interrupted says it
+    assert ck.is_mid_epoch({"interrupted": True}) and not ck.is_mid_epoch({"interrupted": False})

@@ -1,8 +1,10 @@
-"""DDP on the CPU: 2 processes (gloo) train a few iterations and end with identical parameters."""
+"""DDP on the CPU: 2 processes (gloo) train a few iterations and end with identical parameters; a stop signal to
+one rank stops both at the same iteration."""
 
 import json
 import math
 import os
+import signal
 import socket
 
 import pytest
@@ -59,3 +61,56 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     assert log[1] == ("world size 2: batch 1 per process, 2 in total; AdamW (fused) lr 0.002 "
                       "(solver.lr 0.001 x 2 / reference batch 1: lr_scaling=linear)")  # fmt: skip
     assert (tmp_path / "rank1.log").read_text() == ""  # only rank 0 speaks
+
+
+def _stop_worker(rank, world, port, data_dir, save_dir, out, stop_rank, at_call, action):
+    """A rank of a 2-process run in which ``stop_rank``'s model calls ``action()`` in its ``at_call``-th forward."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    import fpn.model
+    from fpn.engine.trainer import train
+
+    real = fpn.model.build_detector
+
+    def build(cfg, num_classes, **kw):
+        model = real(cfg, num_classes, **kw)
+        forward, calls = model.forward, [0]
+
+        def patched(*args, **kwargs):
+            calls[0] += 1
+            if rank == stop_rank and calls[0] == at_call:
+                action()
+            return forward(*args, **kwargs)
+
+        model.forward = patched
+        return model
+
+    fpn.model.build_detector = build
+    cfg = C.apply_overrides(C.get_preset("synthetic"), TINY)
+    cfg.data.data_dir, cfg.save_dir = str(data_dir), str(save_dir)
+    result = train(cfg, progress=False, log=lambda line: None)
+    torch.save({"params": dict(result.model.named_parameters()), "iteration": result.iteration,
+                "interrupted": result.interrupted, "requeue": result.requeue}, out / f"rank{rank}.pt")  # fmt: skip
+
+
+def _sigterm():
+    signal.raise_signal(signal.SIGTERM)
+
+
+def test_sigterm_to_one_rank_stops_both_at_the_same_iteration_and_rank_0_saves_once(tmp_path):
+    generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=4)
+    # rank 1 alone gets SIGTERM during its 2nd iteration (of 4)
+    args = (2, _free_port(), tmp_path / "data", tmp_path / "runs", tmp_path, 1, 2, _sigterm)
+    mp.spawn(_stop_worker, args=args, nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # rank 1 votes to stop at the boundary after iteration 2; the ranks read the vote one boundary later
+    assert r0["iteration"] == r1["iteration"] == 3
+    assert r0["interrupted"] and r1["interrupted"] and r0["requeue"] and r1["requeue"]
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), name
+    run = tmp_path / "runs" / "res18" / "synthetic" / "default"
+    assert sorted(p.name for p in run.glob("*.pth")) == ["fpn_1_1_2.pth"]
+    ckpt = torch.load(run / "fpn_1_1_2.pth", map_location="cpu", weights_only=False)
+    assert (ckpt["iteration"], ckpt["interrupted"], ckpt["mid_epoch"], len(ckpt["rng"])) == (3, True, True, 2)
+    assert torch.equal(ckpt["model"]["backbone.conv1.weight"], r0["params"]["backbone.conv1.weight"])

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -7,7 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from fpn.config import synthetic
 from fpn.errors import UserError
 from fpn.model import build_detector, uses_caffe_weights
-from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm
+from fpn.model.backbone import FrozenBNConv2d, ResNetBackbone, build_backbone, fold_batchnorm, fuse_frozen_batchnorm
 
 
 def _cfg(**model):
@@ -140,16 +142,62 @@ def test_narrow_backbone_refuses_pretrained_weights():
         build_backbone(_cfg(backbone_width=4, pretrained="none"))
 
 
-@pytest.mark.parametrize("norm, channels_last", [("frozen_bn", False), ("bn", True)])
-def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last):
-    torch.manual_seed(0)
-    backbone = ResNetBackbone(50 if norm == "frozen_bn" else 18, norm=norm, freeze_at=1, width=16).eval()
+def _randomise_norms(backbone):
     for m in backbone.modules():  # non-trivial statistics and affine parameters
         if hasattr(m, "running_var"):
             m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
             m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
             m.weight.data.copy_(torch.rand_like(m.weight) + 0.5)
             m.bias.data.copy_(torch.randn_like(m.bias) * 0.1)
+    return backbone
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_frozen_batchnorm_equals_the_plain_backbone_outputs_and_gradients(channels_last):
+    """Training with frozen BatchNorm applied through the convolutions: the same outputs and gradients (input,
+    trainable convolution weights), the same state dict, frozen stages still frozen."""
+    torch.manual_seed(0)
+    plain = _randomise_norms(ResNetBackbone(50, norm="frozen_bn", freeze_at=1, width=16))
+    fused = copy.deepcopy(plain)
+    frozen_norms = sum(isinstance(m, FrozenBatchNorm2d) for m in plain.modules())
+    assert fuse_frozen_batchnorm(fused) == frozen_norms > 0 and fuse_frozen_batchnorm(fused) == 0  # once
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert [n for n, p in fused.named_parameters() if p.requires_grad] == [
+        n for n, p in plain.named_parameters() if p.requires_grad]  # fmt: skip
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 96, 128).contiguous(memory_format=layout)
+    outputs, grads = [], []
+    for model in (plain, fused):
+        model.to(memory_format=layout).train()
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in out)
+        grads.append(torch.autograd.grad(loss, [xi, model.layer4[0].conv1.weight, model.layer2[0].downsample[0].weight,
+                                                model.layer3[1].conv2.weight]))  # fmt: skip
+        outputs.append(out)
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    twin = copy.deepcopy(fused)  # the conv's reference follows its norm into a copy
+    assert isinstance(twin.conv1, FrozenBNConv2d) and twin.conv1.norm is twin.bn1
+
+
+def test_build_backbone_fuses_frozen_batchnorm_unless_told_not_to():
+    assert isinstance(build_backbone(_cfg(pretrained="none", norm="frozen_bn")).layer1[0].conv2, FrozenBNConv2d)
+    plain = build_backbone(_cfg(pretrained="none", norm="frozen_bn", fuse_frozen_bn=False))
+    assert not any(isinstance(m, FrozenBNConv2d) for m in plain.modules())
+    assert not any(isinstance(m, FrozenBNConv2d) for m in build_backbone(_cfg(pretrained="none", norm="bn")).modules())
+
+
+@pytest.mark.parametrize("norm, channels_last, fused", [("frozen_bn", False, False), ("frozen_bn", True, True),
+                                                        ("bn", True, False)])
+def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last, fused):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(50 if norm == "frozen_bn" else 18, norm=norm, freeze_at=1, width=16).eval()
+    _randomise_norms(backbone)
+    if fused:
+        fuse_frozen_batchnorm(backbone)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     backbone.to(memory_format=layout)
     x = torch.randn(1, 3, 96, 128).contiguous(memory_format=layout)
@@ -158,7 +206,7 @@ def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last):
         norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
         assert fold_batchnorm(backbone) == norms > 0
         folded = backbone(x)
-    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d, FrozenBNConv2d)) for m in backbone.modules())
     assert backbone.layer1[0].conv1.weight.is_contiguous(memory_format=layout)
     for a, b in zip(folded, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())

@@ -5,11 +5,11 @@ import torch
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, roi_align
 
 from fpn.config import synthetic
+from fpn.data.targets import pad_targets
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.roi_heads import MultiScaleRoIAlign, build_roi_heads
 from fpn.model.rpn import build_rpn
-from fpn.model.targets import pad_targets
 
 
 def _random_boxes(g, k, size=100.0, min_wh=2.0, max_wh=60.0):

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector_helpers import rectangles_batch
+from detector_helpers import branches, rectangles_batch
+from fpn.errors import UserError
 from fpn.model import FPNDetector, build_detector, for_inference
 
 LOSS_KEYS = {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
@@ -140,13 +141,6 @@ def test_channels_last_is_a_layout_only(small_cfg):
     assert torch.equal(a["labels"], b["labels"]) and len(a["labels"]) > 0
 
 
-def _use_cuda_branches(model, on: bool):
-    """The implementations a CUDA run picks (torchvision's roi_align per level, batched_nms) or a CPU run's
-    (the sparse pooler, segment_nms), on whatever device the model is."""
-    model.roi_heads.pooler.impl = "torchvision" if on else "sparse"
-    model.rpn.batched_nms = on
-
-
 def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
     """Both branches forced on the device at hand: a CUDA-only branch runs in a CPU test, and on a GPU the
     CPU one runs there too. Same losses and gradients in training, same detections at test time."""
@@ -157,13 +151,13 @@ def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
     runs = []
     for cuda_branches in (False, True):
         model.load_state_dict(state)
-        _use_cuda_branches(model, cuda_branches)
-        torch.manual_seed(1)  # the same anchor and RoI samples
-        losses = model.train()(images, None, targets)
-        grads = torch.autograd.grad(sum(losses.values()), [model.roi_heads.box_head.fc1.weight,
-                                                           model.backbone.layer4[0].conv1.weight])
-        with torch.no_grad():
-            detections = model.eval()(images, None)
+        with branches(model, cuda_branches):
+            torch.manual_seed(1)  # the same anchor and RoI samples
+            losses = model.train()(images, None, targets)
+            grads = torch.autograd.grad(sum(losses.values()), [model.roi_heads.box_head.fc1.weight,
+                                                               model.backbone.layer4[0].conv1.weight])
+            with torch.no_grad():
+                detections = model.eval()(images, None)
         runs.append((losses, grads, detections))
     (losses_cpu, grads_cpu, dets_cpu), (losses_cuda, grads_cuda, dets_cuda) = runs
     for k in LOSS_KEYS:
@@ -196,3 +190,49 @@ def test_for_inference_gives_the_same_detections(small_cfg):
         assert a["labels"].tolist() == b["labels"].tolist() and len(a["labels"]) > 0
         torch.testing.assert_close(b["boxes"], a["boxes"], rtol=0, atol=1e-3)
         torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-5)
+
+
+def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
+    """``model.compile``: backbone + FPN through torch.compile (here its ``aot_eager`` backend, which traces and
+    splits forward and backward as inductor does, without inductor's minutes of C++ compilation on a CPU): the
+    same losses and gradients as eager; a copy (``for_inference``) does not call the original's compiled code."""
+    torch.manual_seed(0)
+    small_cfg.model.compile = "aot_eager"
+    compiled = build_detector(small_cfg, num_classes=4, load_pretrained=False)
+    small_cfg.model.compile = ""
+    eager = build_detector(small_cfg, num_classes=4, load_pretrained=False)
+    eager.load_state_dict(compiled.state_dict())
+    images, targets = rectangles_batch()
+    results = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)
+        losses = model.train()(images, None, targets)
+        grads = torch.autograd.grad(sum(losses.values()), [model.backbone.layer1[0].conv1.weight,
+                                                           model.neck.output[0].weight])
+        results.append((losses, grads))
+    (losses_eager, grads_eager), (losses_compiled, grads_compiled) = results
+    for k in LOSS_KEYS:
+        torch.testing.assert_close(losses_compiled[k], losses_eager[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_compiled, grads_eager):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    copy_ = for_inference(compiled)
+    assert copy_.compile_backend == "aot_eager"
+    with torch.no_grad():
+        copy_.backbone.conv1.weight.zero_()  # if the copy ran the original's compiled code, it would not see this
+        torch.testing.assert_close(copy_.features(images)[0], copy_._plain_features(images)[0])
+
+
+def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
+    small_cfg.model.pool_impl, small_cfg.model.nms_impl = "packed", "mask"
+    model = build_detector(small_cfg, num_classes=4, load_pretrained=False)
+    assert (model.roi_heads.pooler.impl, model.rpn.nms_impl, model.roi_heads.postprocessor.nms_impl) == (
+        "packed", "mask", "mask")  # fmt: skip
+    small_cfg.model.nms_impl = "offset"
+    assert build_detector(small_cfg, 4, load_pretrained=False).roi_heads.postprocessor.nms_impl == "candidates"
+    for key, value, message in [("pool_impl", "fast", "model.pool_impl: must be one of auto, torchvision"),
+                                ("nms_impl", "cuda", "model.nms_impl: must be one of auto, segment"),
+                                ("pool_aligned", False, "model.pool_impl=packed needs model.pool_aligned=True")]:
+        small_cfg.model.pool_impl, small_cfg.model.nms_impl = "packed", "auto"
+        setattr(small_cfg.model, key, value)
+        with pytest.raises(UserError, match=message):
+            build_detector(small_cfg, num_classes=4, load_pretrained=False)

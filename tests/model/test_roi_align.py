@@ -1,8 +1,11 @@
+import types
+
 import pytest
 import torch
 from torchvision.ops import roi_align
 
 from fpn.model.level_mapper import LevelMapper
+from fpn.model.packed_roi_align import packed_roi_align
 from fpn.model.roi_align import sparse_roi_align
 from fpn.model.roi_heads import MultiScaleRoIAlign
 
@@ -49,6 +52,36 @@ def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio, aligned
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # summation order differs
 
 
+def _clipped_rois(g, r, n=3, size=(224.0, 160.0)):
+    """RoIs as the RoI heads see them: clipped to the image (here the whole padded input), degenerate ones
+    included, many touching an edge."""
+    rois = _rois(g, r, n, size)
+    rois[:, 1:].clamp_(min=0)
+    rois[:, [1, 3]] = rois[:, [1, 3]].clamp(max=size[0])
+    rois[:, [2, 4]] = rois[:, [2, 4]].clamp(max=size[1])
+    rois[:5, 1:] = torch.tensor([[0.0, 0.0, 0.0, 0.0], [224.0, 160.0, 224.0, 160.0], [0.0, 150.0, 224.0, 160.0],
+                                 [220.0, 0.0, 224.0, 160.0], [3.0, 3.0, 3.0, 90.0]])  # fmt: skip
+    return rois
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 0])
+def test_packed_roi_align_equals_torchvision_values_and_gradients(ratio, device):
+    """The levels stacked into one map, one roi_align call: torchvision's per-level values and gradients (aligned),
+    for RoIs on every edge of the maps; 0 = torchvision's adaptive sampling."""
+    g = torch.Generator().manual_seed(10 + ratio)
+    feats = [f.to(device).requires_grad_() for f in _features(g)]
+    rois = _clipped_rois(g, 400).to(device)
+    level = torch.randint(0, 4, (400,), generator=g).to(device)
+    ours = packed_roi_align(feats, rois, level, SCALES, 7, ratio)
+    ref = _torchvision_per_level(feats, rois, level, 7, ratio)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # the shifted coordinates round differently
+    weights = torch.randn(ref.shape, generator=g).to(device)
+    grads = torch.autograd.grad((ours * weights).sum(), feats)
+    grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_sparse_roi_align_hand_computed_linear_map():
     # bilinear interpolation of a linear map is exact: each bin is the map at the mean of its samples
     h, w = 10, 12
@@ -81,9 +114,13 @@ def test_multiscale_roi_align_auto_picks_an_implementation():
     feats = _features(g)
     boxes = _rois(g, 6, n=1)[:, 1:].unsqueeze(0)
     outs = {}
-    for impl, ratio in [("auto", 2), ("sparse", 2), ("torchvision", 2), ("auto", 0)]:
+    on_cuda = [types.SimpleNamespace(device=torch.device("cuda"))]  # the choice reads the device only
+    for impl, ratio, cpu_choice, cuda_choice in [("auto", 2, "sparse", "packed"), ("sparse", 2, "sparse", "sparse"),
+                                                 ("torchvision", 2, "torchvision", "torchvision"),
+                                                 ("auto", 0, "torchvision", "packed"), ("packed", 2, "packed", "packed")]:
         pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, ratio, mapper, impl=impl)
-        assert pooler._use_sparse(feats) == (impl == "sparse" or (impl == "auto" and ratio > 0))
+        assert pooler._impl(feats) == cpu_choice
+        assert pooler._impl(on_cuda) == cuda_choice
         outs[impl, ratio] = pooler([f[:1] for f in feats], boxes)
     torch.testing.assert_close(outs["auto", 2], outs["torchvision", 2], rtol=1e-5, atol=1e-5)
     # aligned=False (read by both paths): the same as torchvision's detection pooler
@@ -96,6 +133,10 @@ def test_multiscale_roi_align_auto_picks_an_implementation():
         pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl=impl, aligned=False)
         torch.testing.assert_close(pooler([f[:1] for f in feats], boxes), expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(pooler([f[:1] for f in feats], boxes), outs["auto", 2], atol=1e-3)
+    unaligned = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, aligned=False)
+    assert unaligned._impl(on_cuda) == "torchvision"  # the packed map needs aligned=True
+    with pytest.raises(ValueError, match="aligned=True"):
+        MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="packed", aligned=False)
     with pytest.raises(ValueError, match="sampling_ratio"):
         MultiScaleRoIAlign((4, 8, 16, 32), 7, 0, mapper, impl="sparse")
     with pytest.raises(ValueError, match="impl"):

@@ -3,10 +3,11 @@
 import torch
 
 from fpn.config import synthetic
+from fpn.data.targets import pad_targets
 from fpn.model.box_ops import batched_ioa
 from fpn.model.roi_heads import build_roi_heads
 from fpn.model.rpn import build_rpn
-from fpn.model.targets import pad_targets
+from fpn.model.targets import crowd_ioa
 
 CPU = torch.device("cpu")
 
@@ -20,13 +21,13 @@ def test_batched_ioa_is_the_fraction_of_each_box_inside_the_region():
 def test_pad_targets_keeps_crowd_regions_apart():
     objects = {"boxes": torch.tensor([[1.0, 1, 5, 5]]), "labels": torch.tensor([2])}
     plain = pad_targets([objects, objects], CPU)
-    assert plain.crowd_boxes is None and plain.crowd_ioa(torch.zeros(3, 4)) is None  # VOC: nothing computed
+    assert plain.crowd_boxes is None and crowd_ioa(plain, torch.zeros(3, 4)) is None  # VOC: nothing computed
     crowd = {**objects, "crowd_boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 40, 40]])}
     gt = pad_targets([objects, crowd, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}], CPU)
     assert gt.valid.tolist() == [[True], [True], [False]]  # crowd regions are not objects
     assert gt.crowd_boxes.shape == (3, 2, 4)
     assert gt.crowd_valid.tolist() == [[False, False], [True, True], [False, False]]
-    ioa = gt.crowd_ioa(torch.tensor([[2.0, 2, 4, 4], [25.0, 25, 45, 45]]))  # (N, B)
+    ioa = crowd_ioa(gt, torch.tensor([[2.0, 2, 4, 4], [25.0, 25, 45, 45]]))  # (N, B)
     assert ioa.tolist() == [[0.0, 0.0], [1.0, 0.5625], [0.0, 0.0]]
 
 
