@@ -26,7 +26,7 @@ shared machine, which drifts over minutes, weighs on all of them alike.
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 import statistics
 import tempfile
 import time
@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 
 from fpn.config import Config, get_preset
-from fpn.data.transforms import resize_factor, resized_size
+from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
 from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
+from fpn.benchmark_weights import BenchModels, build_torchvision  # noqa: F401  (re-exported)
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
@@ -49,33 +50,41 @@ NETS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
 class BenchInput:
     originals: list[torch.Tensor]  # N x (3, h, w) unnormalised 0..1 images, for torchvision
     original_targets: list[dict]
-    images: torch.Tensor  # (N, 3, H, W) padded, resized batch, for ours
+    images: torch.Tensor  # (N, 3, H, W) the network input the loader would give ours
     image_sizes: list[tuple[int, int]]
     targets: list[dict]  # boxes in resized pixels
 
 
-def make_input(batch: int, image_size: tuple[int, int], scale: int, max_size: int, device, seed: int = 0,
-               size_divisible: int = 32, num_classes: int = 21) -> BenchInput:
-    """A reproducible batch: random images with 3 random boxes each (labels in 1..num_classes-1), also
-    resized like the loader does."""
-    g = torch.Generator().manual_seed(seed)
-    w, h = image_size
-    f = resize_factor(h, w, scale, max_size)
-    rh, rw = resized_size(h, w, f)
-    ph, pw = (math.ceil(v / size_divisible) * size_divisible for v in (rh, rw))
-    originals, original_targets, targets = [], [], []
-    images = torch.zeros(batch, 3, ph, pw)
+def _random_boxes(g: torch.Generator, w: int, h: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 random boxes in a w x h image (training targets for pictures that came without boxes)."""
+    xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    wh = 20 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+    return torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], dim=1), torch.randint(1, num_classes, (3,), generator=g)
+
+
+def make_input(samples: list[dict], batch: int, cfg: Config, scale: int, max_size: int, device,
+               num_classes: int = 21) -> BenchInput:  # fmt: skip
+    """The first ``batch`` samples (``fpn.data.bench_images``; repeated when there are fewer) as torchvision takes
+    them (0..1 images at their size) and as ours takes them (``transform_image`` + ``batch_images`` under ``cfg``'s
+    resize rule and normalisation, at ``scale`` / ``max_size``). Labels wrap around into 1..num_classes-1;
+    pictures without boxes get 3 random ones."""
+    g = torch.Generator().manual_seed(0)
+    originals, original_targets, resized, targets = [], [], [], []
     for i in range(batch):
-        img = torch.rand(3, h, w, generator=g)
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = 20 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        labels = torch.randint(1, num_classes, (3,), generator=g)
-        originals.append(img.to(device))
+        s = samples[i % len(samples)]
+        image = s["image"]
+        if s["boxes"] is None:
+            boxes, labels = _random_boxes(g, image.shape[-1], image.shape[-2], num_classes)
+        else:
+            boxes, labels = s["boxes"], (s["labels"] - 1) % (num_classes - 1) + 1
+        im, scaled, _ = transform_image(image, boxes, scale, max_size, cfg.data.normalization, resize=cfg.data.resize)
+        originals.append((image.float() / 255).to(device))
         original_targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-        targets.append({"boxes": (boxes * f).to(device), "labels": labels.to(device)})
-        images[i, :, :rh, :rw] = torch.nn.functional.interpolate(img[None], size=(rh, rw), mode="bilinear")[0]
-    return BenchInput(originals, original_targets, images.to(device), [(rh, rw)] * batch, targets)
+        resized.append(im)
+        targets.append({"boxes": scaled.to(device), "labels": labels.to(device)})
+    norm = None if is_normalized(cfg.data.resize) else cfg.data.normalization
+    images, sizes = batch_images(resized, norm, cfg.data.size_divisible)
+    return BenchInput(originals, original_targets, images.to(device), sizes, targets)
 
 
 def bench_config(preset: str = "voc07_res101", net: str | None = None, batch: int | None = None,
@@ -112,14 +121,6 @@ def build_ours(cfg: Config, num_classes: int = 21) -> torch.nn.Module:
     from fpn.model import build_detector
 
     return build_detector(cfg, num_classes, load_pretrained=False)
-
-
-def build_torchvision(net: str, scale: int, max_size: int, num_classes: int = 21) -> torch.nn.Module:
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-
-    backbone = resnet_fpn_backbone(backbone_name=f"resnet{NETS[net]}", weights=None, trainable_layers=3)
-    return FasterRCNN(backbone, num_classes=num_classes, min_size=scale, max_size=max_size)
 
 
 def _sync(device: torch.device) -> None:
@@ -171,10 +172,55 @@ def make_train_step(model, cfg: Config, amp: str, device, iters: int) -> TrainSt
     return TrainStep(model, optimizer, scaler, device, amp, scheduler, cfg.solver.clip_grad_norm)
 
 
-def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device, warmup: int, iters: int) -> dict:
-    """Median time of one training step, ``TrainStep``: forward, loss sum, backward, optimiser step."""
-    model.to(device).train()
-    step = make_train_step(model, cfg, amp, device, warmup + iters + 1)
+@torch.no_grad()
+def detection_counts(model, inp: BenchInput, impl: str, amp: str, device) -> dict:
+    """One eval-mode pass over ``inp``: detections and RPN proposals per image, and whether the result is
+    representative (a model that detects nothing times post-processing and RoI work on garbage)."""
+    proposals: list[int] = []
+
+    def count(module, args, output):
+        if impl == "ours":  # (proposals (N, P, 4), valid (N, P), losses)
+            proposals.extend(output[1].sum(1).tolist())
+        else:  # ([boxes (P_i, 4)], losses)
+            proposals.extend(len(b) for b in output[0])
+
+    was_training = model.training
+    model.eval()
+    handle = model.rpn.register_forward_hook(count)
+    try:
+        with autocast(device, amp):
+            out = model(inp.images, inp.image_sizes) if impl == "ours" else model(inp.originals)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    detections = [len(d["scores"]) for d in out]
+    result = {"detections_per_image": detections, "proposals_per_image": proposals,
+              "representative": sum(detections) > 0}  # fmt: skip
+    if not result["representative"]:
+        result["note"] = NOT_REPRESENTATIVE
+    return result
+
+
+NOT_REPRESENTATIVE = ("NOT REPRESENTATIVE: the model returns no detections, so NMS and RoI costs are arbitrary; "
+                      "time trained weights (--weights, or --compare torchvision to pretrain them)")  # fmt: skip
+
+
+def _profile(run, out: dict, device, iters: int) -> None:
+    from fpn.engine.cuda_profile import host_syncs, profile_cuda
+
+    out["host_syncs"] = host_syncs(run, device)
+    if device.type == "cuda":
+        out["profile"] = profile_cuda(run, max(1, min(iters, 5)), device)
+
+
+def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device, warmup: int, iters: int,
+                profile: bool = False) -> dict:  # fmt: skip
+    """Median time of one training step, ``TrainStep``: forward, loss sum, backward, optimiser step (on a copy of
+    ``model``: its weights are left as they are). Detections are counted before, in eval mode."""
+    model = copy.deepcopy(model).to(device)
+    counts = detection_counts(model, inp, impl, amp, device)
+    model.train()
+    step = make_train_step(model, cfg, amp, device, warmup + iters + 1 + (7 if profile else 0))
     inputs = (inp.images, inp.image_sizes, inp.targets) if impl == "ours" else (inp.originals, inp.original_targets)
 
     def run():
@@ -185,12 +231,17 @@ def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device
     flops = _count_flops(run)
     out = _summary(_time(run, warmup, iters, device), len(inp.image_sizes), flops, device)
     out["optimizer"] = describe_optimizer(step.optimizer)
+    out.update(counts)
+    if profile:
+        _profile(run, out, device, iters)
     return out
 
 
 @torch.no_grad()
-def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int, iters: int) -> dict:
-    """Median time of one batched forward pass in eval mode (post-processing included)."""
+def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int, iters: int,
+                profile: bool = False) -> dict:  # fmt: skip
+    """Median time of one batched forward pass in eval mode (post-processing included), with the detections and
+    proposals per image."""
     model.to(device).eval()
 
     def forward():
@@ -204,7 +255,11 @@ def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int
         torch.cuda.reset_peak_memory_stats(device)
     with _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
         flops = _count_flops(forward)
-    return _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
+    out = _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
+    out.update(detection_counts(model, inp, impl, amp, device))
+    if profile:
+        _profile(forward, out, device, iters)
+    return out
 
 
 @contextlib.contextmanager
@@ -219,181 +274,209 @@ def _dense_pooling(model):
         pooler.impl = impl
 
 
-def _same_weights_detector(tv: torch.nn.Module, scale: int, max_size: int, device, amp: str, tmp: Path,
-                           overrides: tuple[str, ...] = ()):
-    """Our model with torchvision's weights (``fpn convert torchvision``'s mapping and conventions): the same
-    detections as ``tv``. Returns (the bare model, its config, the Detector running it)."""
+def agreement(models: BenchModels, image: torch.Tensor, device) -> dict:
+    """Ours and torchvision's detections of ``image`` (uint8 (3, H, W)) with the same weights, in fp32, at their
+    score threshold, in score order: {"detections": [ours, torchvision], "max_box_px", "max_score",
+    "labels_equal", "ok"} (ok: the same non-zero count, labels equal, boxes within 0.5 px, scores within 0.01)."""
     from fpn.api import Detector
-    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
-    from fpn.interop.torchvision import convert_state
 
-    slots = tv.roi_heads.box_predictor.cls_score.out_features
-    classes_file = tmp / "classes.txt"
-    classes_file.write_text("".join(f"class{i}\n" for i in range(1, slots)))
-    ckpt = convert_state(tv.state_dict(), "torchvision's model", classes_file,
-                         [f"data.test_scale={scale}", f"data.max_size={max_size}", *overrides])  # fmt: skip
-    cfg = checkpoint_config(ckpt, "converted")
-    model = build_model_from_checkpoint(ckpt, "converted", cfg, "cpu")
-    return model, cfg, Detector.from_model(model, cfg, ckpt["classes"], str(device), amp)
-
-
-def _agreement(tv: torch.nn.Module, image: torch.Tensor, device, tmp: Path) -> dict:
-    """Largest differences between torchvision's detections and ours with its weights on ``image`` (fp32, every
-    score kept, so random weights give 100 detections to compare): {"detections", "max_box_px", "max_score",
-    "labels_equal"}, detections in score order."""
-    scale, max_size = tv.transform.min_size[0], tv.transform.max_size
-    detector = _same_weights_detector(tv, scale, max_size, device, "none", tmp, ("model.score_thresh=0.0",))[2]
-    threshold, tv.roi_heads.score_thresh = tv.roi_heads.score_thresh, 0.0
-    try:
-        with torch.inference_mode():
-            ref = tv([image.to(device).float() / 255])[0]
-        ours = detector.predict(image)
-    finally:
-        tv.roi_heads.score_thresh = threshold
+    tv = models.torchvision.to(device).eval()
+    detector = Detector.from_model(models.ours, models.cfg, models.classes, str(device), "none")
+    with torch.inference_mode():
+        ref = tv([image.to(device).float() / 255])[0]
+    ours = detector.predict(image)
     n = min(len(ours), len(ref["scores"]))
     boxes, scores = torch.from_numpy(ours.boxes[:n]), torch.from_numpy(ours.scores[:n])
-    return {"detections": [len(ours), len(ref["scores"])],
-            "max_box_px": float((boxes - ref["boxes"][:n].cpu()).abs().max()) if n else 0.0,
-            "max_score": float((scores - ref["scores"][:n].cpu()).abs().max()) if n else 0.0,
-            "labels_equal": bool(torch.equal(torch.from_numpy(ours.labels[:n]), ref["labels"][:n].cpu()))}
+    out = {"detections": [len(ours), len(ref["scores"])],
+           "max_box_px": float((boxes - ref["boxes"][:n].cpu()).abs().max()) if n else 0.0,
+           "max_score": float((scores - ref["scores"][:n].cpu()).abs().max()) if n else 0.0,
+           "labels_equal": bool(torch.equal(torch.from_numpy(ours.labels[:n]), ref["labels"][:n].cpu()))}  # fmt: skip
+    out["ok"] = (out["detections"][0] == out["detections"][1] > 0 and out["labels_equal"]
+                 and out["max_box_px"] <= 0.5 and out["max_score"] <= 0.01)  # fmt: skip
+    return out
 
 
-def bench_latency(cfg: Config, image_size: tuple[int, int], device: torch.device, amp: str, compare: str | None,
-                  onnx: bool, warmup: int, iters: int) -> dict:
-    """Batch-1 latency, one uint8 image -> detections: {impl: {"ms" (median), "ms_min", "precision", "iters",
-    "vs_torchvision": torchvision's ms / this one's}}. Implementations: ours (``fpn.Detector`` of ``cfg``), ours in
-    ONNX Runtime (``onnx``), torchvision (``compare``) and then also ours with torchvision's weights and
-    conventions (``ours_tv_weights``, and in ONNX Runtime with ``onnx``), whose detections are compared with
-    torchvision's (``"agreement"``); every round times each once, in turn."""
+def bench_latency(models: BenchModels, image: torch.Tensor, device: torch.device, amp: str, onnx: bool,
+                  warmup: int, iters: int) -> dict:  # fmt: skip
+    """Batch-1 latency, one uint8 image (3, H, W) -> detections: {impl: {"ms" (median), "ms_min", "precision",
+    "iters", "detections", "vs_torchvision": torchvision's ms / this one's}}. Implementations: ours
+    (``fpn.Detector``), ours in ONNX Runtime (``onnx``, CPU), torchvision's model (when there is one); every round
+    times each once, in turn, so that a shared machine's drifting load weighs on all alike."""
     from fpn.api import Detector
     from fpn.engine.export import export_onnx
 
-    net, scale, max_size = cfg.model.backbone, cfg.data.test_scale, cfg.data.test_size_limit()
-    num_classes = num_classes_of(cfg)
-    inp = make_input(1, image_size, scale, max_size, torch.device("cpu"), num_classes=num_classes)
-    image = (inp.originals[0] * 255).round().to(torch.uint8)  # (3, h, w)
-    torch.manual_seed(0)
-    ours = build_ours(cfg, num_classes)
-    classes = [f"class{i}" for i in range(1, num_classes)]
-    detector = Detector.from_model(ours, cfg, classes, str(device), amp)
-    runners = {"ours": lambda: detector.predict(image)}
-    precisions = {"ours": PRECISION_NAMES[amp]}
-    agreement = None
     if onnx and device.type != "cpu":
         raise UserError("--onnx: the ONNX model runs in onnxruntime on the CPU; add --device cpu")
+    detector = Detector.from_model(models.ours, models.cfg, models.classes, str(device), amp)
+    runners = {"ours": lambda: detector.predict(image)}
+    precisions = {"ours": PRECISION_NAMES[amp]}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-
-        def add_onnx(name: str, model, model_cfg, model_classes):
-            exported = Detector.from_onnx(export_onnx(model, model_cfg, model_classes, tmp / f"{name}.onnx"),
-                                          threads=torch.get_num_threads())  # fmt: skip
-            runners[name], precisions[name] = (lambda: exported.predict(image)), "fp32"
-
         if onnx:
-            add_onnx("ours_onnx", ours, cfg, classes)
-        if compare == "torchvision":
-            tv = build_torchvision(net, scale, max_size, num_classes).to(device).eval()
-            tv_image = image.to(device).float() / 255
+            exported = Detector.from_onnx(export_onnx(models.ours, models.cfg, models.classes, Path(tmp) / "m.onnx"),
+                                          threads=torch.get_num_threads())  # fmt: skip
+            runners["ours_onnx"], precisions["ours_onnx"] = (lambda: exported.predict(image)), "fp32"
+        if models.torchvision is not None:
+            tv = models.torchvision.to(device).eval()
+            tv_image = image.to(device)
 
             def run_tv():
                 with torch.inference_mode(), autocast(device, amp):
-                    tv([tv_image])
+                    return tv([tv_image.float() / 255])[0]["scores"].cpu()  # to the host, as predict does
 
             runners["torchvision"] = run_tv
             precisions["torchvision"] = PRECISION_NAMES[amp]
-            same, same_cfg, same_detector = _same_weights_detector(tv, scale, max_size, device, amp, tmp)
-            runners["ours_tv_weights"] = lambda: same_detector.predict(image)
-            precisions["ours_tv_weights"] = PRECISION_NAMES[amp]
-            if onnx:
-                add_onnx("ours_tv_weights_onnx", same, same_cfg, same_detector.classes)
-            agreement = _agreement(tv, image, device, tmp)
         times = {name: [] for name in runners}
+        detections = {}
         for i in range(warmup + iters):
             for name, fn in runners.items():
                 _sync(device)
                 t0 = time.perf_counter()
-                fn()
+                result = fn()
                 _sync(device)
                 if i >= warmup:
                     times[name].append(time.perf_counter() - t0)
+                detections[name] = len(result)
     results = {name: {"ms": statistics.median(t) * 1e3, "ms_min": min(t) * 1e3, "precision": precisions[name],
-                       "iters": len(t)} for name, t in times.items()}  # fmt: skip
+                      "iters": len(t), "detections": detections[name]} for name, t in times.items()}  # fmt: skip
     if "torchvision" in results:
         for name, r in results.items():
             if name != "torchvision":
                 r["vs_torchvision"] = results["torchvision"]["ms"] / r["ms"]  # > 1: faster than torchvision
-    if agreement is not None:
-        results["agreement"] = agreement
+    for r in results.values():
+        if not r["detections"]:
+            r["note"] = NOT_REPRESENTATIVE
     return results
 
 
-def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tuple[int, int] = (500, 375),
-                   compare: str | None = None, warmup: int = 3, iters: int = 10, onnx: bool = False) -> dict:
-    """Run the requested benchmarks of ``cfg`` (see ``bench_config``); returns {"config": ...,
-    "<impl>/<what>": result dict, "ratio/...": x}."""
+def bench_samples(image_dir: str | None, n: int, image_size: tuple[int, int] | None) -> tuple[list[dict], str]:
+    """The bench images (``fpn.data.bench_images``): ``image_dir``'s, else the synthetic dataset's; resized to
+    ``image_size`` (w, h) when given."""
+    from fpn.data.bench_images import folder_samples, resize_samples, synthetic_samples
+
+    if image_dir:
+        samples, what = folder_samples(image_dir, n)
+    else:
+        samples, what = synthetic_samples(n), f"{n} synthetic images (fpn.data.synthetic, seed 0), with boxes"
+    if image_size is not None:
+        samples = resize_samples(samples, image_size)
+        what += f", resized to {image_size[0]}x{image_size[1]}"
+    return samples, what
+
+
+def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tuple[int, int] | None = (500, 375),
+                   compare: str | None = None, warmup: int = 3, iters: int = 10, onnx: bool = False,
+                   weights: str | None = None, image_dir: str | None = None, pretrain_iters: int | None = None,
+                   save_weights: str | None = None, profile: bool = False) -> dict:  # fmt: skip
+    """Run the requested benchmarks of ``cfg`` (see ``bench_config``) on the models of
+    ``fpn.benchmark_weights.build_models``; returns {"config": ..., "weights": ..., "<impl>/<what>": result dict,
+    "ratio/...": x, "latency_bs1": ..., "agreement": ...}."""
+    from fpn.benchmark_weights import build_models
+
     net, batch = cfg.model.backbone, cfg.solver.batch_size
     if net not in NETS:
         raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
     precision = resolve_precision(cfg.solver.amp, device)
     amp = precision.amp
     scale, test_scale, max_size = cfg.data.train_scales[0], cfg.data.test_scale, cfg.data.max_size
-    num_classes = num_classes_of(cfg)
-    torch.manual_seed(0)
-    impls = ["ours"] + (["torchvision"] if compare == "torchvision" else [])
-    results: dict = {"config": {"preset": cfg.preset, "net": net, "backbone_width": cfg.model.backbone_width,
-                                "fpn_channels": cfg.model.fpn_channels, "batch": batch, "mode": mode,
+    samples, images_what = bench_samples(image_dir, max(8, batch), image_size)
+    models = build_models(cfg, num_classes_of(cfg), device, amp, compare, weights, samples, pretrain_iters,
+                          save_weights)  # fmt: skip
+    ours_cfg, num_classes = models.cfg, len(models.classes) + 1
+    results: dict = {"config": {"preset": cfg.preset, "net": ours_cfg.model.backbone,
+                                "backbone_width": ours_cfg.model.backbone_width,
+                                "fpn_channels": ours_cfg.model.fpn_channels, "batch": batch, "mode": mode,
                                 "device": str(device), "amp": amp, "precision": str(precision), "scale": scale,
-                                "test_scale": test_scale, "max_size": max_size, "image_size": list(image_size),
-                                "torch": torch.__version__, "channels_last": cfg.model.channels_last,
-                                "optimizer": cfg.solver.optimizer}}  # fmt: skip
+                                "test_scale": test_scale, "max_size": max_size, "images": images_what,
+                                "torch": torch.__version__, "channels_last": ours_cfg.model.channels_last,
+                                "fuse_frozen_bn": ours_cfg.model.fuse_frozen_bn, "compile": ours_cfg.model.compile,
+                                "pool_impl": ours_cfg.model.pool_impl, "nms_impl": ours_cfg.model.nms_impl,
+                                "optimizer": cfg.solver.optimizer},
+                     "weights": models.weights}  # fmt: skip
     if device.type == "cuda":
         results["config"]["gpu"] = torch.cuda.get_device_name(device)
-    for impl in impls:
-        if impl == "ours":
-            model = build_ours(cfg, num_classes)
-        else:
-            model = build_torchvision(net, scale, max_size, num_classes)
+    impls = {"ours": models.ours}
+    if models.torchvision is not None:
+        impls["torchvision"] = models.torchvision
+    for impl, model in impls.items():
         if mode in ("train", "all"):
-            inp = make_input(batch, image_size, scale, max_size, device, num_classes=num_classes)
-            results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, cfg, amp, device, warmup, iters)
+            inp = make_input(samples, batch, ours_cfg, scale, max_size, device, num_classes)
+            if impl == "torchvision":
+                model.transform.min_size, model.transform.max_size = (scale,), max_size
+            results[f"{impl}/train_bs{batch}"] = bench_train(model, inp, impl, ours_cfg, amp, device, warmup, iters,
+                                                             profile)  # fmt: skip
         if mode in ("infer", "all"):
-            test_max = cfg.data.test_size_limit()
+            test_max = ours_cfg.data.test_size_limit()
             if impl == "torchvision":
                 model.transform.min_size, model.transform.max_size = (test_scale,), test_max
             for bs in sorted({1, batch}):
-                inp = make_input(bs, image_size, test_scale, test_max, device, num_classes=num_classes)
-                results[f"{impl}/infer_bs{bs}"] = bench_infer(model, inp, impl, amp, device, warmup, iters)
-        del model
+                inp = make_input(samples, bs, ours_cfg, test_scale, test_max, device, num_classes)
+                results[f"{impl}/infer_bs{bs}"] = bench_infer(model, inp, impl, amp, device, warmup, iters, profile)
+        model.cpu()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if mode in ("infer", "all"):
-        results["latency_bs1"] = bench_latency(cfg, image_size, device, amp, compare, onnx, warmup, iters)
-    if compare == "torchvision":
+        results["latency_bs1"] = bench_latency(models, samples[0]["image"], device, amp, onnx, warmup, iters)
+        if models.torchvision is not None:
+            results["agreement"] = agreement(models, samples[0]["image"], device)
+    if models.torchvision is not None:
         for key in [k for k in results if k.startswith("ours/")]:
             what = key.split("/", 1)[1]
             results[f"ratio/{what}"] = results[key]["images_per_s"] / results[f"torchvision/{what}"]["images_per_s"]
     return results
 
 
+def _counts(r: dict) -> str:
+    if "detections_per_image" not in r:
+        return ""
+    mean = lambda v: sum(v) / max(1, len(v))  # noqa: E731
+    return f"{mean(r['detections_per_image']):>9.1f}{mean(r['proposals_per_image']):>10.0f}"
+
+
 def format_results(results: dict) -> str:
-    rows = [f"{'run':<26}{'img/s':>10}{'ms/iter':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}{'peak GiB':>10}"]
+    w = results.get("weights", {})
+    rows = [f"weights: {w.get('kind', '?')}" + (f" ({w['source']})" if w.get("source") else "")]
+    if "pretrain" in w:
+        p = w["pretrain"]
+        rows[0] += (f": {p['iterations']} iterations at scale {p['scale']}, batch {p['batch']}, {p['seconds']} s, "
+                    f"loss {p['first_loss']:.3f} -> {p['last_loss']:.3f}" if p["iterations"] else ": 0 iterations")
+    rows.append(f"images: {results['config'].get('images', '?')}")
+    rows.append(f"{'run':<26}{'img/s':>10}{'ms/iter':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}{'peak GiB':>10}"
+                f"{'det/img':>9}{'prop/img':>10}")
+    notes = []
     for key, r in results.items():
-        if key == "config" or key.startswith("ratio/") or "images_per_s" not in r:
+        if not isinstance(r, dict) or "images_per_s" not in r:
             continue
         mem = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
         rows.append(f"{key:<26}{r['images_per_s']:>10.2f}{r['ms_per_iter']:>10.1f}{r['gflop_per_image']:>11.1f}"
-                    f"{r['tflops']:>9.2f}{mem:>10}")
+                    f"{r['tflops']:>9.2f}{mem:>10}{_counts(r)}")
+        if "note" in r:
+            notes.append(key)
+        if "profile" in r:
+            p = r["profile"]
+            rows.append(f"  GPU kernels {p['gpu_ms_per_iter']:.1f} ms/iter (busy {100 * p['busy']:.0f}%), "
+                        f"{p['launches_per_iter']:.0f} launches/iter, {p['syncs_per_iter']:.0f} syncs/iter; top: "
+                        + ", ".join(f"{k['name'][:40]} {k['ms_per_iter']:.1f} ms" for k in p["top_kernels"][:3]))
+        if "host_syncs" in r:
+            h = r["host_syncs"]
+            sites = ", ".join(f"{site} x{n}" for site, n in list(h["sites"].items())[:8])
+            rows.append(f"  host syncs: {h['per_iter']} per iteration" + (f": {sites}" if sites else ""))
     for key, ratio in results.items():
         if key.startswith("ratio/"):
             rows.append(f"ours / torchvision, {key[6:]}: {ratio:.2f}x")
     if "latency_bs1" in results:
         rows.append("batch-1 latency, one image to its detections (median of interleaved runs):")
         for name, r in results["latency_bs1"].items():
-            if name == "agreement":
-                rows.append(f"  ours with torchvision's weights vs torchvision ({r['detections'][1]} detections): "
-                            f"boxes within {r['max_box_px']:.1e} px, scores within {r['max_score']:.1e}, "
-                            f"labels {'equal' if r['labels_equal'] else 'DIFFER'}")
-                continue
             speed = f"   {r['vs_torchvision']:.2f}x torchvision's speed" if "vs_torchvision" in r else ""
-            rows.append(f"  {name:<14}{r['ms']:>9.1f} ms (min {r['ms_min']:.1f}), {r['precision']}{speed}")
+            rows.append(f"  {name:<14}{r['ms']:>9.1f} ms (min {r['ms_min']:.1f}), {r['precision']}, "
+                        f"{r['detections']} detections{speed}")
+            if "note" in r:
+                notes.append(f"latency {name}")
+    if "agreement" in results:
+        a = results["agreement"]
+        rows.append(f"same weights, ours vs torchvision (fp32, one image): {a['detections'][0]} vs {a['detections'][1]} "
+                    f"detections, boxes within {a['max_box_px']:.1e} px, scores within {a['max_score']:.1e}, labels "
+                    f"{'equal' if a['labels_equal'] else 'DIFFER'}: "
+                    f"{'agree' if a['ok'] else 'nothing to compare' if not max(a['detections']) else 'DISAGREE'}")
+    if notes:
+        rows.append(f"{', '.join(notes)}: {NOT_REPRESENTATIVE}")
     return "\n".join(rows)

@@ -3,42 +3,101 @@ import json
 import pytest
 import torch
 
-from fpn.benchmark import bench_config, build_ours, make_input, make_train_step
+from fpn.benchmark import bench_config, bench_latency, build_ours, make_input, make_train_step
+from fpn.benchmark_weights import BenchModels, build_torchvision, pretrain_torchvision
 from fpn.cli import main
+from fpn.data.bench_images import resize_samples, synthetic_samples
 from fpn.engine.step import TrainStep
+
+TINY = ["--net", "res18", "--scale", "64", "--max-size", "96", "--iters", "1", "--warmup", "0", "--device", "cpu",
+        "--amp", "none"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_tv_weights(tmp_path_factory):
+    """A torchvision R18-FPN trained 20 iterations on synthetic images (lr 1e-3, scale 64): it detects things."""
+    samples = resize_samples(synthetic_samples(8), (160, 120))
+    torch.manual_seed(0)
+    tv = build_torchvision("res18", 64, 96, num_classes=21)
+    info = pretrain_torchvision(tv, samples, 20, 2, torch.device("cpu"), "none", 64, 96)
+    assert info["last_loss"] < info["first_loss"]
+    path = tmp_path_factory.mktemp("tv") / "tv_r18.pth"
+    torch.save(tv.state_dict(), path)
+    return path
 
 
 def test_bench_input_is_resized_like_the_loader():
-    inp = make_input(2, (500, 375), 600, 1000, torch.device("cpu"))
+    samples = resize_samples(synthetic_samples(2), (500, 375))
+    cfg = bench_config("voc07_res101")
+    inp = make_input(samples, 2, cfg, 600, 1000, torch.device("cpu"))
     assert inp.images.shape == (2, 3, 608, 800)  # 375x500 -> 600x800, padded to multiples of 32
     assert inp.image_sizes == [(600, 800), (600, 800)]
-    f = 600 / 375
-    torch.testing.assert_close(inp.targets[0]["boxes"], inp.original_targets[0]["boxes"] * f)
+    torch.testing.assert_close(inp.targets[0]["boxes"], inp.original_targets[0]["boxes"] * 1.6)
+    torch.testing.assert_close(inp.originals[1], samples[1]["image"].float() / 255)
+    assert inp.images[0, :, :600, :800].abs().mean() < 3  # normalised (ImageNet mean/std), not 0..255
+
+
+def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_path, capsys):
+    """The issue's acceptance: `fpn bench --mode infer --compare torchvision --weights W` runs both models on W,
+    both detect, and their detections agree."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--mode", "infer", "--compare", "torchvision", "--weights", str(trained_tv_weights),
+                 "--bs", "2", "--image-size", "160x120", *TINY, "--json", str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["weights"]["kind"] == "torchvision state dict" and res["config"]["net"] == "res18"
+    for key in ("ours/infer_bs1", "ours/infer_bs2", "torchvision/infer_bs1", "torchvision/infer_bs2"):
+        r = res[key]
+        assert r["representative"] and "note" not in r
+        assert min(r["detections_per_image"]) > 0 and min(r["proposals_per_image"]) > 0
+    assert res["ours/infer_bs2"]["detections_per_image"] == res["torchvision/infer_bs2"]["detections_per_image"]
+    a = res["agreement"]
+    assert a["ok"] and a["detections"][0] == a["detections"][1] > 0 and a["labels_equal"], a
+    assert a["max_box_px"] < 1e-2 and a["max_score"] < 1e-4
+    assert res["latency_bs1"]["ours"]["detections"] == res["latency_bs1"]["torchvision"]["detections"] > 0
+    printed = capsys.readouterr().out
+    assert "weights: torchvision state dict" in printed and ": agree" in printed and "NOT REPRESENTATIVE" not in printed
 
 
 def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    rc = main(["bench", "--net", "res18", "--bs", "2", "--scale", "64", "--max-size", "96", "--mode", "all",
-               "--iters", "1", "--warmup", "0", "--compare", "torchvision", "--images", "4", "--workers", "0",
-               "--device", "cpu", "--amp", "none", "--json", str(out)])
+    """Without pretraining (--pretrain-iters 0) every mode runs, with the profile's host syncs."""
+    out, saved = tmp_path / "bench.json", tmp_path / "tv.pth"
+    rc = main(["bench", "--bs", "2", "--mode", "all", "--compare", "torchvision", "--pretrain-iters", "0", "--images",
+               "4", "--workers", "0", "--profile", "--save-weights", str(saved), *TINY, "--json", str(out)])  # fmt: skip
     assert rc == 0
     res = json.loads(out.read_text())
+    assert res["weights"]["kind"].startswith("torchvision, pretrained here") and res["weights"]["pretrain"]["iterations"] == 0
+    assert set(torch.load(saved)) == set(build_torchvision("res18", 64, 96).state_dict())
     latency = res["latency_bs1"]
-    agreement = latency.pop("agreement")  # ours with torchvision's weights computes torchvision's detections
-    assert set(latency) == {"ours", "torchvision", "ours_tv_weights"}
-    assert agreement["detections"] == [100, 100] and agreement["labels_equal"]
-    assert agreement["max_box_px"] < 1e-3 and agreement["max_score"] < 1e-4
+    assert set(latency) == {"ours", "torchvision"}
     assert all(r["ms"] > 0 and r["iters"] == 1 and r["precision"] == "fp32" for r in latency.values())
     assert latency["ours"]["vs_torchvision"] == pytest.approx(latency["torchvision"]["ms"] / latency["ours"]["ms"])
     for key in ("ours/train_bs2", "ours/infer_bs1", "ours/infer_bs2", "torchvision/train_bs2", "torchvision/infer_bs2"):
-        assert res[key]["images_per_s"] > 0 and res[key]["gflop_per_image"] > 0
+        r = res[key]
+        assert r["images_per_s"] > 0 and r["gflop_per_image"] > 0
+        assert len(r["detections_per_image"]) == len(r["proposals_per_image"]) == int(key[-1])
+        assert r["representative"] == (sum(r["detections_per_image"]) > 0) and r["host_syncs"]["per_iter"] >= 0
+    # the host syncs of torchvision's inference: its per-level NMS and pooling, by source line
+    assert any(site.startswith("torchvision/") for site in res["torchvision/infer_bs2"]["host_syncs"]["sites"])
     ratio = res["ours/train_bs2"]["images_per_s"] / res["torchvision/train_bs2"]["images_per_s"]
     assert res["ratio/train_bs2"] == pytest.approx(ratio)
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
-    assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed
+    assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed and "host syncs:" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
-    assert "ours with torchvision's weights vs torchvision (100 detections)" in printed
+
+
+def test_a_model_that_detects_nothing_is_flagged_not_representative(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--mode", "infer", "--bs", "2", *TINY, "--set", "model.score_thresh=1.0", "--json",
+                 str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["weights"]["kind"] == "random"
+    for key in ("ours/infer_bs1", "ours/infer_bs2"):
+        assert res[key]["detections_per_image"] == [0] * int(key[-1]) and not res[key]["representative"]
+        assert res[key]["note"].startswith("NOT REPRESENTATIVE") and min(res[key]["proposals_per_image"]) > 0
+    assert res["latency_bs1"]["ours"]["detections"] == 0 and "NOT REPRESENTATIVE" in res["latency_bs1"]["ours"]["note"]
+    printed = capsys.readouterr().out
+    assert "ours/infer_bs1, ours/infer_bs2, latency ours: NOT REPRESENTATIVE: the model returns no detections" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -46,11 +105,19 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     (["--bs", "0"], "--bs 0: must be at least 1"),
     (["--amp", "fp8"], "--amp fp8"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
+    (["--image-dir", "no_such_dir"], "--image-dir no_such_dir: no such folder"),
+    (["--pretrain-iters", "-1"], "--pretrain-iters -1: must not be negative"),
 ])
 def test_bench_bad_flags(argv, message, capsys):
     assert main(["bench", "--mode", "infer", "--iters", "1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_fpn_checkpoint_weights_time_ours_but_cannot_be_compared(tiny_checkpoint, capsys):
+    assert main(["bench", "--mode", "infer", "--weights", str(tiny_checkpoint), "--compare", "torchvision", *TINY]) == 2
+    assert "an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN state dict" in capsys.readouterr().err
 
 
 def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch):
@@ -59,12 +126,14 @@ def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch)
     monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(self) or real_call(self, *a))
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "synthetic", "--scale", "64", "--max-size", "96", "--bs", "2", "--mode", "train",
-                 "--iters", "2", "--warmup", "1", "--device", "cpu", "--amp", "none", "--json", str(out)]) == 0
+                 "--iters", "2", "--warmup", "1", "--device", "cpu", "--amp", "none", "--json", str(out),
+                 "--set", "model.nms_impl=offset"]) == 0  # fmt: skip
     res = json.loads(out.read_text())
     c = res["config"]
     assert (c["preset"], c["net"], c["backbone_width"], c["fpn_channels"], c["batch"], c["scale"]) == (
         "synthetic", "res18", 32, 64, 2, 64)  # the preset's network, with the flags' batch and scale
     assert c["channels_last"] and c["optimizer"] == "adamw" and c["precision"] == "fp32 (asked for)"
+    assert c["nms_impl"] == "offset" and res["weights"]["kind"] == "random"
     assert res["ours/train_bs2"]["optimizer"] == "AdamW (fused)"  # build_optimizer's choice, as in training
     assert len(calls) == 1 + 1 + 2  # the FLOP count, warm-up and timed iterations: all the trainer's step
     assert calls[0].amp == "none" and calls[0].scheduler is not None
@@ -81,10 +150,10 @@ def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
     session's tiny ONNX file, which is tested elsewhere)."""
     import fpn.engine.export
 
-    from fpn.benchmark import bench_latency
-
     monkeypatch.setattr(fpn.engine.export, "export_onnx", lambda *args, **kwargs: tiny_onnx)
     cfg = bench_config("voc07_res101", net="res18", scale=64, max_size=96)
-    res = bench_latency(cfg, (80, 60), torch.device("cpu"), "none", None, True, warmup=0, iters=2)
+    models = BenchModels(build_ours(cfg), cfg, [f"class{i}" for i in range(1, 21)])
+    image = synthetic_samples(1)[0]["image"]
+    res = bench_latency(models, image, torch.device("cpu"), "none", True, warmup=0, iters=2)
     assert set(res) == {"ours", "ours_onnx"} and res["ours_onnx"]["iters"] == 2 and res["ours_onnx"]["ms"] > 0
     assert "vs_torchvision" not in res["ours"]

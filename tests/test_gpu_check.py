@@ -1,7 +1,8 @@
-"""scripts/gpu_check.py's own pieces (the whole script runs with --dry-run in a few minutes: not here)."""
+"""scripts/gpu_check.py: its pieces, and the whole script as a CPU dry run (all steps but the device tests)."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,29 +32,69 @@ def test_training_summary_finite_falling_and_map(tmp_path):
     assert not nan["finite"] and not nan["falling"] and nan["map"] is None
 
 
-def test_markdown_report_lists_every_run_and_skip():
-    bench = {"config": {"precision": "bf16 (NVIDIA H100, compute capability 9.0)"},
-             "ours/train_bs8": {"images_per_s": 210.0, "peak_mem_gib": 20.5},
-             "torchvision/train_bs8": {"images_per_s": 80.0, "peak_mem_gib": 30.0}, "ratio/train_bs8": 2.625}
+def test_bench_checks_fail_models_that_detect_nothing_and_disagreement():
+    ok = {"ours/infer_bs8": {"representative": True}, "agreement": {"ok": True}}
+    assert gpu_check.bench_checks(ok) == []
+    bad = {"ours/infer_bs8": {"representative": False}, "agreement": {"ok": False, "detections": [3, 4]}}
+    problems = gpu_check.bench_checks(bad)
+    assert problems[0] == "ours/infer_bs8: no detections" and problems[1].startswith("agreement:")
+
+
+def test_clock_gives_each_command_what_is_left_and_skips_when_out_of_time():
+    clock = gpu_check.Clock(100)
+    assert gpu_check.Clock(100).timeout(30) == 30 and 90 <= clock.timeout(150) <= 100
+    assert gpu_check.Clock(10).timeout(30) is None
+
+
+def test_markdown_report_lists_every_run_its_profile_and_skips():
+    res = {"config": {"precision": "bf16 (NVIDIA H100, compute capability 9.0)"},
+           "ours/train_bs8": {"images_per_s": 210.0, "ms_per_iter": 38.1, "peak_mem_gib": 20.5,
+                              "detections_per_image": [10, 20], "representative": True,
+                              "host_syncs": {"per_iter": 1, "sites": {"fpn/engine/step.py:80": 1}},
+                              "profile": {"gpu_ms_per_iter": 30.0, "busy": 0.8, "launches_per_iter": 900,
+                                          "top_kernels": [{"name": "sm90_gemm", "ms_per_iter": 9.0}]}},
+           "torchvision/train_bs8": {"images_per_s": 80.0, "peak_mem_gib": 30.0}, "ratio/train_bs8": 2.625}
     report = {"dry_run": False, "ok": False, "seconds": 400.0, "environment": {"gpu": "H100"}, "steps": {
         "tests": {"ok": True, "cmd": "pytest -m device", "summary": "10 passed"},
-        "train": {"ok": False, "runs": {
-            "fp32": {"ok": True, "precision": "precision: fp32 (asked for)", "iterations": 300, "first_loss": 3.5,
-                     "last_loss": 0.9, "finite": True, "falling": True, "s_per_iter": 0.05, "map": 0.61, "seconds": 40},
-            "bf16": {"ok": True, "skipped": True, "note": "error: --amp bf16: no native bf16"}}},
-        "bench": {"ok": True, "runs": {"train bs8 bf16": {"ok": True, "results": bench}}},
+        "synthetic": {"ok": True, "wall_s": 55.0, "iterations": 1600, "first_loss": 3.5, "last_loss": 0.9,
+                      "finite": True, "falling": True, "s_per_iter": 0.03, "map": 0.71},
+        "bench": {"ok": False, "runs": {"r101 train bs8 bf16": {"ok": True, "results": res},
+                                        "r101 infer bs8 bf16": gpu_check.skipped("out of time")}},
+        "train": {"ok": True, "iterations": 150, "s_per_iter": 0.04, "images_per_s": 200.0,
+                  "bench_images_per_s": 210.0, "vs_bench": 0.952, "finite": True},
     }}  # fmt: skip
     md = gpu_check.markdown(report)
     assert md.startswith("# GPU acceptance check: FAILED") and "10 passed (ok)" in md
-    assert "| fp32 | fp32 (asked for) | 300 | 3.5 | 0.9 | True | True | 0.05 | 0.6100 | 40 | ok |" in md
-    assert "| bf16 | skipped: error: --amp bf16: no native bf16 |  |  |" in md
-    assert "| train_bs8, bf16 | 210.00 | 80.00 | 2.62 | 20.50 | 30.00 |" in md
+    assert "| 55.0 | 1600 | 3.5 | 0.9 | True | True | 0.03 | 0.7100 | ok |" in md
+    assert ("| r101 train bs8 bf16: train_bs8, bf16 | 210.0 | 80.0 | 2.62 | 38.1 | 30.0 | 80% | 900 | 1 | 15.0 | "
+            "20.5 | 30.0 | ok |") in md  # fmt: skip
+    assert "| r101 infer bs8 bf16 | skipped: out of time |" in md
+    assert "host syncs `fpn/engine/step.py:80` x1" in md and "top kernels `sm90_gemm` 9.0 ms" in md
+    assert "| 150 | 0.04 | 200.0 | 210.0 | 0.95 | True | ok |" in md
 
 
 def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--steps", "train,lint", "--out", str(tmp_path)])
-    assert "--steps train,lint: choose from tests, train, bench" in capsys.readouterr().err
+    assert "--steps train,lint: choose from tests, synthetic, bench, train" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path)]) == 2
         assert "no CUDA device visible; run with --dry-run" in capsys.readouterr().err
+
+
+def test_dry_run_passes_on_a_cpu(tmp_path):
+    """The script end to end on the CPU (about a minute): synthetic preset, same-weights bench runs (pretrained,
+    saved, reloaded, levers off), the real-loader training on the saved backbone. The device tests run elsewhere."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train"}
+    runs = report["steps"]["bench"]["runs"]
+    assert set(runs) == set(gpu_check.DRY.bench_runs) and all(r["ok"] for r in runs.values())
+    first = runs["train bs2 fp32"]["results"]
+    assert first["weights"]["pretrain"]["iterations"] == 20 and first["ours/train_bs2"]["representative"]
+    assert runs["infer bs2 bf16"]["results"]["weights"]["kind"] == "torchvision state dict"
+    assert runs["infer bs2 bf16"]["results"]["agreement"]["ok"]
+    assert runs["train bs2 fp32 plain"]["results"]["config"]["fuse_frozen_bn"] is False
+    assert report["steps"]["train"]["images_per_s"] > 0 and (tmp_path / "report.md").is_file()

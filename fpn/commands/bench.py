@@ -2,7 +2,13 @@
 
 What runs is a preset (``--preset``, default ``voc07_res101``: res101, batch 2, scale 600 / max 1000, SGD,
 ``--amp auto``) with ``--net``, ``--bs``, ``--scale``, ``--max-size``, ``--amp`` and ``--channels-last``
-replacing its values; ``--mode train`` runs the trainer's own step for it.
+replacing its values (and ``--set`` for any other field); ``--mode train`` runs the trainer's own step for it.
+
+Weights and images (fpn/benchmark_weights.py): ``--weights`` (a torchvision Faster R-CNN state dict, loaded by
+both models, or an fpn checkpoint), else with ``--compare torchvision`` torchvision's model pretrained briefly on
+the bench images (``--pretrain-iters``) and given to both; ``--image-dir`` (a VOC/COCO dataset folder or any
+folder of pictures), else synthetic images. ``--profile``: host syncs with their source lines, and on CUDA the
+kernel time, busy fraction, launches and top kernels of each run.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import json
 from fpn.errors import UserError
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str) -> tuple[int, int] | None:
+    if text.lower() == "none":
+        return None
     try:
         w, h = (int(v) for v in text.lower().split("x"))
         if w > 0 and h > 0:
@@ -32,7 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bs", type=int, help="batch size (default: the preset's, 2)")
     p.add_argument("--scale", type=int, help="shorter side after resize (default: the preset's, 600)")
     p.add_argument("--max-size", type=int, help="longer side limit (default: the preset's, 1000)")
-    p.add_argument("--image-size", type=_size, default=(500, 375), help="input image WxH (default 500x375)")
+    p.add_argument("--image-size", type=_size, default=(500, 375),
+                   help="resize every bench image to WxH first (default 500x375, VOC's usual size; 'none': as they are)")
+    p.add_argument("--weights", help="a torchvision Faster R-CNN state dict (.pth; both models load it) or an fpn "
+                   "checkpoint (ours only)")
+    p.add_argument("--image-dir", help="images to run on: a VOC/COCO dataset folder (its boxes are the training "
+                   "targets) or any folder of .jpg/.png (default: synthetic images made for the run)")
+    p.add_argument("--pretrain-iters", type=int, help="with --compare torchvision and no --weights: train "
+                   "torchvision's model this many iterations first (default 150 on a GPU, 60 on a CPU at scale <= 320)")
+    p.add_argument("--save-weights", help="write the torchvision state dict both models ran to this file")
+    p.add_argument("--profile", action="store_true", help="host syncs per iteration with their source lines; on "
+                   "CUDA also kernel time, busy fraction, launches and top kernels")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="config overrides for our model, e.g. model.fuse_frozen_bn=False model.nms_impl=offset")
     p.add_argument("--amp", help="auto | none | bf16 | fp16 (autocast; default: the preset's, auto)")
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -63,12 +83,20 @@ def run(args: argparse.Namespace) -> int:
         check_amp(args.amp)
     cfg = bench_config(args.preset, net=args.net, batch=args.bs, scale=args.scale, max_size=args.max_size,
                        amp=args.amp, channels_last=args.channels_last)  # fmt: skip
+    if args.overrides:
+        from fpn.config import apply_overrides
+
+        apply_overrides(cfg, args.overrides)
+    if args.pretrain_iters is not None and args.pretrain_iters < 0:
+        raise UserError(f"--pretrain-iters {args.pretrain_iters}: must not be negative")
     device = resolve_device(args.device)
     results: dict = {}
     if args.mode != "data":
         print(f"precision: {resolve_precision(cfg.solver.amp, device)}", flush=True)
         results = run_benchmarks(cfg, args.mode, device, image_size=args.image_size, compare=args.compare,
-                                 warmup=args.warmup, iters=args.iters, onnx=args.onnx)  # fmt: skip
+                                 warmup=args.warmup, iters=args.iters, onnx=args.onnx, weights=args.weights,
+                                 image_dir=args.image_dir, pretrain_iters=args.pretrain_iters,
+                                 save_weights=args.save_weights, profile=args.profile)  # fmt: skip
         print(format_results(results))
     if args.mode in ("data", "all"):
         from fpn.data.bench import time_loader

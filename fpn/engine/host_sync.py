@@ -33,6 +33,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../fpn
+_COUNTERS = tuple(f"{_PACKAGE}/engine/{name}" for name in ("host_sync.py", "cuda_profile.py"))  # never the cause
 
 _aten = torch.ops.aten
 _SYNCING = {
@@ -75,10 +76,10 @@ class HostSyncs:
     _host: dict = field(default_factory=dict, repr=False)
 
     def is_host(self, t) -> bool:
-        return isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self._host
+        return isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().data_ptr() in self._host
 
     def mark_host(self, t) -> None:
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().nbytes():
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided and t.untyped_storage().nbytes():
             self._host[t.untyped_storage().data_ptr()] = t
 
     @property
@@ -93,10 +94,14 @@ class HostSyncs:
 
 
 def _call_site() -> str:
-    """The innermost frame in this project (fpn/, scripts, tests) or torchvision: 'path:line'."""
-    for frame in reversed(traceback.extract_stack()[:-3]):
+    return project_site(traceback.extract_stack()[:-3])
+
+
+def project_site(stack: list[traceback.FrameSummary]) -> str:
+    """The innermost frame of ``stack`` in this project (fpn/, scripts, tests) or torchvision: 'path:line'."""
+    for frame in reversed(stack):
         name = frame.filename.replace("\\", "/")
-        if name.startswith(str(_PACKAGE) + "/engine/host_sync.py"):
+        if name.startswith(_COUNTERS):
             continue
         if name.startswith(str(_PACKAGE.parent) + "/"):
             return f"{name[len(str(_PACKAGE.parent)) + 1:]}:{frame.lineno}"
