@@ -6,16 +6,18 @@ is the trainer's own ``fpn.engine.step.TrainStep`` with the optimiser ``build_op
 solver (fused or not) and the scaler ``make_scaler`` makes for that precision, so the benchmark times what
 ``fpn train`` runs. ``--preset synthetic`` therefore times the synthetic recipe's step as it trains.
 
-Inputs are VOC-sized: ``num`` random images of ``image_size`` (w, h) pixels with a few boxes each, resized
-to ``scale`` / ``max_size`` exactly as the data loader does. Each timing runs ``warmup`` untimed
-iterations first, then ``iters`` timed ones; on CUDA the clock is read between device synchronisations,
-so asynchronous work is counted. Results are plain dicts (images/s, ms per iteration, peak memory,
-achieved TFLOP/s from a FlopCounterMode count of one iteration).
+The models and their weights come from ``fpn.benchmark_weights.build_models``: with ``compare="torchvision"``
+torchvision's Faster R-CNN FPN and ours run the same trained weights (``weights``, or torchvision's model
+pretrained briefly on the bench images), so both detect what a trained detector detects and NMS and RoI work
+are what they are in use. Inputs are real images (``fpn.data.bench_images``: synthetic ones by default, or
+``image_dir``'s), resized to ``image_size``: torchvision receives the 0..1 images (its own transform resizes
+them on the device, which is how it is used); ours receives the batch its loader would give. Every result
+counts detections and proposals per image (:func:`detection_counts`) and says when it is not representative.
 
-``compare="torchvision"`` builds torchvision's Faster R-CNN FPN with the same ResNet depth, input size,
-batch and precision. It receives the original-size images (its own transform resizes them on the device,
-which is how it is used); ours receives the batch the loader would give (already resized on the loader's
-CPU workers).
+Each timing runs ``warmup`` untimed iterations first, then ``iters`` timed ones; on CUDA the clock is read
+between device synchronisations, so asynchronous work is counted. Results are plain dicts (images/s, ms per
+iteration, peak memory, achieved TFLOP/s from a FlopCounterMode count of one iteration; with ``profile`` the
+host syncs and, on CUDA, the kernel profile of ``fpn.engine.cuda_profile``).
 
 Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
 ``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
@@ -35,11 +37,11 @@ from pathlib import Path
 
 import torch
 
+from fpn.benchmark_weights import BenchModels
 from fpn.config import Config, get_preset
 from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
 from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
-from fpn.benchmark_weights import BenchModels, build_torchvision  # noqa: F401  (re-exported)
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
@@ -59,7 +61,8 @@ def _random_boxes(g: torch.Generator, w: int, h: int, num_classes: int) -> tuple
     """3 random boxes in a w x h image (training targets for pictures that came without boxes)."""
     xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
     wh = 20 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-    return torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], dim=1), torch.randint(1, num_classes, (3,), generator=g)
+    boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], dim=1)
+    return boxes, torch.randint(1, num_classes, (3,), generator=g)
 
 
 def make_input(samples: list[dict], batch: int, cfg: Config, scale: int, max_size: int, device,
@@ -473,7 +476,8 @@ def format_results(results: dict) -> str:
                 notes.append(f"latency {name}")
     if "agreement" in results:
         a = results["agreement"]
-        rows.append(f"same weights, ours vs torchvision (fp32, one image): {a['detections'][0]} vs {a['detections'][1]} "
+        rows.append(f"same weights, ours vs torchvision (fp32, one image): {a['detections'][0]} vs "
+                    f"{a['detections'][1]} "
                     f"detections, boxes within {a['max_box_px']:.1e} px, scores within {a['max_score']:.1e}, labels "
                     f"{'equal' if a['labels_equal'] else 'DIFFER'}: "
                     f"{'agree' if a['ok'] else 'nothing to compare' if not max(a['detections']) else 'DISAGREE'}")

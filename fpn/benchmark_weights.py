@@ -188,8 +188,10 @@ def build_models(bench: C.Config, num_classes: int, device: torch.device, amp: s
     info: dict = {"source": str(weights) if weights else None}
     if kind == "fpn":
         if compare == "torchvision":
-            raise UserError(f"--weights {weights}: an fpn checkpoint; --compare torchvision needs a torchvision "
-                            "Faster R-CNN state dict, which both models can load (the converter goes one way)")  # fmt: skip
+            raise UserError(
+                f"--weights {weights}: an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN "
+                "state dict, which both models can load (the converter goes one way)"
+            )
         ours, cfg, classes = ours_from_checkpoint(state, str(weights), bench)
         return BenchModels(ours, cfg, classes, None, {**info, "kind": "fpn checkpoint"})
     if kind is None and compare != "torchvision":

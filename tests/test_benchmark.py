@@ -61,11 +61,13 @@ def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_
 def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     """Without pretraining (--pretrain-iters 0) every mode runs, with the profile's host syncs."""
     out, saved = tmp_path / "bench.json", tmp_path / "tv.pth"
-    rc = main(["bench", "--bs", "2", "--mode", "all", "--compare", "torchvision", "--pretrain-iters", "0", "--images",
-               "4", "--workers", "0", "--profile", "--save-weights", str(saved), *TINY, "--json", str(out)])  # fmt: skip
+    rc = main(["bench", "--bs", "2", "--mode", "all", "--compare", "torchvision", "--pretrain-iters", "0",
+               "--images", "4", "--workers", "0", "--profile", "--save-weights", str(saved), *TINY,
+               "--json", str(out)])  # fmt: skip
     assert rc == 0
     res = json.loads(out.read_text())
-    assert res["weights"]["kind"].startswith("torchvision, pretrained here") and res["weights"]["pretrain"]["iterations"] == 0
+    assert res["weights"]["kind"].startswith("torchvision, pretrained here")
+    assert res["weights"]["pretrain"]["iterations"] == 0
     assert set(torch.load(saved)) == set(build_torchvision("res18", 64, 96).state_dict())
     latency = res["latency_bs1"]
     assert set(latency) == {"ours", "torchvision"}
@@ -97,7 +99,8 @@ def test_a_model_that_detects_nothing_is_flagged_not_representative(tmp_path, ca
         assert res[key]["note"].startswith("NOT REPRESENTATIVE") and min(res[key]["proposals_per_image"]) > 0
     assert res["latency_bs1"]["ours"]["detections"] == 0 and "NOT REPRESENTATIVE" in res["latency_bs1"]["ours"]["note"]
     printed = capsys.readouterr().out
-    assert "ours/infer_bs1, ours/infer_bs2, latency ours: NOT REPRESENTATIVE: the model returns no detections" in printed
+    flagged = "ours/infer_bs1, ours/infer_bs2, latency ours: NOT REPRESENTATIVE: the model returns no detections"
+    assert flagged in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -117,7 +120,8 @@ def test_bench_bad_flags(argv, message, capsys):
 
 def test_fpn_checkpoint_weights_time_ours_but_cannot_be_compared(tiny_checkpoint, capsys):
     assert main(["bench", "--mode", "infer", "--weights", str(tiny_checkpoint), "--compare", "torchvision", *TINY]) == 2
-    assert "an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN state dict" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN state dict" in err
 
 
 def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch):

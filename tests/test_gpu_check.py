@@ -76,7 +76,7 @@ def test_markdown_report_lists_every_run_its_profile_and_skips():
 def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--steps", "train,lint", "--out", str(tmp_path)])
-    assert "--steps train,lint: choose from tests, synthetic, bench, train" in capsys.readouterr().err
+    assert "--steps train,lint: choose from tests, synthetic, bench, train, levers" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path)]) == 2
         assert "no CUDA device visible; run with --dry-run" in capsys.readouterr().err
@@ -84,17 +84,20 @@ def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
 
 def test_dry_run_passes_on_a_cpu(tmp_path):
     """The script end to end on the CPU (about a minute): synthetic preset, same-weights bench runs (pretrained,
-    saved, reloaded, levers off), the real-loader training on the saved backbone. The device tests run elsewhere."""
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    saved, reloaded), the real-loader training on the saved backbone, a levers-off run. The device tests run
+    elsewhere."""
+    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train,levers",
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train"}
+    assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train", "levers"}
     runs = report["steps"]["bench"]["runs"]
     assert set(runs) == set(gpu_check.DRY.bench_runs) and all(r["ok"] for r in runs.values())
     first = runs["train bs2 fp32"]["results"]
     assert first["weights"]["pretrain"]["iterations"] == 20 and first["ours/train_bs2"]["representative"]
     assert runs["infer bs2 bf16"]["results"]["weights"]["kind"] == "torchvision state dict"
     assert runs["infer bs2 bf16"]["results"]["agreement"]["ok"]
-    assert runs["train bs2 fp32 plain"]["results"]["config"]["fuse_frozen_bn"] is False
+    plain = report["steps"]["levers"]["runs"]["train bs2 fp32 plain"]["results"]
+    assert plain["config"]["fuse_frozen_bn"] is False and plain["weights"]["kind"] == "torchvision state dict"
     assert report["steps"]["train"]["images_per_s"] > 0 and (tmp_path / "report.md").is_file()

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, help="shorter side after resize (default: the preset's, 600)")
     p.add_argument("--max-size", type=int, help="longer side limit (default: the preset's, 1000)")
     p.add_argument("--image-size", type=_size, default=(500, 375),
-                   help="resize every bench image to WxH first (default 500x375, VOC's usual size; 'none': as they are)")
+                   help="resize every bench image to WxH first (default 500x375, VOC's usual size; 'none': keep "
+                   "each image's size)")
     p.add_argument("--weights", help="a torchvision Faster R-CNN state dict (.pth; both models load it) or an fpn "
                    "checkpoint (ours only)")
     p.add_argument("--image-dir", help="images to run on: a VOC/COCO dataset folder (its boxes are the training "

@@ -76,10 +76,10 @@ class HostSyncs:
     _host: dict = field(default_factory=dict, repr=False)
 
     def is_host(self, t) -> bool:
-        return isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().data_ptr() in self._host
+        return _dense(t) and t.untyped_storage().data_ptr() in self._host
 
     def mark_host(self, t) -> None:
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided and t.untyped_storage().nbytes():
+        if _dense(t) and t.device.type == "cpu" and t.untyped_storage().nbytes():
             self._host[t.untyped_storage().data_ptr()] = t
 
     @property
@@ -91,6 +91,11 @@ class HostSyncs:
 
     def describe(self) -> str:
         return ", ".join(f"{site} x{n}" for site, n in self.by_site.most_common()) or "none"
+
+
+def _dense(t) -> bool:
+    """A tensor with one storage (sparse tensors have none to look up)."""
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided
 
 
 def _call_site() -> str:
