@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", help="auto | none | bf16 | fp16 (autocast; default: the preset's, auto)")
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's Faster R-CNN FPN")
+    p.add_argument("--compare", choices=["torchvision"],
+                   help="also time torchvision's Faster R-CNN FPN, on the same weights as ours")
     p.add_argument("--onnx", action="store_true",
                    help="inference: also time our model exported to ONNX, in onnxruntime (CPU, batch 1)")
     p.add_argument("--channels-last", action="store_true", default=None,
