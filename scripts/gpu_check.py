@@ -102,7 +102,7 @@ DRY = Plan(
     bench_runs={
         "train bs2 fp32": ([*TINY, "--mode", "train", "--bs", "2", "--amp", "none", "--pretrain-iters", "20"],
                            "save:tv_r18.pth"),  # fmt: skip
-        "infer bs2 bf16": ([*TINY, "--mode", "infer", "--bs", "2", "--amp", "bf16"], "load:tv_r18.pth"),
+        "infer bs2 auto": ([*TINY, "--mode", "infer", "--bs", "2", "--amp", "auto"], "load:tv_r18.pth"),  # bf16 if native
     },
     lever_runs={
         "train bs2 fp32 plain": ([*TINY, "--mode", "train", "--bs", "2", "--amp", "none", "--set", *PLAIN],

@@ -96,8 +96,8 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     assert set(runs) == set(gpu_check.DRY.bench_runs) and all(r["ok"] for r in runs.values())
     first = runs["train bs2 fp32"]["results"]
     assert first["weights"]["pretrain"]["iterations"] == 20 and first["ours/train_bs2"]["representative"]
-    assert runs["infer bs2 bf16"]["results"]["weights"]["kind"] == "torchvision state dict"
-    assert runs["infer bs2 bf16"]["results"]["agreement"]["ok"]
+    assert runs["infer bs2 auto"]["results"]["weights"]["kind"] == "torchvision state dict"
+    assert runs["infer bs2 auto"]["results"]["agreement"]["ok"]
     plain = report["steps"]["levers"]["runs"]["train bs2 fp32 plain"]["results"]
     assert plain["config"]["fuse_frozen_bn"] is False and plain["weights"]["kind"] == "torchvision state dict"
     assert report["steps"]["train"]["images_per_s"] > 0 and (tmp_path / "report.md").is_file()

@@ -141,11 +141,13 @@ def out_of_memory(device, step: str, batch: str, scale: int, max_size: int, prec
                   size_keys: tuple[str, str], then: str = "") -> OutOfMemory:  # fmt: skip
     """The one-line error for an ``OUT_OF_MEMORY`` in ``step`` (e.g. "training step (epoch 2, step 31)"):
     what it held (``batch``, images up to ``scale`` x ``max_size``, the precision) and what to change: the
-    batch, the image size (``size_keys``: the scale and max-size config keys), fp32 -> bf16; ``then`` ends it."""
+    batch, the image size (``size_keys``: the scale and max-size config keys), fp32 -> bf16 on a GPU; ``then`` ends it."""
     smaller = f"{size_keys[1]}={_smaller(max_size)} {size_keys[0]}={_smaller(scale)}"
     fixes = ["a smaller --bs", f"smaller images (--set {smaller})"]
-    if precision.amp == "none":
+    if precision.amp == "none" and str(device).startswith("cuda"):
         fixes.append("--amp bf16 (fp16 on a GPU without bf16)")
+    elif precision.amp == "none" and cpu_bf16_support()[0]:  # a CPU without native bf16 refuses --amp bf16
+        fixes.append("--amp bf16")
     return OutOfMemory(
         f"out of memory on {device} in the {step}: batch {batch}, images up to {scale} x {max_size} px "
         f"({', '.join(size_keys)}), precision {precision.name}; try {', '.join(fixes[:-1])} or {fixes[-1]}{then}"

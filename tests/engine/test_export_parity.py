@@ -41,18 +41,31 @@ def reference(tiny_checkpoint):
                                                                                               batch_size=1)
     counts = [len(d) for d in detections]
     assert min(counts[:-1]) >= 3 and max(counts) < 100, counts  # real detections, none cut at 100
-    assert counts[-1] == 0  # the grey image
+    # the grey image: usually none, but the tiny model is trained in the session and on some CPUs' kernels it
+    # finds a few there; the graph's empty output is tested on its own (test_onnx_empty_output)
     return detections
 
 
 def test_onnxruntime_gives_the_pytorch_detections(tiny_onnx, reference):
     exported = Detector.from_onnx(tiny_onnx).predict(parity_images())
     worst = [(*match(a, b), *match(b, a)) for a, b in zip(reference, exported)]
-    assert len(exported[-1]) == 0
+    assert len(exported[-1]) == len(reference[-1])
     iou = min(min(w[0], w[2]) for w in worst)
     score = max(max(w[1], w[3]) for w in worst)
     print(f"onnxruntime vs PyTorch: worst IoU {iou:.6f}, worst score difference {score:.2e}")
     assert iou > 0.9999 and score < 1e-4  # in practice 1 - 1e-6 and ~1e-6: the same arithmetic
+
+
+def test_onnx_empty_output(tiny_checkpoint, tmp_path):
+    """A graph that keeps no detection returns empty arrays of the right shapes and types (here: a score
+    threshold no detection reaches, so the result does not depend on how well the tiny model trained)."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    cfg = checkpoint_config(ckpt, tiny_checkpoint)
+    cfg.model.score_thresh = 1.01
+    model = build_model_from_checkpoint(ckpt, tiny_checkpoint, cfg, "cpu")
+    (empty,) = Detector.from_onnx(export_onnx(model, cfg, CLASSES, tmp_path / "empty.onnx")).predict(
+        parity_images()[:1])
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4) and empty.scores.shape == empty.labels.shape == (0,)
 
 
 def test_onnx_metadata_and_dynamic_shape(tiny_onnx):
