@@ -39,6 +39,7 @@ import torch
 
 from fpn.benchmark_weights import BenchModels
 from fpn.config import Config, get_preset
+from fpn.data.bench_images import wrap_labels
 from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
 from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
@@ -79,7 +80,7 @@ def make_input(samples: list[dict], batch: int, cfg: Config, scale: int, max_siz
         if s["boxes"] is None:
             boxes, labels = _random_boxes(g, image.shape[-1], image.shape[-2], num_classes)
         else:
-            boxes, labels = s["boxes"], (s["labels"] - 1) % (num_classes - 1) + 1
+            boxes, labels = s["boxes"], wrap_labels(s["labels"], num_classes)
         im, scaled, _ = transform_image(image, boxes, scale, max_size, cfg.data.normalization, resize=cfg.data.resize)
         originals.append((image.float() / 255).to(device))
         original_targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})

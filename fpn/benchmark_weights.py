@@ -99,9 +99,16 @@ def torchvision_from_state(state: dict, source: str, scale: int, max_size: int) 
     return model
 
 
+def ours_from_checkpoint(ckpt: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
+    """Our model from an fpn checkpoint (its architecture and conventions; the bench's runtime settings)."""
+    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
+
+    cfg = with_runtime(checkpoint_config(ckpt, source), bench)
+    return build_model_from_checkpoint(ckpt, source, cfg, "cpu"), cfg, list(ckpt["classes"])
+
+
 def ours_from_torchvision(state: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
     """Our model with torchvision's weights, converted (its conventions; the bench's runtime settings)."""
-    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
     from fpn.interop.torchvision import convert_state, read_architecture, rename_state
 
     slots = read_architecture(rename_state(state, source), source).slots
@@ -109,15 +116,7 @@ def ours_from_torchvision(state: dict, source: str, bench: C.Config) -> tuple[to
         classes_file = Path(tmp) / "classes.txt"
         classes_file.write_text("".join(f"class{i}\n" for i in range(1, slots)))
         ckpt = convert_state(state, source, classes_file)
-    cfg = with_runtime(checkpoint_config(ckpt, source), bench)
-    return build_model_from_checkpoint(ckpt, source, cfg, "cpu"), cfg, list(ckpt["classes"])
-
-
-def ours_from_checkpoint(ckpt: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
-    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
-
-    cfg = with_runtime(checkpoint_config(ckpt, source), bench)
-    return build_model_from_checkpoint(ckpt, source, cfg, "cpu"), cfg, list(ckpt["classes"])
+    return ours_from_checkpoint(ckpt, source, bench)
 
 
 def pretrain_torchvision(tv: torch.nn.Module, samples: list[dict], iters: int, batch: int, device: torch.device,
@@ -126,6 +125,7 @@ def pretrain_torchvision(tv: torch.nn.Module, samples: list[dict], iters: int, b
     ``scale`` / ``max_size``: AdamW at ``PRETRAIN_LR`` after a 10-iteration warm-up, gradients clipped at 10,
     ``PRETRAIN_ROIS`` RoIs per image. Labels beyond its classes wrap around. Returns {"iterations", "seconds",
     "first_loss", "last_loss", "scale"}; a non-finite loss is a RuntimeError (a bug, not a user mistake)."""
+    from fpn.data.bench_images import wrap_labels
     from fpn.engine.device import autocast
 
     usable = [s for s in samples if s["boxes"] is not None and len(s["boxes"])]
@@ -148,7 +148,7 @@ def pretrain_torchvision(tv: torch.nn.Module, samples: list[dict], iters: int, b
             picks = torch.randint(len(usable), (batch,), generator=g).tolist()
             images = [usable[i]["image"].to(device).float() / 255 for i in picks]
             targets = [{"boxes": usable[i]["boxes"].to(device),
-                        "labels": ((usable[i]["labels"] - 1) % (slots - 1) + 1).to(device)} for i in picks]  # fmt: skip
+                        "labels": wrap_labels(usable[i]["labels"], slots).to(device)} for i in picks]  # fmt: skip
             with autocast(device, amp):
                 loss = sum(tv(images, targets).values())
             optimizer.zero_grad(set_to_none=True)

@@ -60,6 +60,7 @@ class Plan:
     lever_runs: dict[str, tuple[list[str], str]]  # the same, for issue 20's before/after (last: may run out of time)
     train_args: list[str]  # the real-loader `fpn train`
     train_images: int
+    train_reference: str  # the bench run whose saved weights (backbone) and step rate the real-loader run uses
     budget_s: int
     timeout_s: dict[str, int] = field(default_factory=dict)  # per command of a step
 
@@ -88,6 +89,7 @@ FULL = Plan(
     train_args=["--preset", "voc07_res101", "--bs", "8", "--amp", "bf16", "--workers", "12", "--log-interval", "10",
                 "--set", "data.train_scales=600", "data.max_size=1000"],  # fmt: skip
     train_images=1200,  # 150 iterations at batch 8
+    train_reference="r101 train bs8 bf16",
     budget_s=450,
     timeout_s={"tests": 150, "synthetic": 180, "bench": 120, "train": 120},
 )
@@ -112,6 +114,7 @@ DRY = Plan(
                 "--log-interval", "2", "--set", "data.train_scales=64", "data.max_size=96", "data.test_scale=64",
                 "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2"],  # fmt: skip
     train_images=12,
+    train_reference="train bs2 fp32",
     budget_s=900,
     timeout_s={"tests": 600, "synthetic": 300, "bench": 300, "train": 300},
 )
@@ -278,7 +281,7 @@ def step_train(plan: Plan, out: Path, clock: Clock, bench: dict | None) -> dict:
     timeout = clock.timeout(plan.timeout_s["train"])
     if timeout is None:
         return skipped("out of time")
-    weights = out / ("tv_r101.pth" if plan.device == "cuda" else "tv_r18.pth")
+    weights = out / plan.bench_runs[plan.train_reference][1].split(":", 1)[1]
     if not weights.is_file():
         return skipped(f"{weights.name} was not written (run the bench step first)")
     backbone = out / "backbone.pth"
@@ -303,8 +306,7 @@ def step_train(plan: Plan, out: Path, clock: Clock, bench: dict | None) -> dict:
     batch = int(plan.train_args[plan.train_args.index("--bs") + 1])
     if r.get("s_per_iter"):
         r["images_per_s"] = batch / r["s_per_iter"]
-        run_name = "r101 train bs8 bf16" if plan.device == "cuda" else "train bs2 fp32"
-        bench_run = (bench or {}).get("runs", {}).get(run_name, {})
+        bench_run = (bench or {}).get("runs", {}).get(plan.train_reference, {})
         ours = bench_run.get("results", {}).get(f"ours/train_bs{batch}")
         if ours:
             r["bench_images_per_s"] = ours["images_per_s"]
@@ -360,7 +362,13 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+BENCH_COLUMNS = ["run", "ours img/s", "torchvision img/s", "ours / tv", "ours ms/iter", "GPU ms/iter", "busy",
+                 "launches/iter", "host syncs/iter", "det/img", "ours GiB", "tv GiB", "check"]  # fmt: skip
+
+
 def _bench_rows(runs: dict) -> tuple[list[list], list[str]]:
+    """The ``BENCH_COLUMNS`` rows of bench runs, and the lines under the table (sync sites, top kernels, latency,
+    agreement)."""
     rows, extra = [], []
     for name, r in runs.items():
         if "results" not in r:
@@ -415,15 +423,11 @@ def markdown(report: dict) -> str:
         lines += ["## Synthetic preset end to end (generate, train, evaluate), bf16", "", *_table(columns, [row])]
     if "bench" in steps:
         rows, extra = _bench_rows(steps["bench"].get("runs", {}))
-        columns = ["run", "ours img/s", "torchvision img/s", "ours / tv", "ours ms/iter", "GPU ms/iter", "busy",
-                   "launches/iter", "host syncs/iter", "det/img", "ours GiB", "tv GiB", "check"]  # fmt: skip
-        lines += ["## fpn bench, same weights, against torchvision", "", *_table(columns, rows), *extra, ""]
+        lines += ["## fpn bench, same weights, against torchvision", "", *_table(BENCH_COLUMNS, rows), *extra, ""]
     if "levers" in steps:
         rows, extra = _bench_rows(steps["levers"].get("runs", {}))
-        columns = ["run", "ours img/s", "torchvision img/s", "ours / tv", "ours ms/iter", "GPU ms/iter", "busy",
-                   "launches/iter", "host syncs/iter", "det/img", "ours GiB", "tv GiB", "check"]  # fmt: skip
         lines += ["## Issue 20's levers: off (`PLAIN`, 852f5ed's paths) and compiled, same weights", "",
-                  *_table(columns, rows), *extra, ""]  # fmt: skip
+                  *_table(BENCH_COLUMNS, rows), *extra, ""]  # fmt: skip
     if "train" in steps:
         t = steps["train"]
         columns = ["iterations", "s/iter", "images/s", "bench images/s", "vs bench", "finite", "check"]

@@ -4,7 +4,7 @@
 # 800/1333, with the GPU profile; the issue-20 levers off and on), fpn train with the real loader; one
 # report.json + report.md in --out, exit code 0 when every check passed.
 #
-#   scripts/gpu_check.sh [--out DIR] [--steps tests,synthetic,bench,train] [--budget SECONDS]
+#   scripts/gpu_check.sh [--out DIR] [--steps tests,synthetic,bench,train,levers] [--budget SECONDS]
 #   scripts/gpu_check.sh --dry-run      # or DRY=1: the same on the CPU with tiny sizes (no CUDA needed)
 #
 # Details: scripts/gpu_check.py.

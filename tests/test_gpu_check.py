@@ -101,3 +101,10 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     plain = report["steps"]["levers"]["runs"]["train bs2 fp32 plain"]["results"]
     assert plain["config"]["fuse_frozen_bn"] is False and plain["weights"]["kind"] == "torchvision state dict"
     assert report["steps"]["train"]["images_per_s"] > 0 and (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
+def test_real_loader_run_follows_a_bench_run_that_saves_weights(plan):
+    flags, weights = plan.bench_runs[plan.train_reference]
+    bs = lambda args: args[args.index("--bs") + 1]  # noqa: E731
+    assert weights.startswith("save:") and bs(flags) == bs(plan.train_args)  # the step rates compared: one batch

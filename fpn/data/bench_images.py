@@ -8,6 +8,7 @@ in 1..C}``, or with ``"boxes": None`` for a picture that came without annotation
 - :func:`folder_samples`: ``--image-dir``: a VOC or COCO dataset folder (records with boxes, through
   ``fpn.data.catalog``) or any folder of .jpg/.jpeg/.png pictures (no boxes).
 - :func:`resize_samples`: every sample to one size (``--image-size``), boxes scaled along.
+- :func:`wrap_labels`: a sample's labels fitted to a model with fewer classes.
 """
 
 from __future__ import annotations
@@ -81,3 +82,9 @@ def resize_samples(samples: list[dict], size: tuple[int, int]) -> list[dict]:
             boxes = boxes * torch.tensor([w / iw, h / ih, w / iw, h / ih])
         out.append({**s, "image": resized[0].round().clamp(0, 255).to(torch.uint8), "boxes": boxes})
     return out
+
+
+def wrap_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels 1..C wrapped around into 1..num_classes-1 (a model's classes, background 0 included), so that any
+    dataset's boxes can train or feed a model with fewer classes."""
+    return (labels - 1) % (num_classes - 1) + 1
