@@ -171,7 +171,7 @@ class _TorchRunner:
 
     @torch.inference_mode()
     def __call__(self, images: list[torch.Tensor], batch_size: int) -> list[dict[str, np.ndarray]]:
-        from fpn.data.targets import to_device
+        from fpn.structures import to_device
         from fpn.data.transforms import batch_images, is_normalized, transform_image
         from fpn.engine.device import autocast
 

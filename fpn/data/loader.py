@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
-from fpn.data.targets import GroundTruth, pad_targets
+from fpn.structures import GroundTruth, pad_targets
 from fpn.data.transforms import (
     RESIZES, batch_images, check_scales, is_normalized, normalize, pick_scales, read_image, transform_image,
 )
@@ -38,7 +38,7 @@ class Batch:
     xyxy in input pixels, "labels" int64 (K,)[, "crowd_boxes" (M, 4)]}, per image, always on the host;
     ``metas`` {"id", "image" (path), "orig_size" (h, w), "scale" (the resize factor: input size = original *
     scale, rounded or floored per axis), "flipped"}; ``gt`` the targets padded into a few tensors
-    (``fpn.data.targets.GroundTruth``: what training feeds the model, one copy per field to the device)."""
+    (``fpn.structures.GroundTruth``: what training feeds the model, one copy per field to the device)."""
 
     images: torch.Tensor
     image_sizes: list[tuple[int, int]]

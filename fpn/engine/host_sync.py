@@ -11,7 +11,7 @@ inference batch to a ceiling (docs/PERFORMANCE.md, "Host syncs"):
   ``output_size``, torchvision's ``nms``;
 * whole tensors read on the host: ``.tolist()``, ``.numpy()``, ``.cpu()``;
 * ``torch.tensor(data, device=...)`` / ``torch.as_tensor(data, device=...)`` from Python data: on CUDA a copy
-  from pageable memory that waits for the queue (``fpn.data.targets.to_device`` copies without waiting).
+  from pageable memory that waits for the queue (``fpn.structures.to_device`` copies without waiting).
 
 Each sync is recorded with the innermost source line of this project (or of torchvision) that caused it.
 What comes out of a read (``.cpu()``, ``.numpy()``, ``.tolist()``) is on the host: work on it, and on what is

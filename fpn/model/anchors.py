@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from fpn.data.targets import to_device
+from fpn.structures import to_device
 
 _MAX_CACHE = 32  # distinct input sizes seen (multi-scale training, test sizes); cleared when exceeded
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import Config
-from fpn.data.targets import GroundTruth, pad_targets, to_device
+from fpn.structures import GroundTruth, pad_targets, to_device
 from fpn.errors import UserError
 from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
@@ -31,7 +31,7 @@ class FPNDetector(nn.Module):
       "rcnn_box"}``, scalar float32 losses (sum them for the total loss). ``targets``: one dict per
       image, {"boxes": float (K, 4) continuous xyxy in network-input pixels, "labels": int64 (K,) in
       1..C}; K may be 0 (then that image only teaches "background" and its box losses are 0); or the same
-      already padded, a ``fpn.data.targets.GroundTruth`` (what the loader's batches carry as ``batch.gt``).
+      already padded, a ``fpn.structures.GroundTruth`` (what the loader's batches carry as ``batch.gt``).
     * eval mode: ``model(images, image_sizes, original_sizes=None)`` -> one dict per image
       {"boxes": float32 (D, 4) xyxy, "scores": (D,), "labels": int64 (D,) in 1..C}, sorted by score.
       Boxes are in network-input pixels, or in original-image pixels when ``original_sizes`` (list of

@@ -21,7 +21,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from fpn.data.targets import to_device
+from fpn.structures import to_device
 
 # boxes per torchvision ``nms`` call in the offset path: its CUDA kernel builds a (M, M / 64) bit mask, so one call
 # over every group of a large batch would cost more than a few calls (torchvision's own batched_nms loops over

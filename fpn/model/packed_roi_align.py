@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from fpn.data.targets import to_device
+from fpn.structures import to_device
 
 
 def pack_levels(features: list[Tensor]) -> tuple[Tensor, list[int]]:

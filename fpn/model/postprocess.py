@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from fpn.data.targets import to_device
+from fpn.structures import to_device
 from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups
 from fpn.model.nms import nms_keep_mask, offset_nms, triton_available

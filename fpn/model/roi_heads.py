@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from fpn.config import Config
-from fpn.data.targets import GroundTruth
+from fpn.structures import GroundTruth
 from fpn.errors import UserError
 from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import Config
-from fpn.data.targets import GroundTruth, to_device
+from fpn.structures import GroundTruth, to_device
 from fpn.errors import UserError
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder

@@ -1,4 +1,4 @@
-"""What the matchers read from the padded ground truth (``fpn.data.targets.GroundTruth``) beyond its boxes.
+"""What the matchers read from the padded ground truth (``fpn.structures.GroundTruth``) beyond its boxes.
 
 Crowd regions (COCO ``iscrowd=1``) are no ground truth to match, but anchors and proposals lying mostly inside
 one are ignored by the matchers (neither positive nor background): :func:`crowd_ioa`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fpn.data.targets import GroundTruth
+from fpn.structures import GroundTruth
 from fpn.model.box_ops import batched_ioa
 
 

@@ -13,7 +13,7 @@ from fpn.data.loader import (
     build_test_loader,
     build_train_loader,
 )
-from fpn.data.targets import pad_targets
+from fpn.structures import pad_targets
 from fpn.data.transforms import normalize, prepare, read_image
 from fpn.errors import UserError
 

@@ -6,7 +6,7 @@ import torch
 
 from detector_helpers import branches, rectangles_batch, triton_runs_on
 from tiny_model import small_config
-from fpn.data.targets import pad_targets, to_device
+from fpn.structures import pad_targets, to_device
 from fpn.engine.device import make_scaler
 from fpn.engine.host_sync import count_host_syncs
 from fpn.engine.schedule import build_optimizer

@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, roi_align
 
 from fpn.config import synthetic
-from fpn.data.targets import pad_targets
+from fpn.structures import pad_targets
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.roi_heads import MultiScaleRoIAlign, build_roi_heads

@@ -3,7 +3,7 @@
 import torch
 
 from fpn.config import synthetic
-from fpn.data.targets import pad_targets
+from fpn.structures import pad_targets
 from fpn.model.box_ops import batched_ioa
 from fpn.model.roi_heads import build_roi_heads
 from fpn.model.rpn import build_rpn

@@ -1,4 +1,5 @@
-"""Ground truth of a batch, padded to one tensor per field, and host-to-device copies that do not block.
+"""Record types shared by the data pipeline and the model (detectron2's "structures"): a batch's ground truth padded
+to one tensor per field, and host-to-device copies that do not block.
 
 The loader's :class:`~fpn.data.loader.Collator` pads a batch's targets on the host (in a worker process), the
 DataLoader's pinning thread page-locks the few padded tensors (:meth:`GroundTruth.pin_memory`), and the trainer
