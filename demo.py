@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fpn.engine.seed_compat import add_amp, add_bool, device_flag, script_main, seed_checkpoint
+from fpn.commands.seed_scripts import add_amp, add_bool, device_flag, script_main, seed_checkpoint
 from fpn.errors import UserError
 
 

@@ -100,7 +100,7 @@ class Detector:
         GPU; none | bf16 | fp16). ``overrides``: test-time config fields as for ``--set``, e.g.
         ``["model.score_thresh=0.01"]``."""
         from fpn import config as C
-        from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
+        from fpn.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
 
         ckpt = load_checkpoint(path)
         cfg = C.apply_overrides(checkpoint_config(ckpt, path), list(overrides))

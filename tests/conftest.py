@@ -67,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A checkpoint file of a tiny detector trained briefly (fixed seeds, fp32, one thread) to find the
     coloured rectangles of ``rectangles_image``: confident, well-placed detections, not perfect ones."""
     from fpn.data.transforms import batch_images
-    from fpn.engine import checkpoint as ck
+    from fpn import checkpoint as ck
     from fpn.engine.schedule import build_optimizer, build_scheduler
     from fpn.model import build_detector
 

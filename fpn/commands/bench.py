@@ -1,10 +1,10 @@
-"""``fpn bench``: time training steps, inference and the data loader (see fpn/benchmark.py).
+"""``fpn bench``: time training steps, inference and the data loader (see fpn/perf/bench.py).
 
 What runs is a preset (``--preset``, default ``voc07_res101``: res101, batch 2, scale 600 / max 1000, SGD,
 ``--amp auto``) with ``--net``, ``--bs``, ``--scale``, ``--max-size``, ``--amp`` and ``--channels-last``
 replacing its values (and ``--set`` for any other field); ``--mode train`` runs the trainer's own step for it.
 
-Weights and images (fpn/benchmark_weights.py): ``--weights`` (a torchvision Faster R-CNN state dict, loaded by
+Weights and images (fpn/perf/weights.py): ``--weights`` (a torchvision Faster R-CNN state dict, loaded by
 both models, or an fpn checkpoint), else with ``--compare torchvision`` torchvision's model pretrained briefly on
 the bench images (``--pretrain-iters``) and given to both; ``--image-dir`` (a VOC/COCO dataset folder or any
 folder of pictures), else synthetic images. ``--profile``: host syncs with their source lines, and on CUDA the
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.benchmark import bench_config, format_results, run_benchmarks
+    from fpn.perf.bench import bench_config, format_results, run_benchmarks
     from fpn.engine.device import check_amp, resolve_device, resolve_precision
     from fpn.io import atomic_write_text
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                  save_weights=args.save_weights, profile=args.profile)  # fmt: skip
         print(format_results(results))
     if args.mode in ("data", "all"):
-        from fpn.data.bench import time_loader
+        from fpn.perf.data import time_loader
 
         data = time_loader(n_images=args.images, workers=args.workers, batch_size=cfg.solver.batch_size,
                            scale=cfg.data.train_scales[0], max_size=cfg.data.max_size)

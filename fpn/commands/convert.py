@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.engine.checkpoint import save_checkpoint
+    from fpn.checkpoint import save_checkpoint
     from fpn.interop.torchvision import convert_file
 
     ckpt = convert_file(args.src, args.classes, args.overrides)

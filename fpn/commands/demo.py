@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fpn.api import Detector
     from fpn.engine.device import resolve_device, resolve_precision
-    from fpn.engine.visualize import detections_record, draw_detections
+    from fpn.visualize import detections_record, draw_detections
     from fpn.io import atomic_open, atomic_write_text
 
     if args.bs < 1:

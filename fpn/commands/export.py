@@ -1,4 +1,4 @@
-"""``fpn export``: write a checkpoint as one self-contained graph (see :mod:`fpn.engine.export`).
+"""``fpn export``: write a checkpoint as one self-contained graph (see :mod:`fpn.export`).
 
 ``--format onnx`` (default) writes an ONNX model for ONNX Runtime (``fpn demo --model``, ``fpn.Detector.from_onnx``);
 ``--format torch-export`` a ``torch.export`` program (``.pt2``, ``torch.export.load(path).module()(image)``).
@@ -15,7 +15,7 @@ from fpn.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fpn.engine.export import FORMATS, OPSET
+    from fpn.export import FORMATS, OPSET
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pth file written by fpn train")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpn import config as C
-    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
-    from fpn.engine.export import export_onnx, export_torch
+    from fpn.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
+    from fpn.export import export_onnx, export_torch
 
     out = Path(args.out)
     if out.is_dir():

@@ -1,7 +1,7 @@
 """``fpn test``: evaluate a checkpoint on a dataset's test split.
 
 The model is rebuilt from the checkpoint alone (its config and classes). A checkpoint of other classes is tested
-zero-shot when every class of the dataset matches one of its classes by name (``fpn.engine.transfer``; e.g. a
+zero-shot when every class of the dataset matches one of its classes by name (``fpn.interop.transfer``; e.g. a
 converted COCO model on PASCAL VOC): the model keeps those classes' rows. Written to the output folder
 (default: the checkpoint's folder / ``test_<dataset>``):
 
@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 from fpn import config as C
-from fpn.engine.checkpoint import (
+from fpn.checkpoint import (
     build_model_from_checkpoint,
     checkpoint_config,
     dataset_dirname,
@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpn.engine.inference import evaluate_outputs, predict_records
-    from fpn.engine.prepare import resolve, split_records
-    from fpn.engine.visualize import detections_record, draw_detections
+    from fpn.data.datasets import resolve, split_records
+    from fpn.visualize import detections_record, draw_detections
     from fpn.evaluation.report import format_table, plot_pr_curves, write_json
     from fpn.io import atomic_write_text
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     metric = args.metric or spec.metric
     classes = tuple(spec.classes)
     if tuple(ckpt["classes"]) != classes:
-        from fpn.engine.transfer import zero_shot_checkpoint
+        from fpn.interop.transfer import zero_shot_checkpoint
 
         ckpt, match = zero_shot_checkpoint(ckpt, path, classes)
         print(f"zero-shot: {match.describe()}")

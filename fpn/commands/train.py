@@ -12,7 +12,7 @@ The resolved config is saved as ``config.json`` in the run folder ``{save_dir}/{
 
 ``--resume auto`` resolves the config as a new run would (so a requeued job runs the very command that
 started it), then continues from the newest complete checkpoint of that run folder
-(``fpn.engine.checkpoint.newest_checkpoint``: a truncated newest file falls back to the one before, with a
+(``fpn.checkpoint.newest_checkpoint``: a truncated newest file falls back to the one before, with a
 warning), or starts fresh when there is none. Exit codes: 0 done, 2 a usage error, 3 a diverged loss,
 4 out of memory, 75 stopped by SIGTERM / ``--stop-signal`` with the state saved (requeue and rerun), 130 Ctrl-C.
 """
@@ -25,7 +25,7 @@ import os
 import sys
 
 from fpn import config as C
-from fpn.engine.checkpoint import has_training_state, is_mid_epoch, load_checkpoint, newest_checkpoint, run_dir
+from fpn.checkpoint import has_training_state, is_mid_epoch, load_checkpoint, newest_checkpoint, run_dir
 from fpn.engine.device import AMP_MODES
 from fpn.engine.prepare import NETS
 from fpn.errors import UserError

@@ -11,7 +11,8 @@ import argparse
 import re
 from pathlib import Path
 
-from fpn.data.catalog import read_classes, read_image_list
+from fpn.data.catalog import read_classes
+from fpn.data.records import read_image_list
 from fpn.data.voc import VOC_CLASSES, parse_voc_xml
 from fpn.errors import UserError
 from fpn.evaluation.report import format_table, write_reports

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fpn.config import Config
-from fpn.engine.checkpoint import unwrap
+from fpn.checkpoint import unwrap
 from fpn.engine.device import autocast
 
 
@@ -100,7 +100,7 @@ def evaluate_outputs(
 def _evaluate_coco(ids, outputs, records, classes, results_dir, spec):
     from pathlib import Path
 
-    from fpn.data.catalog import CocoSplit
+    from fpn.data.records import CocoSplit
     from fpn.data.coco import coco_image_ids, records_to_coco, write_coco_json
     from fpn.evaluation.coco_eval import evaluate_coco, load_gt, read_results, results_from_outputs, write_results
 

@@ -4,7 +4,7 @@ iteration itself is ``fpn.engine.step.TrainStep``, which ``fpn bench --mode trai
 ``train(cfg, ...)`` runs a whole training (single process, or one DDP rank under torchrun) and returns a
 ``TrainResult``. The run folder ``{save_dir}/{net}/{dataset}/{exp_name}/`` receives ``config.json``,
 ``metrics.jsonl``, TensorBoard events and a checkpoint ``fpn_{session}_{epoch}_{step}.pth`` after every epoch
-(see ``fpn.engine.checkpoint``), and, with ``solver.checkpoint_every`` ("500" iterations, "30m"), mid-epoch
+(see ``fpn.checkpoint``), and, with ``solver.checkpoint_every`` ("500" iterations, "30m"), mid-epoch
 ones of which the newest ``solver.keep_checkpoints`` stay. Only rank 0 writes and shows progress.
 
 Host synchronisation happens only every ``log_interval`` iterations, at checkpoints and at epoch ends: losses
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from fpn import config as C
 from fpn.engine import distributed
-from fpn.engine.checkpoint import (
+from fpn.checkpoint import (
     check_compatible,
     checkpoint_files,
     checkpoint_name,
@@ -72,15 +72,8 @@ from fpn.engine.device import (
     test_out_of_memory,
 )
 from fpn.engine.logger import RunLogger, format_eta, format_train_line
-from fpn.engine.prepare import (
-    check_config,
-    check_from_scratch,
-    checkpoint_interval,
-    resolve,
-    seed_everything,
-    split_records,
-    stop_signals,
-)
+from fpn.engine.prepare import check_config, check_from_scratch, checkpoint_interval, seed_everything, stop_signals
+from fpn.data.datasets import resolve, split_records
 from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler, describe_optimizer, scaled_lr
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
@@ -118,7 +111,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg``; ``resume`` = (path, loaded checkpoint dict) continues that run. ``asked``: the config
     keys the user gave on the command line (``--set``); a synthetic dataset that is there is regenerated only
-    for other ``data.synth_*`` values named in it (``fpn.engine.prepare.ensure_synthetic``).
+    for other ``data.synth_*`` values named in it (``fpn.data.datasets.ensure_synthetic``).
 
     Raises UserError (nothing written) for a bad config, dataset or checkpoint, or training from scratch
     with frozen BatchNorm; NonFiniteLossError when the loss diverges; OutOfMemory. Under torchrun each
@@ -283,7 +276,7 @@ class _Trainer:
 
     def _init_from(self, path: str) -> None:
         """All weights of a detection checkpoint, its class rows matched to this dataset's classes by name."""
-        from fpn.engine.transfer import convention_notes, load_transferred
+        from fpn.interop.transfer import convention_notes, load_transferred
 
         source = load_checkpoint(path, flag="--init")
         match = load_transferred(self.model, source, path, self.classes)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from fpn import config as C
-from fpn.engine.checkpoint import FC1_WEIGHT, cyx_to_yxc, load_model_state, weights_checkpoint
+from fpn.checkpoint import FC1_WEIGHT, cyx_to_yxc, load_model_state, weights_checkpoint
 from fpn.errors import UserError
 from fpn.model.backbone import read_state_dict
 

@@ -11,7 +11,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from fpn import config as C
 from fpn.cli import main
 from fpn.data.synthetic import SYNTH_CLASSES, generate
-from fpn.engine.checkpoint import REQUIRED_KEYS, load_checkpoint
+from fpn.checkpoint import REQUIRED_KEYS, load_checkpoint
 from tiny_run import train
 
 # the torchvision model's slots 1..10: the synthetic classes, an unused slot and one more class

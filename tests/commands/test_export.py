@@ -1,4 +1,4 @@
-"""``fpn export``: flags and one-line errors (the exported graphs are tested in tests/engine/test_export_parity.py)."""
+"""``fpn export``: flags and one-line errors (the exported graphs are tested in tests/test_export_parity.py)."""
 
 import pytest
 

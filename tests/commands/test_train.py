@@ -14,7 +14,7 @@ from fpn import config as C
 from fpn.cli import main
 from fpn.commands import train as train_cmd
 from fpn.data.synthetic import SYNTH_CLASSES, generate
-from fpn.engine.checkpoint import load_checkpoint
+from fpn.checkpoint import load_checkpoint
 from fpn.engine.device import OUT_OF_MEMORY
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError

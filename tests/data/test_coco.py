@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from fpn.data import catalog, coco
-from fpn.data.catalog import CocoSplit, coco_categories, load_records
+from fpn.data import coco, records
+from fpn.data.records import CocoSplit, coco_categories, load_records
 from fpn.data.coco import CLIP_TOLERANCE, read_coco_json, records_to_coco
 from fpn.errors import DataWarning, UserError
 
@@ -168,14 +168,14 @@ def test_cache_written_beside_the_json_hit_and_rebuilt_when_the_json_changes(coc
     def boom(*a, **k):
         raise AssertionError("parsed although the cache is valid")
 
-    monkeypatch.setattr(catalog, "parse_coco", boom)
+    monkeypatch.setattr(records, "parse_coco", boom)
     again = load_records([_split(coco_file)], ("ant", "zebra"))
     assert coco_categories(_split(coco_file)) == ((2, 5), ("ant", "zebra"))
     assert [r["image"] for r in again] == [r["image"] for r in first]
     for a, b in zip(again, first):
         np.testing.assert_array_equal(a["boxes"], b["boxes"])
 
-    monkeypatch.setattr(catalog, "parse_coco", coco.parse_coco)
+    monkeypatch.setattr(records, "parse_coco", coco.parse_coco)
     data = json.loads(coco_file.read_text())
     data["annotations"][0]["bbox"] = [2, 2, 4, 4]
     st = coco_file.stat()

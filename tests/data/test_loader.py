@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fpn.config import Config
-from fpn.data.catalog import ImageSet, load_records
+from fpn.data.records import ImageSet, load_records
 from fpn.data.loader import (
     Batch,
     Collator,

@@ -241,7 +241,8 @@ def test_cli_writes_then_reuses_then_regenerates(tmp_path, capsys):
 
 
 def test_coco_format_holds_the_voc_boxes_with_difficult_objects_as_crowd(tmp_path):
-    from fpn.data.catalog import CocoSplit, ImageSet, load_records, resolve_dataset
+    from fpn.data.catalog import resolve_dataset
+    from fpn.data.records import CocoSplit, ImageSet, load_records
 
     both = generate(tmp_path / "both", seed=2, n_train=6, n_test=3, formats=("coco", "voc"))
     for split in ("trainval", "test"):

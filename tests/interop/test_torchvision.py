@@ -17,7 +17,7 @@ from fpn import config as C
 from fpn.commands.test import build_model_from_checkpoint
 from fpn.data.loader import build_test_loader
 from fpn.data.transforms import read_image
-from fpn.engine.checkpoint import cyx_to_yxc
+from fpn.checkpoint import cyx_to_yxc
 from fpn.errors import UserError
 from fpn.interop import torchvision as tvi
 from tv_models import CUSTOM_SLOTS, POST_NMS_TEST, as_torchvision_input, coco_res50, custom_res18, records_of, write_images

@@ -58,7 +58,7 @@ def build_torchvision(net: str, scale: int, max_size: int, num_classes: int = 21
 def read_weights(path: str | Path) -> tuple[str, dict]:
     """("fpn", checkpoint) for an fpn checkpoint, ("torchvision", state dict) for anything else that holds a state
     dict; a UserError naming ``--weights`` otherwise."""
-    from fpn.engine.checkpoint import load_checkpoint
+    from fpn.checkpoint import load_checkpoint
     from fpn.model.backbone import read_state_dict
 
     p = Path(path)
@@ -101,7 +101,7 @@ def torchvision_from_state(state: dict, source: str, scale: int, max_size: int) 
 
 def ours_from_checkpoint(ckpt: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
     """Our model from an fpn checkpoint (its architecture and conventions; the bench's runtime settings)."""
-    from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
+    from fpn.checkpoint import build_model_from_checkpoint, checkpoint_config
 
     cfg = with_runtime(checkpoint_config(ckpt, source), bench)
     return build_model_from_checkpoint(ckpt, source, cfg, "cpu"), cfg, list(ckpt["classes"])
@@ -125,7 +125,7 @@ def pretrain_torchvision(tv: torch.nn.Module, samples: list[dict], iters: int, b
     ``scale`` / ``max_size``: AdamW at ``PRETRAIN_LR`` after a 10-iteration warm-up, gradients clipped at 10,
     ``PRETRAIN_ROIS`` RoIs per image. Labels beyond its classes wrap around. Returns {"iterations", "seconds",
     "first_loss", "last_loss", "scale"}; a non-finite loss is a RuntimeError (a bug, not a user mistake)."""
-    from fpn.data.bench_images import wrap_labels
+    from fpn.perf.images import wrap_labels
     from fpn.engine.device import autocast
 
     usable = [s for s in samples if s["boxes"] is not None and len(s["boxes"])]

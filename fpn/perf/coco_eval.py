@@ -40,7 +40,7 @@ def coco_val_sized_case(n_images: int = 5000, n_classes: int = 80, dets_per_imag
 
 def eval_once(engine: str, n_images: int, dets_per_image: int) -> dict:
     """One evaluation of :func:`coco_val_sized_case` (run in a fresh process by :func:`time_coco_eval`)."""
-    from fpn.data.bench import _rss_mb
+    from fpn.perf.data import _rss_mb
     from fpn.evaluation.coco_eval import evaluate_coco
 
     gt, dets = coco_val_sized_case(n_images, dets_per_image=dets_per_image)
@@ -54,7 +54,7 @@ def eval_once(engine: str, n_images: int, dets_per_image: int) -> dict:
 def time_coco_eval(n_images: int = 5000, dets_per_image: int = 100,
                    engines: tuple[str, ...] = ("faster-coco-eval", "pycocotools")) -> dict:  # fmt: skip
     """{engine: eval_once(...)} plus ``max_stat_diff``, the largest difference between the engines' 12 numbers."""
-    code = ("import json, sys; from fpn.evaluation.bench import eval_once as f; "
+    code = ("import json, sys; from fpn.perf.coco_eval import eval_once as f; "
             "print(json.dumps(f(sys.argv[1], *map(int, sys.argv[2:]))))")  # fmt: skip
     out = {}
     for engine in engines:

@@ -2,7 +2,7 @@
 
 import json
 
-from fpn.data.bench import time_coco_loading
+from fpn.perf.data import time_coco_loading
 
 
 def test_coco_loading_benchmark_times_a_cold_and_a_cached_load(tmp_path):

@@ -10,9 +10,9 @@ from PIL import Image
 from fpn import config as C
 from fpn.data.loader import build_train_loader
 from fpn.data.voc import VOC_CLASSES
-from fpn.engine.checkpoint import weights_checkpoint
+from fpn.checkpoint import weights_checkpoint
 from fpn.engine.inference import evaluate_outputs, predict_records
-from fpn.engine.transfer import ALIASES, load_transferred, match_classes, transfer_state, zero_shot_checkpoint
+from fpn.interop.transfer import ALIASES, load_transferred, match_classes, transfer_state, zero_shot_checkpoint
 from fpn.errors import UserError
 from fpn.interop.torchvision import NOT_A_CLASS, coco_slot_names
 from fpn.model import build_detector

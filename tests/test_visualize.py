@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fpn.engine.visualize import detections_record, draw_detections, palette, select
+from fpn.visualize import detections_record, draw_detections, palette, select
 
 OUT = {"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 0.0, 5.0, 5.0], [40.0, 20.0, 60.0, 50.0]]),
        "scores": torch.tensor([0.6, 0.2, 0.9]), "labels": torch.tensor([2, 1, 1])}

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from fpn.benchmark import bench_config, bench_latency, build_ours, make_input, make_train_step
-from fpn.benchmark_weights import BenchModels, build_torchvision, pretrain_torchvision
+from fpn.perf.bench import bench_config, bench_latency, build_ours, make_input, make_train_step
+from fpn.perf.weights import BenchModels, build_torchvision, pretrain_torchvision
 from fpn.cli import main
-from fpn.data.bench_images import resize_samples, synthetic_samples
+from fpn.perf.images import resize_samples, synthetic_samples
 from fpn.engine.step import TrainStep
 
 TINY = ["--net", "res18", "--scale", "64", "--max-size", "96", "--iters", "1", "--warmup", "0", "--device", "cpu",
@@ -152,9 +152,9 @@ def test_bench_step_under_fp16_uses_the_unfused_sgd_the_trainer_would():
 def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
     """``--onnx``: the exported model joins the interleaved rounds (the export itself is replaced by the
     session's tiny ONNX file, which is tested elsewhere)."""
-    import fpn.engine.export
+    import fpn.export
 
-    monkeypatch.setattr(fpn.engine.export, "export_onnx", lambda *args, **kwargs: tiny_onnx)
+    monkeypatch.setattr(fpn.export, "export_onnx", lambda *args, **kwargs: tiny_onnx)
     cfg = bench_config("voc07_res101", net="res18", scale=64, max_size=96)
     models = BenchModels(build_ours(cfg), cfg, [f"class{i}" for i in range(1, 21)])
     image = synthetic_samples(1)[0]["image"]

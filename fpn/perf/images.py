@@ -48,7 +48,8 @@ def folder_samples(image_dir: str | Path, n: int) -> tuple[list[dict], str]:
     """The first ``n`` images of ``image_dir`` and what they are: a VOC/COCO dataset folder gives its training
     records (boxes included; its test split when it has no training split), any other folder its pictures in
     name order, without boxes. A folder with neither is a UserError naming ``--image-dir``."""
-    from fpn.data.catalog import load_records, resolve_dataset
+    from fpn.data.catalog import resolve_dataset
+    from fpn.data.records import load_records
     from fpn.data.transforms import read_image
 
     root = Path(image_dir)

@@ -57,7 +57,7 @@ def write_fake_voc(root: Path, n: int, seed: int = 0, split: str = "trainval") -
 def time_annotation_loading(n: int = 16500, tmp_dir: str | Path | None = None) -> dict:
     """Seconds to read n annotations with no cache ("cold": the files are in the OS page cache, the
     annotation cache is empty) and again from the cache. Keys: images, objects, cold_s, cached_s."""
-    from fpn.data.catalog import ImageSet, load_records
+    from fpn.data.records import ImageSet, load_records
 
     with _folder(tmp_dir) as d:
         root = d / "VOCbench"
@@ -229,7 +229,7 @@ def load_coco_once(json_path: str, images_dir: str, cache_dir: str) -> dict:
     extra_peak_mb (peak resident memory minus that after the imports)."""
     import warnings
 
-    from fpn.data.catalog import CocoSplit, coco_categories, load_records
+    from fpn.data.records import CocoSplit, coco_categories, load_records
 
     base = _rss_mb("VmRSS")
     split = CocoSplit(Path(json_path), Path(images_dir), "train")
@@ -261,7 +261,7 @@ def time_coco_loading(
         info = write_fake_coco(path, n_images, n_annotations, images_dir=images)
         for f in cache.glob("*.pkl"):
             f.unlink()
-        code = "import json, sys; from fpn.data.bench import load_coco_once as f; print(json.dumps(f(*sys.argv[1:])))"
+        code = "import json, sys; from fpn.perf.data import load_coco_once as f; print(json.dumps(f(*sys.argv[1:])))"
         for phase in ("cold", "cached"):
             out = subprocess.run([sys.executable, "-c", code, str(path), str(images), str(cache)],
                                  check=True, capture_output=True, text=True).stdout  # fmt: skip

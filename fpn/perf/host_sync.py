@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../fpn
-_COUNTERS = tuple(f"{_PACKAGE}/engine/{name}" for name in ("host_sync.py", "cuda_profile.py"))  # never the cause
+_COUNTERS = tuple(f"{_PACKAGE}/perf/{name}" for name in ("host_sync.py", "cuda_profile.py"))  # never the cause
 
 _aten = torch.ops.aten
 _SYNCING = {

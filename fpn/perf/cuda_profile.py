@@ -11,7 +11,7 @@
 * ``host_syncs``: one iteration under ``torch.cuda.set_sync_debug_mode("warn")``, each warning attributed to the
   innermost source line of this project (or torchvision) that caused it (:func:`cuda_sync_sites`).
 
-On a CPU the same ``host_syncs`` come from ``fpn.engine.host_sync.count_host_syncs`` (the operations that would
+On a CPU the same ``host_syncs`` come from ``fpn.perf.host_sync.count_host_syncs`` (the operations that would
 wait for a GPU), so the report has them everywhere.
 """
 
@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from fpn.engine.host_sync import count_host_syncs, project_site
+from fpn.perf.host_sync import count_host_syncs, project_site
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch")
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
@@ -124,4 +124,4 @@ def host_syncs(fn, device: torch.device) -> dict:
     with count_host_syncs() as syncs:
         fn()
     return {"per_iter": syncs.total, "sites": dict(syncs.by_site.most_common()),
-            "method": "fpn.engine.host_sync.count_host_syncs (the ops that would wait for a GPU)"}  # fmt: skip
+            "method": "fpn.perf.host_sync.count_host_syncs (the ops that would wait for a GPU)"}  # fmt: skip

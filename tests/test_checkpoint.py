@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fpn.config import Config, to_dict
-from fpn.engine import checkpoint as ck
+from fpn import checkpoint as ck
 from fpn.engine.schedule import build_optimizer, build_scheduler
 from fpn.errors import UserError
 

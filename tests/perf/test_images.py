@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fpn.data.bench import write_fake_jpegs
-from fpn.data.bench_images import folder_samples, resize_samples, synthetic_samples
+from fpn.perf.data import write_fake_jpegs
+from fpn.perf.images import folder_samples, resize_samples, synthetic_samples
 from fpn.errors import UserError
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fpn.engine.cuda_profile import busy_time_us, cuda_sync_sites, host_syncs, summarize_events
+from fpn.perf.cuda_profile import busy_time_us, cuda_sync_sites, host_syncs, summarize_events
 
 CUDA, CPU = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
@@ -42,11 +42,11 @@ def test_cuda_sync_sites_names_this_projects_line_and_lets_other_warnings_throug
             _syncing_op()
             warnings.warn("other", DeprecationWarning)
     ((site, n),) = sites.items()
-    assert site.startswith("tests/engine/test_cuda_profile.py:") and n == 2
+    assert site.startswith("tests/perf/test_cuda_profile.py:") and n == 2
 
 
 def test_host_syncs_on_a_cpu_counts_what_would_wait_for_a_gpu():
     x = torch.arange(6.0)
     res = host_syncs(lambda: x[x > 2].sum().item(), torch.device("cpu"))  # a boolean mask, a scalar read
     assert res["per_iter"] == 2 and "count_host_syncs" in res["method"]
-    assert all(site.startswith("tests/engine/test_cuda_profile.py:") for site in res["sites"])
+    assert all(site.startswith("tests/perf/test_cuda_profile.py:") for site in res["sites"])

@@ -8,7 +8,7 @@ from detector_helpers import branches, rectangles_batch, triton_runs_on
 from tiny_model import small_config
 from fpn.structures import pad_targets, to_device
 from fpn.engine.device import make_scaler
-from fpn.engine.host_sync import count_host_syncs
+from fpn.perf.host_sync import count_host_syncs
 from fpn.engine.schedule import build_optimizer
 from fpn.engine.step import TrainStep
 from fpn.model import build_detector
@@ -35,7 +35,7 @@ def test_counter_counts_what_waits_for_a_gpu_and_nothing_else():
         torch.bincount(host.long()).numpy()
     sites = syncs.describe()
     assert syncs.total == 8 and "(.cpu())" in sites, sites
-    assert "tests/engine/test_host_sync.py:" in sites and "(boolean mask index)" in sites
+    assert "tests/perf/test_host_sync.py:" in sites and "(boolean mask index)" in sites
     assert y.shape == (2,)
 
 

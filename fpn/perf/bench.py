@@ -1,4 +1,4 @@
-"""Timing of training steps, inference and (via ``fpn.data.bench``) the data loader.
+"""Timing of training steps, inference and (via ``fpn.perf.data``) the data loader.
 
 What is timed is described by a ``Config`` (``bench_config``: a preset, by default ``voc07_res101``, with
 the flags' overrides): network, width, scale, batch, precision, channels-last, optimiser. A training step
@@ -6,10 +6,10 @@ is the trainer's own ``fpn.engine.step.TrainStep`` with the optimiser ``build_op
 solver (fused or not) and the scaler ``make_scaler`` makes for that precision, so the benchmark times what
 ``fpn train`` runs. ``--preset synthetic`` therefore times the synthetic recipe's step as it trains.
 
-The models and their weights come from ``fpn.benchmark_weights.build_models``: with ``compare="torchvision"``
+The models and their weights come from ``fpn.perf.weights.build_models``: with ``compare="torchvision"``
 torchvision's Faster R-CNN FPN and ours run the same trained weights (``weights``, or torchvision's model
 pretrained briefly on the bench images), so both detect what a trained detector detects and NMS and RoI work
-are what they are in use. Inputs are real images (``fpn.data.bench_images``: synthetic ones by default, or
+are what they are in use. Inputs are real images (``fpn.perf.images``: synthetic ones by default, or
 ``image_dir``'s), resized to ``image_size``: torchvision receives the 0..1 images (its own transform resizes
 them on the device, which is how it is used); ours receives the batch its loader would give. Every result
 counts detections and proposals per image (:func:`detection_counts`) and says when it is not representative.
@@ -17,7 +17,7 @@ counts detections and proposals per image (:func:`detection_counts`) and says wh
 Each timing runs ``warmup`` untimed iterations first, then ``iters`` timed ones; on CUDA the clock is read
 between device synchronisations, so asynchronous work is counted. Results are plain dicts (images/s, ms per
 iteration, peak memory, achieved TFLOP/s from a FlopCounterMode count of one iteration; with ``profile`` the
-host syncs and, on CUDA, the kernel profile of ``fpn.engine.cuda_profile``).
+host syncs and, on CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
 
 Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
 ``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from fpn.benchmark_weights import BenchModels
+from fpn.perf.weights import BenchModels
 from fpn.config import Config, get_preset
-from fpn.data.bench_images import wrap_labels
+from fpn.perf.images import wrap_labels
 from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
 from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
@@ -68,7 +68,7 @@ def _random_boxes(g: torch.Generator, w: int, h: int, num_classes: int) -> tuple
 
 def make_input(samples: list[dict], batch: int, cfg: Config, scale: int, max_size: int, device,
                num_classes: int = 21) -> BenchInput:  # fmt: skip
-    """The first ``batch`` samples (``fpn.data.bench_images``; repeated when there are fewer) as torchvision takes
+    """The first ``batch`` samples (``fpn.perf.images``; repeated when there are fewer) as torchvision takes
     them (0..1 images at their size) and as ours takes them (``transform_image`` + ``batch_images`` under ``cfg``'s
     resize rule and normalisation, at ``scale`` / ``max_size``). Labels wrap around into 1..num_classes-1;
     pictures without boxes get 3 random ones."""
@@ -210,7 +210,7 @@ NOT_REPRESENTATIVE = ("NOT REPRESENTATIVE: the model returns no detections, so N
 
 
 def _profile(run, out: dict, device, iters: int) -> None:
-    from fpn.engine.cuda_profile import host_syncs, profile_cuda
+    from fpn.perf.cuda_profile import host_syncs, profile_cuda
 
     out["host_syncs"] = host_syncs(run, device)
     if device.type == "cuda":
@@ -307,7 +307,7 @@ def bench_latency(models: BenchModels, image: torch.Tensor, device: torch.device
     (``fpn.Detector``), ours in ONNX Runtime (``onnx``, CPU), torchvision's model (when there is one); every round
     times each once, in turn, so that a shared machine's drifting load weighs on all alike."""
     from fpn.api import Detector
-    from fpn.engine.export import export_onnx
+    from fpn.export import export_onnx
 
     if onnx and device.type != "cpu":
         raise UserError("--onnx: the ONNX model runs in onnxruntime on the CPU; add --device cpu")
@@ -353,9 +353,9 @@ def bench_latency(models: BenchModels, image: torch.Tensor, device: torch.device
 
 
 def bench_samples(image_dir: str | None, n: int, image_size: tuple[int, int] | None) -> tuple[list[dict], str]:
-    """The bench images (``fpn.data.bench_images``): ``image_dir``'s, else the synthetic dataset's; resized to
+    """The bench images (``fpn.perf.images``): ``image_dir``'s, else the synthetic dataset's; resized to
     ``image_size`` (w, h) when given."""
-    from fpn.data.bench_images import folder_samples, resize_samples, synthetic_samples
+    from fpn.perf.images import folder_samples, resize_samples, synthetic_samples
 
     if image_dir:
         samples, what = folder_samples(image_dir, n)
@@ -372,9 +372,9 @@ def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tup
                    weights: str | None = None, image_dir: str | None = None, pretrain_iters: int | None = None,
                    save_weights: str | None = None, profile: bool = False) -> dict:  # fmt: skip
     """Run the requested benchmarks of ``cfg`` (see ``bench_config``) on the models of
-    ``fpn.benchmark_weights.build_models``; returns {"config": ..., "weights": ..., "<impl>/<what>": result dict,
+    ``fpn.perf.weights.build_models``; returns {"config": ..., "weights": ..., "<impl>/<what>": result dict,
     "ratio/...": x, "latency_bs1": ..., "agreement": ...}."""
-    from fpn.benchmark_weights import build_models
+    from fpn.perf.weights import build_models
 
     net, batch = cfg.model.backbone, cfg.solver.batch_size
     if net not in NETS:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from fpn.engine.checkpoint import check_compatible, unwrap
+from fpn.checkpoint import check_compatible, unwrap
 from fpn.errors import UserError
 
 # PASCAL VOC name -> COCO name, for classes the two datasets spell differently

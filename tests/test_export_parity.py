@@ -9,8 +9,8 @@ from torchvision.ops import box_iou
 
 from tiny_model import CLASSES, parity_images
 from fpn.api import Detector
-from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
-from fpn.engine.export import export_onnx, export_torch
+from fpn.checkpoint import build_model_from_checkpoint, checkpoint_config, load_checkpoint
+from fpn.export import export_onnx, export_torch
 from fpn.errors import UserError
 
 FLOOR, SCORE_TOL, IOU_MIN = 0.05, 1e-3, 0.99

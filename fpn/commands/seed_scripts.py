@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fpn.engine.checkpoint import checkpoint_name, run_dir
+from fpn.checkpoint import checkpoint_name, run_dir
 from fpn.errors import UserError
 
 _TRUE = ("true", "t", "yes", "y", "1", "on")
