@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fpn.commands.seed_scripts import add_amp, add_bool, device_flag, script_main, seed_checkpoint
+from fpn.seed_scripts import add_amp, add_bool, device_flag, script_main, seed_checkpoint
 from fpn.errors import UserError
 
 

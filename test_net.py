@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fpn.commands.seed_scripts import add_amp, add_bool, device_flag, script_main, seed_checkpoint
+from fpn.seed_scripts import add_amp, add_bool, device_flag, script_main, seed_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ import os
 import sys
 
 from fpn.engine.distributed import env_world_size
-from fpn.commands.seed_scripts import (
+from fpn.seed_scripts import (
     add_amp,
     add_bool,
     device_flag,
