@@ -27,7 +27,6 @@ from fpn.seed_scripts import (
     add_bool,
     device_flag,
     fail,
-    parse_args,
     per_process_batch,
     run_fpn,
     seed_checkpoint,
@@ -125,7 +124,7 @@ def _preset(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     try:
         world_size = env_world_size()
         if args.mGPUs and "WORLD_SIZE" not in os.environ:

@@ -10,7 +10,9 @@ Keys (loadable with ``torch.load(path, map_location="cpu", weights_only=False)``
     interrupted  True when saved on a stop request (Ctrl-C, SIGTERM, --stop-signal)
     mid_epoch    True when saved before the end of its epoch (interrupted, or solver.checkpoint_every); resuming
                  then continues that epoch at step + 1 (absent in older files: ``interrupted`` says it)
-    config       fpn.config.to_dict of the run's config
+    config       fpn.config.to_dict of the run's config, without its runtime section (how it ran is not what it is)
+    run          how it ran: precision (also stored as ``precision``: none, bf16 or fp16) and its reason, device,
+                 world size, the runtime section, a generated dataset's parameters (absent in older files)
     classes      class names without background (tuple)
     net, dataset, session, version (the checkpoint format), fpn_version
     rng          list of per-rank RNG states (python, numpy, torch, cuda)
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 import fpn
-from fpn.config import Config, ModelConfig, from_dict
+from fpn.config import Config, ModelConfig, RuntimeConfig, from_dict
 from fpn.errors import UserError
 from fpn.io import atomic_torch_save
 
@@ -125,8 +127,9 @@ def make_checkpoint(
     interrupted: bool = False,
     mid_epoch: bool | None = None,
     rng: list[dict] | None = None,
+    run: dict | None = None,
 ) -> dict[str, Any]:
-    """``mid_epoch`` defaults to ``interrupted``."""
+    """``mid_epoch`` defaults to ``interrupted``; ``run``: how the run ran (its "precision" is stored apart too)."""
     return {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -145,6 +148,7 @@ def make_checkpoint(
         "version": CHECKPOINT_VERSION,
         "fpn_version": fpn.__version__,
         "rng": rng if rng is not None else [rng_state()],
+        **({"run": run, "precision": run["precision"]} if run else {}),
     }
 
 
@@ -310,11 +314,23 @@ def build_model_from_checkpoint(ckpt: dict, path: str | Path, cfg: Config, devic
 
 
 def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
-    """The checkpoint's config; UserError naming the file when this fpn cannot read it."""
+    """The checkpoint's config with a default runtime section (the command that runs it sets that: an older file's
+    runtime keys, e.g. model.pool_impl, are not applied); UserError naming the file when this fpn cannot read it."""
     try:
-        return from_dict(ckpt["config"])
+        cfg = from_dict(ckpt["config"])
     except UserError as e:
         raise UserError(f"{path}: the checkpoint's config is not valid here ({e})") from None
+    cfg.runtime = RuntimeConfig()
+    return cfg
+
+
+def checkpoint_runtime(ckpt: dict) -> RuntimeConfig:
+    """The runtime section the checkpoint's run was started with (what resuming that run continues with; every
+    other use takes the command's): from its ``run`` record, or, in older files, from the keys of its config."""
+    runtime = ckpt.get("run", {}).get("runtime")
+    if runtime is not None:
+        return from_dict({"runtime": runtime}).runtime
+    return from_dict(ckpt["config"]).runtime
 
 
 def _short(names: Sequence[str], n: int = 4) -> str:

@@ -2,8 +2,8 @@
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only dispatches. A ``UserError`` becomes one line on stderr and its exit code (2; 3 a diverged
-loss, 4 out of memory); a ``DataWarning`` one ``warning: ...`` line. ``--set KEY=VALUE ...`` lists end at the
-first argument without ``=`` (:func:`end_set_lists`), in every command that has one.
+loss, 4 out of memory); a ``DataWarning`` one ``warning: ...`` line. Flags shared by several commands are defined
+once, in :mod:`fpn.commands.flags`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,16 @@ COMMANDS = {
 }
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one ``error: ...`` line naming the flag (``fpn COMMAND --help`` shows the usage), exit
+    code 2, like every other mistake; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Network object detector")
+    parser = OneLineErrors(prog="fpn", description="Feature Pyramid Network object detector")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -39,52 +47,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def end_set_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``argv`` with each ``--set`` list (an option ``--set`` with ``nargs="+", action="extend"``, in
-    ``parser`` or a subcommand's) ending at the first argument without ``=``, which argparse would otherwise
-    take too (``fpn demo --set data.test_scale=208 a.jpg b.jpg``: the images). Each value becomes
-    ``--set=KEY=VALUE``, of which argparse takes exactly one, and the rest is parsed as written. After ``--``
-    nothing is touched; a ``--set`` without a ``KEY=VALUE`` after it is a usage error (``parser.error``)."""
-    options = _set_options(parser)
-    out: list[str] = []
-    option, has_value = None, False  # the --set whose list is open, and whether it has a value yet
-    for i, token in enumerate(argv):
-        if option and "=" in token and not token.startswith("-"):
-            out.append(f"{option}={token}")
-            has_value = True
-            continue
-        if option and not has_value:
-            parser.error(f"{option} {token}: expected KEY=VALUE (other arguments go before {option} or after --)")
-        if token == "--":
-            return out + argv[i:]
-        option, has_value = (token if token in options else None), False
-        if option is None:
-            out.append(token)
-            given = token.split("=", 1)[0]  # --set=KEY=VALUE opens a list too
-            option, has_value = (given, True) if "=" in token and given in options else (None, False)
-    if option and not has_value:
-        parser.error(f"{option}: expected at least one KEY=VALUE")
-    return out
-
-
-def _set_options(parser: argparse.ArgumentParser) -> set[str]:
-    found = set()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found |= _set_options(sub)
-        elif isinstance(action, argparse._ExtendAction) and action.nargs == "+" and "--set" in action.option_strings:
-            found |= set(action.option_strings)
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
     parser = build_parser(command)
-    args = parser.parse_args(end_set_lists(parser, argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error (2) already said in one line
+        return int(e.code or 0)
     if args.command is None:
         parser.print_help()
         return 2

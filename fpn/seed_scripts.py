@@ -69,7 +69,7 @@ def _available(folder: Path) -> str:
 
 def add_amp(parser: argparse.ArgumentParser) -> None:
     """``--amp auto|none|bf16|fp16`` (an extension of the seed's flags), passed on to ``fpn`` when given."""
-    from fpn.engine.device import AMP_MODES
+    from fpn.config import AMP_MODES
 
     parser.add_argument("--amp", default=None, choices=AMP_MODES,
                         help="mixed precision (default: the recipe's, auto: bf16 where the device has it natively, "
@@ -118,16 +118,9 @@ def fail(message: str) -> int:
     return UserError.exit_code
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """``parser.parse_args`` with ``--set`` lists ending at the first argument without ``=``, as in ``fpn``."""
-    from fpn.cli import end_set_lists
-
-    return parser.parse_args(end_set_lists(parser, argv))
-
-
 def script_main(build_parser, to_fpn_argv, argv: list[str] | None = None) -> int:
     """The seed scripts' ``main``: parse the old flags, map them with ``to_fpn_argv(args)`` and run ``fpn``."""
-    args = parse_args(build_parser(), sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         fpn_argv = to_fpn_argv(args)
     except UserError as e:

@@ -13,7 +13,7 @@
 4. ``train``: ``fpn train`` with the real data loader, R101 bs8 bf16, ~150 steps on 1200 synthetic images at
    600/1000, its backbone the bench's pretrained one: images/s against the bench's step rate;
 5. ``levers``: issue 20's before/after on the same weights: its levers switched off (``PLAIN``: what commit
-   852f5ed ran) for training and inference, and ``model.compile=inductor``; last, and running out of time
+   852f5ed ran) for training and inference, and ``runtime.compile=inductor``; last, and running out of time
    there is a skip, not a failure.
 
 Everything goes to ``--out`` (default ``runs/gpu_check``): the runs, each command's log, and one ``report.json``
@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("tests", "synthetic", "bench", "train", "levers")
 # issue 20's levers off: frozen BatchNorm as its own pass, torchvision's per-level pooling and coordinate-offset
 # NMS, NCHW (what commit 852f5ed ran)
-PLAIN = ["model.fuse_frozen_bn=False", "model.pool_impl=torchvision", "model.nms_impl=offset",
-         "model.channels_last=False"]  # fmt: skip
+PLAIN = ["runtime.fuse_frozen_bn=False", "runtime.pool_impl=torchvision", "runtime.nms_impl=offset",
+         "runtime.channels_last=False"]  # fmt: skip
 
 
 @dataclass
@@ -84,7 +84,7 @@ FULL = Plan(
         "r101 infer bs8 bf16 plain": ([*R101, "--mode", "infer", "--bs", "8", "--amp", "bf16", "--set", *PLAIN],
                                       "load:tv_r101.pth"),  # fmt: skip
         "r101 train bs8 bf16 compiled": ([*R101, "--mode", "train", "--bs", "8", "--amp", "bf16", "--set",
-                                          "model.compile=inductor"], "load:tv_r101.pth"),  # fmt: skip
+                                          "runtime.compile=inductor"], "load:tv_r101.pth"),  # fmt: skip
     },
     train_args=["--preset", "voc07_res101", "--bs", "8", "--amp", "bf16", "--workers", "12", "--log-interval", "10",
                 "--set", "data.train_scales=600", "data.max_size=1000"],  # fmt: skip

@@ -88,7 +88,6 @@ def tiny_checkpoint(tmp_path_factory):
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    cfg.solver.amp_used = "none"
     solver_opt = build_optimizer(model, cfg.solver)
     checkpoint = ck.make_checkpoint(
         model, solver_opt, build_scheduler(solver_opt, cfg.solver, 1), None, epoch=1, step=0, iteration=60,

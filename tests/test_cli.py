@@ -2,7 +2,6 @@
 and an explicit ``--amp bf16`` on a device without native bf16 is a one-line error; ``--set`` lists end at
 the first argument without ``=`` in every command that has one."""
 
-import argparse
 import importlib.util
 import os
 import subprocess
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fpn.cli import COMMANDS, build_parser, end_set_lists, main
+from fpn import config as C
+from fpn.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_NATIVE = "--amp bf16: CPU without native bf16, bf16 would be emulated and slow; use --amp auto or none (fp32)"
@@ -95,37 +95,40 @@ def _subcommand(command):
     return action.choices[command]
 
 
-def test_set_lists_end_at_the_first_argument_without_equals_in_every_command():
+def test_set_is_one_shared_flag_repeatable_and_never_takes_a_positional_argument():
     with_set = [c for c in COMMANDS if "--set" in _subcommand(c)._option_string_actions]
-    assert {"train", "test", "demo", "export"} <= set(with_set)
-    for command in with_set:
-        parser = build_parser(command)
-        argv = [command, "--set", "a.b=1", "c.d=[1, 2]", "img1.jpg", "--x", "--set", "e=f", "--", "g=h.jpg"]
-        assert end_set_lists(parser, argv) == [command, "--set=a.b=1", "--set=c.d=[1, 2]", "img1.jpg", "--x",
-                                               "--set=e=f", "--", "g=h.jpg"], command  # fmt: skip
-
+    assert {"train", "test", "demo", "export", "bench", "convert"} <= set(with_set)
+    required = {"test": ["--checkpoint", "c"], "export": ["--checkpoint", "c", "--out", "o"]}
+    for command in ("train", "test", "export", "bench"):  # no positional arguments: one --set may take several
+        argv = [command, *required.get(command, []), "--set", "a.b=1", "c.d=[1, 2]", "--set", "e=f"]
+        args = build_parser(command).parse_args(argv)
+        assert args.overrides == ["a.b=1", "c.d=[1, 2]", "e=f"], command
+    # with positional arguments each --set takes one KEY=VALUE, so the images after it stay images
     demo = build_parser("demo")
-    args = demo.parse_args(end_set_lists(demo, ["demo", "--checkpoint", "c.pth", "--set", "data.test_scale=208",
-                                                "img1.jpg", "img2.jpg", "--out", "o"]))  # fmt: skip
-    assert (args.images, args.overrides, args.out) == (["img1.jpg", "img2.jpg"], ["data.test_scale=208"], "o")
-
-    # any command defining --set this way (fpn bench's, the seed scripts') is covered, positional arguments too
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command").add_parser("other")
-    sub.add_argument("inputs", nargs="*")
-    sub.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
-    args = parser.parse_args(end_set_lists(parser, ["other", "--set", "a=1", "b=2", "x", "y", "--set=c=3", "d=4"]))
-    assert (args.inputs, args.overrides) == (["x", "y"], ["a=1", "b=2", "c=3", "d=4"])
+    args = demo.parse_args(["demo", "--checkpoint", "c.pth", "--set", "data.test_scale=208", "img1.jpg", "img2.jpg",
+                            "--set", "model.nms_thresh=0.4", "--out", "o"])  # fmt: skip
+    assert (args.images, args.overrides, args.out) == (["img1.jpg", "img2.jpg"],
+                                                       ["data.test_scale=208", "model.nms_thresh=0.4"], "o")  # fmt: skip
     trainval = _seed_script("trainval_net").__globals__["build_parser"]()
-    args = trainval.parse_args(end_set_lists(trainval, ["--set", "solver.lr=0.1", "my_exp", "--bs", "4"]))
-    assert (args.exp_name, args.set_cfgs, args.bs) == ("my_exp", ["solver.lr=0.1"], 4)
+    args = trainval.parse_args(["--set", "solver.lr=0.1", "--bs", "4"])
+    assert (args.set_cfgs, args.bs) == (["solver.lr=0.1"], 4)
+
+
+def test_device_and_amp_mean_the_same_in_every_command():
+    for command in ("train", "test", "demo", "bench"):
+        parser = _subcommand(command)
+        amp, device = parser._option_string_actions["--amp"], parser._option_string_actions["--device"]
+        assert tuple(amp.choices) == C.AMP_MODES and amp.default is None and amp.nargs is None, command
+        assert device.default is None, command
 
 
 def test_a_set_without_key_value_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--checkpoint", "c.pth", "--out", "o", "--set", "img1.jpg"])
-    assert e.value.code == 2
-    assert "--set img1.jpg: expected KEY=VALUE (other arguments go before --set or after --)" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", "c.pth", "--out", "o", "--set", "img1.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: argument --set: expected KEY=VALUE, e.g. model.backbone=res50, got 'img1.jpg' "
+                   "(fpn demo --help lists the flags)\n")  # one line, as every other mistake
+    assert main(["train", "--dataset", "synthetic", "--set", "a=1", "stray"]) == 2
+    assert "got 'stray'" in capsys.readouterr().err
 
 
 def test_train_help_names_every_kind_of_dataset():

@@ -14,8 +14,9 @@ def test_presets_are_fresh_plain_data():
     assert C.get_preset("voc0712_res101").data.dataset == "pascal_voc_0712"
 
 
-def test_seed_preset_differs_where_the_seed_did():
-    s, v = C.get_preset("seed").model, C.get_preset("voc07_res101").model
+def test_the_ancestors_preset_differs_where_it_did_and_keeps_its_old_name():
+    assert C.get_preset("seed") == C.get_preset("fpn_pytorch") and C.get_preset("seed").preset == "fpn_pytorch"
+    s, v = C.get_preset("fpn_pytorch").model, C.get_preset("voc07_res101").model
     assert (s.rpn_channels, v.rpn_channels) == (512, 256)
     assert (s.rpn_pre_nms_top_n_train, s.rpn_post_nms_top_n_test) == (12000, 300)
     assert not s.rpn_per_level_top_n and v.rpn_per_level_top_n
@@ -121,3 +122,55 @@ def test_synthetic_preset_sees_each_of_its_images_once_in_1600_batches_of_4():
     assert len(loader) == len(batches) == 1600 and {len(b) for b in batches} == {s.batch_size} and s.epochs == 1
     images = sorted(i % d.synth_train for b in batches for i, _ in b)
     assert images == list(range(d.synth_train))
+
+
+def test_runtime_is_apart_from_what_the_model_is_and_older_keys_still_read():
+    old = {"model": {"backbone": "res50", "pool_impl": "packed", "channels_last": False}, "device": "cpu",
+           "solver": {"amp": "bf16", "amp_used": "bf16", "lr": 0.5}, "preset": "seed"}  # a config of 2026-12-05
+    cfg = C.from_dict(old)
+    assert (cfg.model.backbone, cfg.solver.lr, cfg.preset) == ("res50", 0.5, "fpn_pytorch")
+    assert (cfg.runtime.pool_impl, cfg.runtime.channels_last, cfg.runtime.device, cfg.runtime.amp) == (
+        "packed", False, "cpu", "bf16")
+    assert "runtime" not in C.to_dict(cfg, runtime=False) and C.to_dict(cfg)["runtime"]["pool_impl"] == "packed"
+    C.apply_overrides(cfg, ["model.nms_impl=mask", "runtime.compile=inductor"])  # the old --set names too
+    assert (cfg.runtime.nms_impl, cfg.runtime.compile) == ("mask", "inductor")
+    with pytest.raises(UserError, match="solver.amp_used is no longer a setting"):
+        C.apply_overrides(cfg, ["solver.amp_used=bf16"])
+
+
+def test_checkpoint_config_takes_no_runtime_from_the_checkpoint():
+    from fpn.checkpoint import checkpoint_config
+
+    saved = C.get_preset("synthetic")
+    saved.runtime.pool_impl, saved.runtime.amp = "packed", "fp16"
+    cfg = checkpoint_config({"config": C.to_dict(saved)}, "x.pth")
+    assert cfg.runtime == C.RuntimeConfig() and cfg.model == saved.model
+
+
+@pytest.mark.parametrize("section, field, value, words", [
+    ("data", "resize", "pil", "data.resize: unknown 'pil'"),
+    ("data", "test_max_size", -1, "data.test_max_size: expected 0"),
+    ("model", "backbone", "res7", "model.backbone: unknown backbone 'res7'"),
+    ("model", "rpn_fg_iou", 1.5, "model.rpn_bg_iou / rpn_fg_iou"),
+    ("model", "anchor_sizes", (32, 64), "model.anchor_sizes: need one size per level"),
+    ("solver", "optimizer", "lamb", "solver.optimizer lamb: choose one of sgd, adamw"),
+    ("solver", "checkpoint_every", "soon", "solver.checkpoint_every=soon"),
+    ("runtime", "amp", "fp8", "--amp fp8: expected one of auto, none, bf16, fp16"),
+    ("runtime", "nms_impl", "fast", "runtime.nms_impl: must be one of auto, segment, offset, mask"),
+    ("runtime", "device", "tpu", "--device tpu: expected auto, cpu, cuda or cuda:N"),
+])  # fmt: skip
+def test_each_section_checks_its_own_fields(section, field, value, words):
+    cfg = C.get_preset("voc07_res101")
+    assert cfg.validate() is cfg
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        getattr(cfg, section).validate()
+    with pytest.raises(UserError):
+        cfg.validate()
+
+
+def test_rules_across_sections():
+    cfg = C.get_preset("torchvision")  # pool_aligned=False
+    cfg.runtime.pool_impl = "packed"
+    with pytest.raises(UserError, match="runtime.pool_impl=packed needs model.pool_aligned=True"):
+        cfg.validate()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from fpn.commands import flags
 from fpn.errors import UserError
 
 
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default="voc07_res101",
                    help=f"the recipe to time, as it trains ({', '.join(PRESETS)}; default voc07_res101)")  # fmt: skip
-    p.add_argument("--net", help="res18 | res34 | res50 | res101 | res152 (default: the preset's, res101)")
+    flags.add_net(p, "the preset's, res101")
     p.add_argument("--bs", type=int, help="batch size (default: the preset's, 2)")
     p.add_argument("--scale", type=int, help="shorter side after resize (default: the preset's, 600)")
     p.add_argument("--max-size", type=int, help="longer side limit (default: the preset's, 1000)")
@@ -52,17 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-weights", help="write the torchvision state dict both models ran to this file")
     p.add_argument("--profile", action="store_true", help="host syncs per iteration with their source lines; on "
                    "CUDA also kernel time, busy fraction, launches and top kernels")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="config overrides for our model, e.g. model.fuse_frozen_bn=False model.nms_impl=offset")
-    p.add_argument("--amp", help="auto | none | bf16 | fp16 (autocast; default: the preset's, auto)")
+    flags.add_set(p, "runtime.fuse_frozen_bn=False runtime.nms_impl=offset")
+    flags.add_amp(p)
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    flags.add_device(p)
     p.add_argument("--compare", choices=["torchvision"],
                    help="also time torchvision's Faster R-CNN FPN, on the same weights as ours")
     p.add_argument("--onnx", action="store_true",
                    help="inference: also time our model exported to ONNX, in onnxruntime (CPU, batch 1)")
     p.add_argument("--channels-last", action="store_true", default=None,
-                   help="run our model in channels_last layout (default: the preset's model.channels_last)")
+                   help="run our model in channels_last layout (default: runtime.channels_last, on)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     p.add_argument("--workers", type=int, default=1, help="loader workers for --mode data (default 1)")
@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpn.perf.bench import bench_config, format_results, run_benchmarks
-    from fpn.engine.device import check_amp, resolve_device, resolve_precision
+    from fpn.engine.device import resolve_device, resolve_precision
     from fpn.io import atomic_write_text
 
     for flag, value in (("--bs", args.bs), ("--scale", args.scale), ("--max-size", args.max_size),
@@ -81,20 +81,15 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} {value}: must be at least 1")
     if args.warmup < 0 or args.workers < 0:
         raise UserError("--warmup and --workers must not be negative")
-    if args.amp is not None:
-        check_amp(args.amp)
     cfg = bench_config(args.preset, net=args.net, batch=args.bs, scale=args.scale, max_size=args.max_size,
-                       amp=args.amp, channels_last=args.channels_last)  # fmt: skip
-    if args.overrides:
-        from fpn.config import apply_overrides
-
-        apply_overrides(cfg, args.overrides)
+                       channels_last=args.channels_last)  # fmt: skip
+    flags.apply_runtime(cfg, args)
     if args.pretrain_iters is not None and args.pretrain_iters < 0:
         raise UserError(f"--pretrain-iters {args.pretrain_iters}: must not be negative")
-    device = resolve_device(args.device)
+    device = resolve_device(cfg.runtime.device)
     results: dict = {}
     if args.mode != "data":
-        print(f"precision: {resolve_precision(cfg.solver.amp, device)}", flush=True)
+        print(f"precision: {resolve_precision(cfg.runtime.amp, device)}", flush=True)
         results = run_benchmarks(cfg, args.mode, device, image_size=args.image_size, compare=args.compare,
                                  warmup=args.warmup, iters=args.iters, onnx=args.onnx, weights=args.weights,
                                  image_dir=args.image_dir, pretrain_iters=args.pretrain_iters,

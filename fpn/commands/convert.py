@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from fpn.commands import flags
+
 FORMATS = ("torchvision",)
 
 
@@ -19,9 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="CKPT", help="the fpn checkpoint to write")
     p.add_argument("--classes", metavar="FILE", help="class names of the model's slots 1..K-1, one per line (N/A for "
                    "an unused slot); default for a 91-slot model: COCO's 80 classes")  # fmt: skip
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="config the weights cannot tell, for a customised FasterRCNN, e.g. --set data.test_scale=600 "
-                   "model.score_thresh=0.01")  # fmt: skip
+    flags.add_set(p, "model.score_thresh=0.3", several=False)
 
 
 def run(args: argparse.Namespace) -> int:

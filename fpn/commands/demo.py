@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fpn.commands import flags
 from fpn.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -26,12 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--thresh", type=float, default=0.5, help="minimum score of a shown detection (default 0.5)")
     p.add_argument("--bs", type=int, default=1, help="images per batch (default 1)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto; --checkpoint)")
-    p.add_argument("--amp", default="auto",
-                   help="auto | none | bf16 | fp16 inference precision (default auto; --checkpoint)")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override test-time config fields (--checkpoint), e.g. --set model.nms_thresh=0.4")  # fmt: skip
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    flags.add_device(p)
+    flags.add_amp(p)
+    flags.add_set(p, "model.nms_thresh=0.4", several=False)
+    flags.add_progress(p)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -91,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model and args.overrides:
         raise UserError("--set: applies to a --checkpoint; an exported --model has its settings built in")
     if not args.model:  # a precision the device lacks fails before anything is read
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.amp, device)
+        device = resolve_device(args.device or "auto")
+        precision = resolve_precision(args.amp or "auto", device)
         print(f"precision: {precision}")
     paths = collect_images(args.images)
     check_images(paths)
@@ -142,6 +141,7 @@ def _predict(detector, paths: list[Path], args: argparse.Namespace) -> list:
     try:
         return detector.predict(paths, batch_size=args.bs)
     except OUT_OF_MEMORY:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device or "auto")
         cfg = detector._runner.cfg  # a --checkpoint's config (ONNX runs on the CPU)
-        raise test_out_of_memory(device, "test step", args.bs, cfg.data, resolve_precision(args.amp, device)) from None
+        precision = resolve_precision(args.amp or "auto", device)
+        raise test_out_of_memory(device, "test step", args.bs, cfg.data, precision) from None

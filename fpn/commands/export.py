@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from fpn.commands import flags
 from fpn.errors import UserError
 
 
@@ -21,8 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (e.g. model.onnx, model.pt2)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; at least 16)")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override test-time config fields, e.g. --set model.score_thresh=0.3")  # fmt: skip
+    flags.add_set(p, "model.score_thresh=0.3")
 
 
 def run(args: argparse.Namespace) -> int:

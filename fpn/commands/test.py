@@ -33,7 +33,8 @@ from fpn.checkpoint import (
     dataset_dirname,
     load_checkpoint,
 )
-from fpn.engine.device import AMP_MODES, OUT_OF_MEMORY, resolve_device, resolve_precision, test_out_of_memory
+from fpn.commands import flags
+from fpn.engine.device import OUT_OF_MEMORY, resolve_device, resolve_precision, test_out_of_memory
 from fpn.errors import UserError
 
 
@@ -50,13 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vis-thresh", type=float, default=0.5, help="score threshold of drawn boxes (default 0.5)")
     p.add_argument("--soft-nms", action="store_true", help="soft-NMS instead of NMS in post-processing")
     p.add_argument("--bs", type=int, default=4, help="images per batch (default 4)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", default="auto", metavar="|".join(AMP_MODES),
-                   help="inference precision (default auto: bf16 where the device has it natively, else fp32 "
-                   "on a CPU, fp16 on an older GPU)")  # fmt: skip
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override test-time config fields, e.g. --set model.score_thresh=0.01")  # fmt: skip
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    flags.add_device(p)
+    flags.add_amp(p)
+    flags.add_set(p, "model.score_thresh=0.01")
+    flags.add_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bs {args.bs}: must be at least 1")
     if args.vis < 0:
         raise UserError(f"--vis {args.vis}: must be 0 or more")
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.amp, device)  # a precision the device lacks fails before any loading
+    device = resolve_device(args.device or "auto")
+    precision = resolve_precision(args.amp or "auto", device)  # a precision the device lacks fails before any loading
     print(f"precision: {precision}")
     path = Path(args.checkpoint)
     ckpt = load_checkpoint(path)

@@ -25,9 +25,16 @@ import os
 import sys
 
 from fpn import config as C
-from fpn.checkpoint import has_training_state, is_mid_epoch, load_checkpoint, newest_checkpoint, run_dir
-from fpn.engine.device import AMP_MODES
-from fpn.engine.prepare import NETS
+from fpn.checkpoint import (
+    checkpoint_config,
+    checkpoint_runtime,
+    has_training_state,
+    is_mid_epoch,
+    load_checkpoint,
+    newest_checkpoint,
+    run_dir,
+)
+from fpn.commands import flags
 from fpn.errors import UserError
 
 # flag attribute -> (config section or None, field)
@@ -41,10 +48,10 @@ _FLAG_FIELDS = {
     "lr": ("solver", "lr"),
     "epochs": ("solver", "epochs"),
     "lr_decay_step": ("solver", "lr_decay_epochs"),
-    "amp": ("solver", "amp"),
+    "amp": ("runtime", "amp"),
     "save_dir": (None, "save_dir"),
     "exp_name": (None, "exp_name"),
-    "device": (None, "device"),
+    "device": ("runtime", "device"),
     "seed": (None, "seed"),
     "log_interval": (None, "log_interval"),
     "checkpoint_every": ("solver", "checkpoint_every"),
@@ -55,7 +62,7 @@ DATASETS = "pascal_voc, pascal_voc_0712, synthetic, coco, or a dataset folder (V
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help=f"{DATASETS} (default: the --config's or --resume checkpoint's dataset)")
-    p.add_argument("--net", help=f"backbone: {', '.join(NETS)} (preset: res101 for VOC, res18 for synthetic)")
+    flags.add_net(p, "the preset's: res101 for VOC and COCO, res18 for synthetic")
     p.add_argument("--data-dir", help="folder holding VOCdevkit2007/..., synthetic/ (default: data)")
     p.add_argument("--save-dir", help="runs are written to SAVE_DIR/NET/DATASET/EXP_NAME/ (default: runs)")
     p.add_argument("--exp-name", help="experiment name, the run folder's last part (default: default)")
@@ -66,18 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-decay-step", type=int, nargs="+", metavar="EPOCH",
                    help="multiply the learning rate by solver.lr_decay_gamma after each of these epochs")  # fmt: skip
     p.add_argument("--workers", type=int, help="data loader worker processes")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", nargs="?", const="bf16", metavar="|".join(AMP_MODES),
-                   help="mixed precision (default: the preset's, auto: bf16 where the device has it natively, else "
-                   "fp32 on a CPU, fp16 with a GradScaler on an older GPU); bare --amp means bf16")  # fmt: skip
-    p.add_argument("--seed", type=int, help="random seed (data order, initialisation, sampling)")
+    flags.add_device(p)
+    flags.add_amp(p)
+    p.add_argument("--seed", type=int, help="RNG seed (data order, initialisation, sampling)")
     p.add_argument("--log-interval", type=int, help="iterations between console/metrics lines")
     p.add_argument("--pretrained", metavar="NAME|PATH|none", help="backbone weights: imagenet, none or a .pth file")
     p.add_argument("--preset", help=f"start from this preset instead of the dataset's ({', '.join(C.PRESETS)})")
     p.add_argument("--config", metavar="FILE", help="start from this config.json (e.g. from an earlier run)")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override config fields, e.g. --set model.fpn_channels=128 solver.warmup_iters=0 (the list "
-                   "ends at the first argument without '=')")  # fmt: skip
+    flags.add_set(p, "model.fpn_channels=128 solver.warmup_iters=0")
     p.add_argument("--resume", metavar="PATH|auto", help="continue training from this checkpoint; auto: from the "
                    "newest complete checkpoint of the run folder, or from scratch when there is none (a requeued "
                    "job reruns the same command)")  # fmt: skip
@@ -90,8 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "new classes start fresh")  # fmt: skip
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard scalars into the run folder (default: on)")  # fmt: skip
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="show progress bars (on a terminal; default: on)")  # fmt: skip
+    flags.add_progress(p)
 
 
 def resolve_config(args: argparse.Namespace, log=print) -> tuple[C.Config, tuple | None]:
@@ -109,7 +111,8 @@ def resolve_config(args: argparse.Namespace, log=print) -> tuple[C.Config, tuple
     if args.config:
         cfg = C.load_json(args.config)
     elif resume is not None:
-        cfg = C.from_dict(resume[1]["config"])
+        cfg = checkpoint_config(resume[1], resume[0])
+        cfg.runtime = checkpoint_runtime(resume[1])  # resuming continues the run as it ran, unless flags say else
     elif args.preset:
         cfg = C.get_preset(args.preset)
     elif args.dataset:
@@ -145,7 +148,7 @@ def _resume_auto(args: argparse.Namespace, log) -> tuple[C.Config, tuple | None]
     path, ckpt = found
     log(f"--resume auto: {path} (epoch {ckpt['epoch']}, step {ckpt['step']}, iteration {ckpt['iteration']})"
         + (f": all {cfg.solver.epochs} epochs are done, nothing to train" if _finished(ckpt, cfg) else ""))  # fmt: skip
-    differ = _differences(C.to_dict(cfg), ckpt["config"])
+    differ = _differences(C.to_dict(cfg, runtime=False), C.to_dict(checkpoint_config(ckpt, path), runtime=False))
     if differ:
         log(f"note: this command's config differs from the checkpoint's in {', '.join(differ)} (the command's apply)")
     return cfg, (str(path), ckpt)
@@ -155,10 +158,6 @@ def _finished(ckpt: dict, cfg: C.Config) -> bool:
     return not is_mid_epoch(ckpt) and int(ckpt["epoch"]) >= cfg.solver.epochs
 
 
-# filled in by a run (the precision it resolved, the synthetic dataset it found), not settings to compare
-_RECORDED = ("solver.amp_used", "data.synth_seed", "data.synth_train", "data.synth_test")
-
-
 def _differences(now: dict, saved: dict, prefix: str = "") -> list[str]:
     """Config keys whose values differ between ``now`` and ``saved`` (``to_dict`` output)."""
     keys = []
@@ -166,7 +165,7 @@ def _differences(now: dict, saved: dict, prefix: str = "") -> list[str]:
         name, old = f"{prefix}{key}", saved.get(key, value)
         if isinstance(value, dict) and isinstance(old, dict):
             keys += _differences(value, old, f"{name}.")
-        elif name not in _RECORDED and _plain(value) != _plain(old):
+        elif _plain(value) != _plain(old):
             keys.append(name)
     return keys
 

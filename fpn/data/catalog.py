@@ -50,6 +50,7 @@ class DatasetSpec:
     metric: str = "voc07"
     category_ids: tuple[int, ...] = ()
     layout: str = ""
+    generator: dict = field(default_factory=dict)  # a generated dataset's parameters and counts (synthetic: DONE)
 
 
 # --- resolving a dataset name ------------------------------------------------------------------------------
@@ -153,14 +154,16 @@ def resolve_dataset(
         train = [ImageSet(r07, "trainval"), ImageSet(r12, "trainval")]
         return DatasetSpec(name, VOC_CLASSES, train, [ImageSet(r07, "test")], "2007", "voc07")
     if name == "synthetic":
-        from fpn.data.synthetic import is_complete
+        from fpn.data.synthetic import read_marker
 
         root = data_dir / "synthetic"
-        if not is_complete(root):
+        marker = read_marker(root)
+        if marker is None:
             state = "is incomplete (an interrupted run?)" if root.exists() else "does not exist"
             raise UserError(f"{root}: the synthetic dataset {state}; write it with `fpn synth --out {root}`")
         classes = read_classes(root / "classes.txt")
-        return DatasetSpec(name, classes, [ImageSet(root, "trainval")], [ImageSet(root, "test")], "synthetic", "voc07")
+        return DatasetSpec(name, classes, [ImageSet(root, "trainval")], [ImageSet(root, "test")], "synthetic", "voc07",
+                           generator=marker)
     if name == "coco":
         return _coco2017(data_dir, classes_from)
     return _folder_dataset(name, classes_from)

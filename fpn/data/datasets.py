@@ -20,9 +20,9 @@ def ensure_synthetic(cfg: Config, log=print, training: bool = False, asked: Coll
     A complete dataset is used as it is, whatever its parameters (``fpn synth --seed 311 --train 24`` made it:
     it is the user's). Only when ``training`` and ``asked`` (the config keys given on the command line) names
     a ``data.synth_*`` value the folder does not have is it regenerated, and the message says what it
-    replaces. When training on a dataset with other parameters than the config's, the config's ``synth_*``
-    fields take the folder's values, so config.json and the checkpoints name the data trained on, and a
-    line says so. A COCO-only dataset gets the VOC layout added (the same images)."""
+    replaces. When training on a dataset with other parameters than the config's, a line says so; the config is
+    left as it is, and the run records the folder's own parameters (``DatasetSpec.generator``, in ``run.json`` and
+    every checkpoint). A COCO-only dataset gets the VOC layout added (the same images)."""
     from fpn.data import synthetic
 
     d = cfg.data
@@ -47,8 +47,6 @@ def ensure_synthetic(cfg: Config, log=print, training: bool = False, asked: Coll
         log(f"dataset synthetic: training on the complete dataset in {root} as it is: {_describe(have)} (the "
             f"config's: {_describe(wanted)}; --set {' '.join(f'data.{k}={wanted[k]}' for k in differ)} "
             "regenerates it)")  # fmt: skip
-        for k in SYNTH_KEYS:
-            setattr(d, k, have[k])
     if info.get("version") != synthetic.GENERATOR_VERSION:
         log(f"note: {root} was drawn by synthetic generator version {info.get('version')}, this fpn draws version "
             f"{synthetic.GENERATOR_VERSION}; `fpn synth --out {root}` with its parameters redraws it")  # fmt: skip

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fpn.config import Config
 from fpn.structures import GroundTruth, pad_targets
 from fpn.data.transforms import (
-    RESIZES, batch_images, check_scales, is_normalized, normalize, pick_scales, read_image, transform_image,
+    batch_images, is_normalized, normalize, pick_scales, read_image, transform_image,
 )
 from fpn.errors import UserError
 
@@ -305,20 +305,6 @@ class _CheckedIterator:
         return batch
 
 
-def _check_config(cfg: Config) -> None:
-    d = cfg.data
-    check_scales(d.train_scales, d.max_size)
-    if d.test_max_size < 0:
-        raise UserError(f"config data.test_max_size: expected 0 (max_size) or a positive integer, got {d.test_max_size}")
-    check_scales((d.test_scale,), d.test_size_limit(), "config data.test_scale")
-    if d.workers < 0:
-        raise UserError(f"config data.workers: expected >= 0, got {d.workers}")
-    if d.size_divisible < 1:
-        raise UserError(f"config data.size_divisible: expected >= 1, got {d.size_divisible}")
-    if d.resize not in RESIZES:
-        raise UserError(f"config data.resize: unknown '{d.resize}', choose one of: {', '.join(RESIZES)}")
-
-
 def _check_records(records: Sequence[dict], classes: Sequence[str], what: str) -> None:
     if not records:
         raise UserError(f"no {what} images: the dataset's image set is empty")
@@ -351,7 +337,7 @@ def build_train_loader(
     start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch.
     ``pin_memory``: batches arrive in page-locked memory (``Batch.pin_memory``, in the DataLoader's
     pinning thread), so ``batch.to(cuda, non_blocking=True)`` overlaps the copy; for a CUDA run only."""
-    _check_config(cfg)
+    cfg.data.validate()
     _check_records(records, classes, "training")
     d = cfg.data
     if d.filter_empty:
@@ -376,7 +362,7 @@ def build_test_loader(
     exported graph); batches group images of one orientation,
     so the order is not the records' order (use ``batch.metas[i]["id"]``). Targets follow
     ``cfg.data.use_difficult`` like training (evaluation reads the records, not these targets)."""
-    _check_config(cfg)
+    cfg.data.validate()
     _check_records(records, classes, "test")
     d = cfg.data
     dataset = DetectionDataset(

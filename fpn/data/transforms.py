@@ -36,11 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from fpn.config import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, NORMALIZATIONS, RESIZES
 from fpn.errors import UserError
 
-NORMALIZATIONS = ("imagenet", "caffe")
-RESIZES = ("fast", "torchvision")
 
 
 def read_image(path: str | Path) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 ``resolve_device("auto")`` is CUDA when available, else the CPU.
 
-Precision (``--amp`` / ``solver.amp``): ``auto`` | ``none`` (fp32) | ``bf16`` | ``fp16``.
+Precision (``--amp`` / ``runtime.amp``): ``auto`` | ``none`` (fp32) | ``bf16`` | ``fp16``.
 ``resolve_precision(amp, device)`` turns a request into the precision a run uses, with the reason:
 
 * ``auto`` on a CPU: bf16 where the CPU computes bf16 natively (AMX or AVX512-BF16, and neither
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fpn.config import AMP_MODES
 from fpn.errors import OutOfMemory, UserError
 
-AMP_MODES = ("auto", "none", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 

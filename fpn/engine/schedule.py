@@ -23,10 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from fpn.config import SolverConfig
+from fpn.config import LR_SCALINGS, OPTIMIZERS, SCHEDULES, SolverConfig
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine")
 
 
 def lr_factor(
@@ -101,9 +99,6 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     """``"SGD (fused)"``, ``"AdamW"`` ...: the class and whether the fused kernel runs."""
     fused = optimizer.defaults.get("fused")
     return f"{type(optimizer).__name__}{' (fused)' if fused else ''}"
-
-
-LR_SCALINGS = ("none", "linear")
 
 
 def scaled_lr(solver: SolverConfig, world_size: int = 1) -> float:

@@ -31,6 +31,7 @@ size, the precision and what to change; the checkpoints already written are unto
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -72,11 +73,12 @@ from fpn.engine.device import (
     test_out_of_memory,
 )
 from fpn.engine.logger import RunLogger, format_eta, format_train_line
-from fpn.engine.prepare import check_config, check_from_scratch, checkpoint_interval, seed_everything, stop_signals
+from fpn.engine.prepare import check_from_scratch, seed_everything, stop_signals
 from fpn.data.datasets import resolve, split_records
 from fpn.engine.schedule import apply_solver, build_optimizer, build_scheduler, describe_optimizer, scaled_lr
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
+from fpn.io import atomic_write_text
 
 _NO_ITER = torch.iinfo(torch.int64).max
 REQUEUE_EXIT_CODE = 75  # stopped by a scheduler's signal, state saved: run the same command with --resume auto
@@ -117,9 +119,9 @@ def train(
     with frozen BatchNorm; NonFiniteLossError when the loss diverges; OutOfMemory. Under torchrun each
     process calls this; they join one process group.
     """
-    check_config(cfg)
+    cfg.validate()
     check_from_scratch(cfg, resuming=resume is not None)
-    info, device = distributed.setup(cfg.device)
+    info, device = distributed.setup(cfg.runtime.device)
     try:
         trainer = _Trainer(cfg, info, device, session, resume, tensorboard, progress, log, asked)
         return trainer.run()
@@ -185,13 +187,12 @@ class _Trainer:
         self.cfg, self.info, self.device, self.session = cfg, info, device, int(session)
         self.main = info.is_main
         self.say = (log or (lambda s: tqdm.write(s, file=sys.stdout))) if self.main else (lambda s: None)
-        self.precision = resolve_precision(cfg.solver.amp, device, flag="--amp")
-        cfg.solver.amp_used = self.precision.amp  # saved in config.json and every checkpoint
+        self.precision = resolve_precision(cfg.runtime.amp, device, flag="--amp")  # recorded in run.json, checkpoints
         self.notes: list[str] = []  # said once at the start, after the precision
         self.tensorboard, self.progress = tensorboard, progress
         if self.session < 1:
             raise UserError(f"--session {session}: must be 1 or more")
-        self.every_iters, self.every_s = checkpoint_interval(cfg.solver.checkpoint_every)
+        self.every_iters, self.every_s = cfg.solver.checkpoint_interval()
 
         seed_everything(cfg.seed)
         # the main rank may generate data and write record caches; the others read them afterwards
@@ -319,7 +320,8 @@ class _Trainer:
 
     def _restore_precision(self, ckpt: dict) -> None:
         """The GradScaler's state (fp16), and a note when the checkpoint trained in another precision."""
-        used = ckpt.get("config", {}).get("solver", {}).get("amp_used") or ""  # "" before amp_used was saved
+        # "precision" (before 2026-12-07 the config's solver.amp_used; "" before that was saved)
+        used = ckpt.get("precision") or ckpt.get("config", {}).get("solver", {}).get("amp_used") or ""
         now, saved_scaler = self.precision.amp, ckpt.get("scaler") or {}
         if used and used != now:
             note = (f"note: the checkpoint trained in {PRECISION_NAMES.get(used, used)}; "
@@ -339,6 +341,7 @@ class _Trainer:
         self.logger = None
         if self.main:
             C.save_json(cfg, self.run_dir / "config.json")
+            atomic_write_text(self.run_dir / "run.json", json.dumps(self._run_record(), indent=2) + "\n")
             purge = self.iteration + 1 if self.resume_path is not None else None  # drop events after the checkpoint
             self.logger = RunLogger(self.run_dir, tensorboard=self.tensorboard, purge_step=purge, session=self.session)
             what = f"resuming {self.resume_path} at" if self.resume_path else "training from"
@@ -353,7 +356,7 @@ class _Trainer:
             )
         interrupted = False
         try:
-            with _StopRequest(self.say, stop_signals(cfg.solver.stop_signal)) as self.stop:
+            with _StopRequest(self.say, stop_signals(cfg.solver)) as self.stop:
                 self._loop()
         except _Interrupted:
             interrupted = True
@@ -599,10 +602,19 @@ class _Trainer:
         cfg = self.cfg
         return make_checkpoint(
             self.model, self.optimizer, self.scheduler, self.scaler,
-            epoch=epoch, step=step, iteration=self.iteration, config=C.to_dict(cfg), classes=self.classes,
+            epoch=epoch, step=step, iteration=self.iteration, config=C.to_dict(cfg, runtime=False), classes=self.classes,
             net=cfg.model.backbone, dataset=cfg.data.dataset, session=self.session, interrupted=interrupted,
-            mid_epoch=mid_epoch, rng=rng,
+            mid_epoch=mid_epoch, rng=rng, run=self._run_record(),
         )  # fmt: skip
+
+    def _run_record(self) -> dict:
+        """How this process runs the config (beside it: run.json, and every checkpoint's "run"): the precision it
+        resolved, the device, the processes, the runtime section, a generated dataset's own parameters."""
+        return {
+            "precision": self.precision.amp, "precision_reason": self.precision.reason, "device": str(self.device),
+            "world_size": self.info.world_size, "runtime": C.to_dict(self.cfg)["runtime"],
+            "data_generator": self.spec.generator,
+        }  # fmt: skip
 
     def _save(self, epoch: int, step: int, interrupted: bool = False, mid_epoch: bool | None = None) -> None:
         """Every rank: the checkpoint after iteration ``step`` (0-based) of ``epoch``, written by rank 0."""

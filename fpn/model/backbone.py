@@ -30,11 +30,10 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fpn.config import Config
+from fpn.config import BACKBONES, Config
 from fpn.errors import UserError
 
-DEPTHS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
-NORMS = ("frozen_bn", "bn", "gn")
+DEPTHS = {name: int(name.removeprefix("res")) for name in BACKBONES}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -127,14 +126,7 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
     """The backbone ``cfg.model`` describes; ``load_weights=False`` skips ``cfg.model.pretrained``
     (the architecture, caffe or not, still follows it) for when a checkpoint is loaded afterwards."""
     m = cfg.model
-    if m.backbone not in DEPTHS:
-        raise UserError(f"model.backbone: unknown backbone '{m.backbone}'; choose one of: {', '.join(DEPTHS)}")
-    if m.norm not in NORMS:
-        raise UserError(f"model.norm: unknown norm '{m.norm}'; choose one of: {', '.join(NORMS)}")
-    if not 0 <= m.freeze_at <= 4:
-        raise UserError(f"model.freeze_at: must be 0..4 (0 nothing, 1 stem+layer1, ... 4 all), got {m.freeze_at}")
-    if m.backbone_width < 8 or (m.norm == "gn" and m.backbone_width % 32):
-        raise UserError(f"model.backbone_width: must be at least 8 (a multiple of 32 with gn), got {m.backbone_width}")
+    m.validate()
     if m.backbone_width != 64 and load_weights and m.pretrained != "none":
         raise UserError(f"model.backbone_width={m.backbone_width}: pretrained weights exist only for width 64; "
                         "set model.pretrained=none")
@@ -146,7 +138,7 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         else:
             state, source = read_state_dict(m.pretrained), m.pretrained
         load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
-    if m.norm == "frozen_bn" and m.fuse_frozen_bn:
+    if m.norm == "frozen_bn" and cfg.runtime.fuse_frozen_bn:
         fuse_frozen_batchnorm(backbone)
     return backbone
 

@@ -175,12 +175,13 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
         raise UserError(f"the model needs at least one object class plus background, got num_classes={num_classes}")
     if load_pretrained:
         _check_normalization(cfg)
-    _check_thresholds(cfg)
+    m.validate()
     backbone = build_backbone(cfg, load_weights=load_pretrained)
     neck = FPNNeck(backbone.out_channels, m.fpn_channels)
     return FPNDetector(
         backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
-        size_divisible=cfg.data.size_divisible, channels_last=m.channels_last, compile_backend=m.compile,
+        size_divisible=cfg.data.size_divisible, channels_last=cfg.runtime.channels_last,
+        compile_backend=cfg.runtime.compile,
     )
 
 
@@ -208,19 +209,3 @@ def _check_normalization(cfg: Config) -> None:
             f"model.pretrained=imagenet: torchvision weights need data.normalization=imagenet, not {norm} "
             "(caffe normalisation goes with caffe weights such as resnet101_caffe.pth: --pretrained PATH)"
         )
-
-
-def _check_thresholds(cfg: Config) -> None:
-    m = cfg.model
-    if not 0.0 <= m.rpn_bg_iou <= m.rpn_fg_iou <= 1.0:
-        raise UserError(f"model.rpn_bg_iou / rpn_fg_iou: need 0 <= bg <= fg <= 1, got {m.rpn_bg_iou}, {m.rpn_fg_iou}")
-    if not 0.0 <= m.roi_bg_iou_lo <= m.roi_bg_iou_hi <= m.roi_fg_iou <= 1.0:
-        raise UserError(
-            "model.roi_bg_iou_lo / roi_bg_iou_hi / roi_fg_iou: need 0 <= lo <= hi <= fg <= 1, "
-            f"got {m.roi_bg_iou_lo}, {m.roi_bg_iou_hi}, {m.roi_fg_iou}"
-        )
-    for name in ("rpn_positive_fraction", "roi_positive_fraction"):
-        if not 0.0 <= getattr(m, name) <= 1.0:
-            raise UserError(f"model.{name}: must be in [0, 1], got {getattr(m, name)}")
-    if m.soft_nms_method not in ("linear", "gaussian"):
-        raise UserError(f"model.soft_nms_method: must be linear or gaussian, got {m.soft_nms_method!r}")

@@ -23,7 +23,6 @@ from torchvision.ops import roi_align
 
 from fpn.config import Config
 from fpn.structures import GroundTruth
-from fpn.errors import UserError
 from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
@@ -226,17 +225,12 @@ class RoIHeads(nn.Module):
 
 def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads:
     m = cfg.model
-    if m.pool_impl not in MultiScaleRoIAlign.IMPLS:
-        raise UserError(f"model.pool_impl: must be one of {', '.join(MultiScaleRoIAlign.IMPLS)}, got {m.pool_impl!r}")
-    if m.pool_impl == "packed" and not m.pool_aligned:
-        raise UserError("model.pool_impl=packed needs model.pool_aligned=True (torchvision's convention pools per level)")
-    if m.pool_impl == "sparse" and m.pool_sampling_ratio <= 0:
-        raise UserError("model.pool_impl=sparse needs model.pool_sampling_ratio > 0")
+    cfg.validate()
     mapper = LevelMapper(m.roi_canonical_size, m.roi_canonical_level, min_level=2, max_level=5,
                          eps_in_log=m.roi_level_eps_in_log)
     box_coder = BoxCoder(m.bbox_reg_weights)
     return RoIHeads(
-        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper, impl=m.pool_impl,
+        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper, impl=cfg.runtime.pool_impl,
                                   aligned=m.pool_aligned),
         box_head=BoxHead(in_channels * m.pool_size**2, m.fc_dim, num_classes, m.class_agnostic),
         matcher=Matcher(
@@ -247,7 +241,7 @@ def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads
         postprocessor=PostProcessor(
             box_coder, m.score_thresh, m.nms_thresh, m.detections_per_image, m.soft_nms,
             m.soft_nms_method, m.soft_nms_sigma, m.soft_nms_min_score,
-            nms_impl="mask" if m.nms_impl == "mask" else "candidates" if m.nms_impl != "auto" else "auto",
+            nms_impl="mask" if cfg.runtime.nms_impl == "mask" else "candidates" if cfg.runtime.nms_impl != "auto" else "auto",
         ),
         smooth_l1_beta=m.rcnn_smooth_l1_beta,
     )

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from fpn.config import Config
 from fpn.structures import GroundTruth, to_device
-from fpn.errors import UserError
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups
@@ -250,13 +249,7 @@ class RegionProposalNetwork(nn.Module):
 def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
     m = cfg.model
     strides = (4, 8, 16, 32, 64)
-    if len(m.anchor_sizes) != len(strides):
-        raise UserError(f"model.anchor_sizes: need one size per level P2..P6 (5 values), got {m.anchor_sizes}")
-    if m.nms_impl not in RegionProposalNetwork.NMS_IMPLS:
-        raise UserError(f"model.nms_impl: must be one of {', '.join(RegionProposalNetwork.NMS_IMPLS)}, got {m.nms_impl!r}")
-    if m.rpn_score not in RegionProposalNetwork.SCORES:
-        choices = ", ".join(RegionProposalNetwork.SCORES)
-        raise UserError(f"model.rpn_score: must be one of {choices}, got {m.rpn_score!r}")
+    m.validate()
     anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides, m.anchor_round, m.anchor_strides_from_input)
     return RegionProposalNetwork(
         head=RPNHead(in_channels, m.rpn_channels, anchors.num_anchors_per_cell),
@@ -270,5 +263,5 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
         min_size=m.rpn_min_size,
         smooth_l1_beta=m.rpn_smooth_l1_beta,
         score=m.rpn_score,
-        nms_impl=m.nms_impl,
+        nms_impl=cfg.runtime.nms_impl,
     )

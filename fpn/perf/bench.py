@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from fpn.perf.weights import BenchModels
-from fpn.config import Config, get_preset
+from fpn import config as C
+from fpn.config import BACKBONES, Config, get_preset
 from fpn.perf.images import wrap_labels
 from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
@@ -46,7 +47,6 @@ from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optim
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
-NETS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
 
 
 @dataclass
@@ -97,8 +97,8 @@ def bench_config(preset: str = "voc07_res101", net: str | None = None, batch: in
     """The preset with the given fields replaced (None keeps the preset's); never pretrained weights."""
     cfg = get_preset(preset)
     if net is not None:
-        if net not in NETS:
-            raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
+        if net not in BACKBONES:
+            raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(BACKBONES)}")
         cfg.model.backbone = net
     if batch is not None:
         cfg.solver.batch_size = batch
@@ -107,9 +107,9 @@ def bench_config(preset: str = "voc07_res101", net: str | None = None, batch: in
     if max_size is not None:
         cfg.data.max_size = max_size
     if amp is not None:
-        cfg.solver.amp = amp
+        cfg.runtime.amp = amp
     if channels_last is not None:
-        cfg.model.channels_last = channels_last
+        cfg.runtime.channels_last = channels_last
     cfg.model.pretrained = "none"
     return cfg
 
@@ -376,10 +376,9 @@ def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tup
     "ratio/...": x, "latency_bs1": ..., "agreement": ...}."""
     from fpn.perf.weights import build_models
 
-    net, batch = cfg.model.backbone, cfg.solver.batch_size
-    if net not in NETS:
-        raise UserError(f"--net {net}: unknown network; choose one of: {', '.join(NETS)}")
-    precision = resolve_precision(cfg.solver.amp, device)
+    batch = cfg.solver.batch_size
+    cfg.validate()
+    precision = resolve_precision(cfg.runtime.amp, device)
     amp = precision.amp
     scale, test_scale, max_size = cfg.data.train_scales[0], cfg.data.test_scale, cfg.data.max_size
     samples, images_what = bench_samples(image_dir, max(8, batch), image_size)
@@ -391,9 +390,7 @@ def run_benchmarks(cfg: Config, mode: str, device: torch.device, image_size: tup
                                 "fpn_channels": ours_cfg.model.fpn_channels, "batch": batch, "mode": mode,
                                 "device": str(device), "amp": amp, "precision": str(precision), "scale": scale,
                                 "test_scale": test_scale, "max_size": max_size, "images": images_what,
-                                "torch": torch.__version__, "channels_last": ours_cfg.model.channels_last,
-                                "fuse_frozen_bn": ours_cfg.model.fuse_frozen_bn, "compile": ours_cfg.model.compile,
-                                "pool_impl": ours_cfg.model.pool_impl, "nms_impl": ours_cfg.model.nms_impl,
+                                "torch": torch.__version__, **{k: v for k, v in C.to_dict(ours_cfg)["runtime"].items() if k not in ("device", "amp")},
                                 "optimizer": cfg.solver.optimizer},
                      "weights": models.weights}  # fmt: skip
     if device.type == "cuda":

@@ -11,8 +11,8 @@ returns a detection and the RPN's proposals are degenerate, so NMS and RoI costs
   (:func:`pretrain_torchvision`: AdamW, a few dozen to a few hundred iterations), then both get those weights;
 * nothing, ours alone: random weights, and results without detections say they are not representative.
 
-Ours always runs with the bench config's runtime settings (batch, sizes, precision, channels-last, fused frozen
-BatchNorm, compile, pooling and NMS implementations, solver: :func:`with_runtime`), whatever config came with
+Ours always runs with the bench config's sizes, solver and runtime section (precision, channels-last, fused frozen
+BatchNorm, compile, pooling and NMS implementations: :func:`with_runtime`), whatever config came with
 the weights, so that ``--set`` variants time the same weights.
 """
 
@@ -30,7 +30,6 @@ import torch
 from fpn import config as C
 from fpn.errors import UserError
 
-RUNTIME_FIELDS = ("channels_last", "fuse_frozen_bn", "compile", "pool_impl", "nms_impl")
 PRETRAIN_LR = 1e-3
 PRETRAIN_ROIS = 128  # RoIs sampled per image while pretraining (torchvision's default 512): 4x less head work
 
@@ -74,15 +73,13 @@ def read_weights(path: str | Path) -> tuple[str, dict]:
 
 
 def with_runtime(cfg: C.Config, bench: C.Config) -> C.Config:
-    """``cfg`` (the weights' architecture and conventions) with the bench config's sizes, solver and the model's
-    runtime settings."""
+    """``cfg`` (the weights' architecture and conventions) with the bench config's sizes, solver and runtime
+    section."""
     out = copy.deepcopy(cfg)
     out.solver = copy.deepcopy(bench.solver)
     out.data.train_scales, out.data.test_scale = bench.data.train_scales, bench.data.test_scale
     out.data.max_size, out.data.test_max_size = bench.data.max_size, bench.data.test_max_size
-    for name in RUNTIME_FIELDS:
-        if hasattr(bench.model, name):
-            setattr(out.model, name, getattr(bench.model, name))
+    out.runtime = copy.deepcopy(bench.runtime)
     return out
 
 

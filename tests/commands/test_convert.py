@@ -29,7 +29,8 @@ def converted(tmp_path_factory, one_thread):
     (root / "classes.txt").write_text("\n".join(SLOTS) + "\n")
     out = root / "converted.pth"
     assert main(["convert", "torchvision", str(root / "tv.pth"), "--out", str(out), "--classes", str(root / "classes.txt"),
-                 "--set", "data.test_scale=128", "data.max_size=160", "data.workers=0", "model.score_thresh=0.0"]) == 0
+                 "--set", "data.test_scale=128", "--set", "data.max_size=160", "--set", "data.workers=0",
+                 "--set", "model.score_thresh=0.0"]) == 0  # fmt: skip
     return root, out
 
 

@@ -27,8 +27,8 @@ def trained(tmp_path_factory):
 
 def test_demo_draws_and_writes_json(trained, tmp_path, capsys):
     ckpt, images = trained
-    # the images after a --set list: it ends at the first argument without "="
-    rc = main(["demo", "--checkpoint", str(ckpt), "--set", "model.score_thresh=0.0", "model.detections_per_image=3",
+    # the images after a --set: with positional arguments each --set takes one KEY=VALUE
+    rc = main(["demo", "--checkpoint", str(ckpt), "--set", "model.score_thresh=0.0", "--set", "model.detections_per_image=3",
                str(images), str(images / "a.jpg"), "--out", str(tmp_path / "o"), "--thresh", "0.0", "--no-progress"])
     assert rc == 0
     written = sorted(p.name for p in (tmp_path / "o").iterdir())

@@ -103,7 +103,7 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     written = sorted(p.name for p in (run / "results_test").iterdir())
     assert written == sorted(f"comp4_det_test_{c}.txt" for c in SYNTH_CLASSES)
     assert main(["test", "--checkpoint", str(run / "fpn_1_1_3.pth"), "--bs", str(cfg.solver.batch_size),
-                 "--amp", cfg.solver.amp, "--json", str(tmp_path / "test.json"), "--no-progress"]) == 0  # fmt: skip
+                 "--amp", cfg.runtime.amp, "--json", str(tmp_path / "test.json"), "--no-progress"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "test.json").read_text()) == json.loads((run / "eval_test.json").read_text())
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -250,8 +250,11 @@ def test_a_synthetic_dataset_the_user_made_is_trained_on_not_replaced(tmp_path, 
         "data.synth_test=300 regenerates it)\n"
     )
     assert (root / "DONE").read_text() == done and len(list((root / "JPEGImages").iterdir())) == 26
-    cfg = C.load_json(run_folder(tmp_path) / "config.json")  # the data the run trained on
-    assert (cfg.data.synth_seed, cfg.data.synth_train, cfg.data.synth_test) == (311, 24, 2)
+    # the config is left as given; the data the run trained on is recorded beside it
+    cfg = C.load_json(run_folder(tmp_path) / "config.json")
+    assert (cfg.data.synth_seed, cfg.data.synth_train, cfg.data.synth_test) == (0, 6400, 300)
+    generator = json.loads((run_folder(tmp_path) / "run.json").read_text())["data_generator"]
+    assert (generator["seed"], generator["n_train"], generator["n_test"]) == (311, 24, 2)
 
 
 def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
@@ -282,7 +285,10 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     assert len(calls) == 3  # the trainer's iterations are TrainStep calls (fpn bench times the same)
     run = run_folder(tmp_path)
     first = load(run / "fpn_1_1_2.pth")
-    assert first["config"]["solver"]["amp_used"] == C.load_json(run / "config.json").solver.amp_used == "fp16"
+    # the precision is recorded beside the config (run.json, every checkpoint), never written into it
+    assert first["precision"] == first["run"]["precision"] == "fp16" and "runtime" not in first["config"]
+    assert json.loads((run / "run.json").read_text())["precision"] == "fp16"
+    assert C.load_json(run / "config.json").runtime.amp == "fp16"  # what was asked for
     assert first["scaler"]["scale"] < 2.0**16  # the first fp16 steps overflowed and were skipped
 
     # resumed: the scaler goes on from its saved scale and growth tracker (a new one would be back at 0)
@@ -300,7 +306,7 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
                        "note: the checkpoint trained in fp16; this run continues in fp32 (its GradScaler state is "
                        "not needed)"]  # fmt: skip
     fp32 = load(run_folder(tmp_path, "fp32") / "fpn_1_2_2.pth")
-    assert fp32["scaler"] == {} and fp32["config"]["solver"]["amp_used"] == "none"
+    assert fp32["scaler"] == {} and fp32["precision"] == "none"
 
 
 def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
@@ -322,7 +328,8 @@ def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir,
 def test_user_errors_exit_2_with_one_line_and_write_nothing(data_dir, tmp_path, capsys):
     save = tmp_path / "runs"
     cases = [
-        (["--net", "res9"], "error: --net res9: unknown network; choose one of res18, res34, res50, res101, res152"),
+        (["--net", "res9"], "error: argument --net: invalid choice: 'res9' (choose from 'res18', 'res34', 'res50', "
+         "'res101', 'res152') (fpn train --help lists the flags)"),
         (["--dataset", "pascal_voc"], "error: PASCAL VOC2007 not found"),
         (["--dataset", "nope"], "error: unknown dataset 'nope'"),
         (["--resume", str(tmp_path / "missing.pth")], "checkpoint file not found"),
@@ -379,10 +386,10 @@ def test_config_layers_preset_file_flags_set(tmp_path):
     C.save_json(saved, tmp_path / "config.json")
     cfg, _ = train_cmd.resolve_config(_args([
         "--config", str(tmp_path / "config.json"), "--epochs", "5", "--lr-decay-step", "2", "4", "--amp",
-        "--net", "res50", "--set", "solver.epochs=7", "model.fpn_channels=64",
+        "bf16", "--net", "res50", "--set", "solver.epochs=7", "model.fpn_channels=64",
     ]))  # fmt: skip
     assert cfg.solver.lr == 0.5  # from the file
-    assert (cfg.model.backbone, cfg.solver.lr_decay_epochs, cfg.solver.amp) == ("res50", (2, 4), "bf16")  # flags
+    assert (cfg.model.backbone, cfg.solver.lr_decay_epochs, cfg.runtime.amp) == ("res50", (2, 4), "bf16")  # flags
     assert (cfg.solver.epochs, cfg.model.fpn_channels) == (7, 64)  # --set last
     assert cfg.data.dataset == "synthetic"
     with pytest.raises(UserError, match="--dataset is required"):

@@ -106,9 +106,10 @@ def test_synthetic(make_voc, tmp_path):
     root = make_voc(tmp_path / "synthetic", {"000001": (20, 20, [])}, classes=("circle", "square"))
     with pytest.raises(UserError, match="incomplete"):  # no DONE marker: an interrupted run
         resolve_dataset("synthetic", tmp_path)
-    (root / DONE_MARKER).write_text("{}\n")
+    (root / DONE_MARKER).write_text('{"seed": 311, "n_train": 1}\n')
     spec = resolve_dataset("synthetic", tmp_path)
     assert spec.classes == ("circle", "square") and spec.metric == "voc07"
+    assert spec.generator == {"seed": 311, "n_train": 1}  # the folder's own parameters, for the run to record
     assert spec.train_sets == [ImageSet(root, "trainval")] and spec.test_sets == [ImageSet(root, "test")]
 
 

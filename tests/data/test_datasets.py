@@ -21,7 +21,8 @@ def test_ensure_synthetic_uses_what_is_there_and_regenerates_only_what_was_asked
     ensure_synthetic(cfg, log=said.append)  # ... silently for testing a checkpoint
     assert matches(root, 0, 4, 2) and len(said) == 1
     ensure_synthetic(cfg, log=said.append, training=True, asked=["data.synth_train"])  # ... and for training
-    assert matches(root, 0, 4, 2) and cfg.data.synth_seed == 0  # the config names the data trained on
+    assert matches(root, 0, 4, 2) and cfg.data.synth_seed == 1  # the config is left as given (the run records the
+    # folder's parameters: DatasetSpec.generator)
     assert said[-1] == (f"dataset synthetic: training on the complete dataset in {root} as it is: seed 0: 4 train + "
                         "2 test images (the config's: seed 1: 4 train + 2 test images; --set data.synth_seed=1 "
                         "regenerates it)")  # fmt: skip
@@ -40,5 +41,5 @@ def test_a_coco_only_synthetic_dataset_gets_the_voc_layout_added(tmp_path):
     cfg.data.data_dir = str(tmp_path)
     said = []
     ensure_synthetic(cfg, log=said.append, training=True)
-    assert matches(root, 3, 2, 1, ("voc", "coco")) and (cfg.data.synth_seed, cfg.data.synth_train) == (3, 2)
+    assert matches(root, 3, 2, 1, ("voc", "coco")) and (cfg.data.synth_seed, cfg.data.synth_train) == (0, 6400)
     assert said[-1].startswith(f"adding the VOC layout to the COCO-format synthetic dataset in {root} (seed 3")

@@ -89,7 +89,7 @@ def images(tmp_path_factory, one_thread):
 # fused form and channels-last convolutions round differently, which random weights amplify into other detections
 # (their equality is tested in tests/model/test_backbone.py and tests/model/test_detector.py)
 SCALES = [f"data.test_scale={MIN_SIZE}", f"data.max_size={MAX_SIZE}", "data.workers=0",
-          f"model.rpn_post_nms_top_n_test={POST_NMS_TEST}", "model.fuse_frozen_bn=False",
+          f"model.rpn_post_nms_top_n_test={POST_NMS_TEST}", "runtime.fuse_frozen_bn=False",
           "model.channels_last=False"]
 
 

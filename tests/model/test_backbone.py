@@ -16,7 +16,7 @@ def _cfg(**model):
     cfg = synthetic()
     cfg.model.backbone_width = 64  # torchvision's ResNet, so weight files fit
     for k, v in model.items():
-        setattr(cfg.model, k, v)
+        setattr(cfg.runtime if k in vars(cfg.runtime) else cfg.model, k, v)
     return cfg
 
 

@@ -114,9 +114,9 @@ def test_channels_last_is_a_layout_only(small_cfg):
     """The same weights give the same losses, gradients and detections in either memory layout. In
     float64: in float32 the two layouts round differently, and one ReLU input within rounding of 0
     switching sides changes the backbone's gradients by a few percent (seen in this very test)."""
-    small_cfg.model.channels_last = True
+    small_cfg.runtime.channels_last = True
     nhwc = build_detector(small_cfg, num_classes=4).double()
-    small_cfg.model.channels_last = False
+    small_cfg.runtime.channels_last = False
     nchw = build_detector(small_cfg, num_classes=4).double()
     nchw.load_state_dict(nhwc.state_dict())
     conv = nhwc.backbone.layer1[0].conv1.weight
@@ -175,7 +175,7 @@ def test_for_inference_gives_the_same_detections(small_cfg):
     """The inference copy (BatchNorms folded into the convolutions, channels-last) equals the plain model; the
     original is left untouched."""
     torch.manual_seed(0)
-    small_cfg.model.channels_last = False
+    small_cfg.runtime.channels_last = False
     model = build_detector(small_cfg, num_classes=4).train()
     images, targets = rectangles_batch()
     model(images, None, targets)  # one step's worth of BatchNorm statistics (train mode)
@@ -197,9 +197,9 @@ def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
     splits forward and backward as inductor does, without inductor's minutes of C++ compilation on a CPU): the
     same losses and gradients as eager; a copy (``for_inference``) does not call the original's compiled code."""
     torch.manual_seed(0)
-    small_cfg.model.compile = "aot_eager"
+    small_cfg.runtime.compile = "aot_eager"
     compiled = build_detector(small_cfg, num_classes=4, load_pretrained=False)
-    small_cfg.model.compile = ""
+    small_cfg.runtime.compile = ""
     eager = build_detector(small_cfg, num_classes=4, load_pretrained=False)
     eager.load_state_dict(compiled.state_dict())
     images, targets = rectangles_batch()
@@ -223,16 +223,16 @@ def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
 
 
 def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
-    small_cfg.model.pool_impl, small_cfg.model.nms_impl = "packed", "mask"
+    small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "packed", "mask"
     model = build_detector(small_cfg, num_classes=4, load_pretrained=False)
     assert (model.roi_heads.pooler.impl, model.rpn.nms_impl, model.roi_heads.postprocessor.nms_impl) == (
         "packed", "mask", "mask")  # fmt: skip
-    small_cfg.model.nms_impl = "offset"
+    small_cfg.runtime.nms_impl = "offset"
     assert build_detector(small_cfg, 4, load_pretrained=False).roi_heads.postprocessor.nms_impl == "candidates"
-    for key, value, message in [("pool_impl", "fast", "model.pool_impl: must be one of auto, torchvision"),
-                                ("nms_impl", "cuda", "model.nms_impl: must be one of auto, segment"),
-                                ("pool_aligned", False, "model.pool_impl=packed needs model.pool_aligned=True")]:
-        small_cfg.model.pool_impl, small_cfg.model.nms_impl = "packed", "auto"
-        setattr(small_cfg.model, key, value)
+    for key, value, message in [("pool_impl", "fast", "runtime.pool_impl: must be one of auto, torchvision"),
+                                ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment"),
+                                ("pool_aligned", False, "runtime.pool_impl=packed needs model.pool_aligned=True")]:
+        small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "packed", "auto"
+        setattr(small_cfg.runtime if key in vars(small_cfg.runtime) else small_cfg.model, key, value)
         with pytest.raises(UserError, match=message):
             build_detector(small_cfg, num_classes=4, load_pretrained=False)
