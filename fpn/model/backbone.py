@@ -32,6 +32,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import Config
 from fpn.errors import UserError
+from fpn.model.ops.frozen_bn import folded_conv_norm, plain_conv_norm
 
 DEPTHS = {"res18": 18, "res34": 34, "res50": 50, "res101": 101, "res152": 152}
 NORMS = ("frozen_bn", "bn", "gn")
@@ -123,7 +124,7 @@ class _NarrowResNet(torchvision.models.resnet.ResNet):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
+def build_backbone(cfg: Config, load_weights: bool = True, *, conv_norm=plain_conv_norm) -> ResNetBackbone:
     """The backbone ``cfg.model`` describes; ``load_weights=False`` skips ``cfg.model.pretrained``
     (the architecture, caffe or not, still follows it) for when a checkpoint is loaded afterwards."""
     m = cfg.model
@@ -146,7 +147,7 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         else:
             state, source = read_state_dict(m.pretrained), m.pretrained
         load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
-    if m.norm == "frozen_bn" and m.fuse_frozen_bn:
+    if m.norm == "frozen_bn" and conv_norm is folded_conv_norm:
         fuse_frozen_batchnorm(backbone)
     return backbone
 

@@ -9,6 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from fpn.config import synthetic
 from fpn.errors import UserError
 from fpn.model import build_detector, uses_caffe_weights
+from fpn.model.ops.frozen_bn import folded_conv_norm
 from fpn.model.backbone import FrozenBNConv2d, ResNetBackbone, build_backbone, fold_batchnorm, fuse_frozen_batchnorm
 
 
@@ -184,10 +185,12 @@ def test_fused_frozen_batchnorm_equals_the_plain_backbone_outputs_and_gradients(
 
 
 def test_build_backbone_fuses_frozen_batchnorm_unless_told_not_to():
-    assert isinstance(build_backbone(_cfg(pretrained="none", norm="frozen_bn")).layer1[0].conv2, FrozenBNConv2d)
-    plain = build_backbone(_cfg(pretrained="none", norm="frozen_bn", fuse_frozen_bn=False))
+    fused = build_backbone(_cfg(pretrained="none", norm="frozen_bn"), conv_norm=folded_conv_norm)
+    assert isinstance(fused.layer1[0].conv2, FrozenBNConv2d)
+    plain = build_backbone(_cfg(pretrained="none", norm="frozen_bn"))
     assert not any(isinstance(m, FrozenBNConv2d) for m in plain.modules())
-    assert not any(isinstance(m, FrozenBNConv2d) for m in build_backbone(_cfg(pretrained="none", norm="bn")).modules())
+    bn = build_backbone(_cfg(pretrained="none", norm="bn"), conv_norm=folded_conv_norm)
+    assert not any(isinstance(m, FrozenBNConv2d) for m in bn.modules())
 
 
 @pytest.mark.parametrize("norm, channels_last, fused", [("frozen_bn", False, False), ("frozen_bn", True, True),
