@@ -177,9 +177,10 @@ def _sizes_tensor(sizes: list[Size], device: torch.device) -> Tensor:
 def _runtime_choices(cfg: Config) -> dict:
     """How the model computes, not what: the one place that reads these config fields. The keyword arguments of
     ``choose_ops`` (with the pooler's settings it checks them against), plus ``channels_last``."""
-    m = cfg.model
-    return {"pool": m.pool_impl, "nms": m.nms_impl, "fuse_frozen_bn": m.fuse_frozen_bn, "compile": m.compile,
-            "channels_last": m.channels_last, "sampling_ratio": m.pool_sampling_ratio, "aligned": m.pool_aligned}
+    r = cfg.model  # the section that holds the five runtime fields
+    return {"pool": r.pool_impl, "nms": r.nms_impl, "fuse_frozen_bn": r.fuse_frozen_bn, "compile": r.compile,
+            "channels_last": r.channels_last,
+            "sampling_ratio": cfg.model.pool_sampling_ratio, "aligned": cfg.model.pool_aligned}
 
 
 def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True, *, device: torch.device | str = "cpu",
