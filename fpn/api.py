@@ -120,7 +120,7 @@ class Detector:
 
         torch_device = resolve_device(device, flag="device")
         precision = resolve_precision(amp, torch_device, flag="amp")
-        runner = _TorchRunner(for_inference(model).to(torch_device), cfg, torch_device, precision.amp)
+        runner = _TorchRunner(for_inference(model, torch_device).to(torch_device), cfg, torch_device, precision.amp)
         return cls(runner, classes, cfg.model.score_thresh, f"{name} on {torch_device}, {precision}")
 
     @classmethod

@@ -308,7 +308,8 @@ def build_model_from_checkpoint(ckpt: dict, path: str | Path, cfg: Config, devic
     """The checkpoint's detector, in eval mode on ``device`` (no pretrained weights are fetched)."""
     import fpn.model as fpn_model
 
-    model = fpn_model.build_detector(cfg, len(ckpt["classes"]) + 1, load_pretrained=False)
+    model = fpn_model.build_detector(cfg, len(ckpt["classes"]) + 1, load_pretrained=False, device=device,
+                                     purpose="infer")
     load_model_state(model, ckpt, path)
     return model.to(device).eval()
 

@@ -61,7 +61,7 @@ def deployed_detector(model: nn.Module, cfg: Config) -> DeployedDetector:
                         "--set model.soft_nms=False")
     d = cfg.data
     transform = GraphInputTransform(d.test_scale, d.test_size_limit(), d.normalization, d.size_divisible, d.resize)
-    return DeployedDetector(for_inference(model), transform).eval()
+    return DeployedDetector(for_inference(model, purpose="export"), transform).eval()
 
 
 def trace(module: DeployedDetector) -> torch.export.ExportedProgram:

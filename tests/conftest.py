@@ -10,7 +10,7 @@ to those devices; ``scripts/gpu_check.sh`` uses it, and asking for CUDA where th
 ``tiny_checkpoint`` / ``tiny_onnx``: a tiny trained detector checkpoint and its ONNX export, shared by the
 API, export and command tests (session fixtures; the images and config they use are in tiny_model.py).
 
-Without CUDA, Triton kernels (``fpn.model.triton_nms``) run in Triton's interpreter on CPU tensors
+Without CUDA, Triton kernels (``fpn.model.ops.triton_nms``) run in Triton's interpreter on CPU tensors
 (``TRITON_INTERPRET=1``, set here before anything imports them), so tests cover them on a CPU too.
 """
 

@@ -1,38 +1,28 @@
 """Shared pieces of the model and engine tests: a plain module, importable from every test folder (pytest
 puts tests/, the folder of tests/conftest.py, on the import path)."""
 
-import contextlib
 import os
 
 import torch
 
-import fpn.model.nms
+from fpn.model.ops import Ops, choose_ops
+from fpn.model.ops.nms import triton_installed
 
 
 def triton_runs_on(device: torch.device) -> bool:
     """Triton kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter (tests/conftest.py)."""
-    if not fpn.model.nms.triton_available():
+    if not triton_installed():
         return False
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@contextlib.contextmanager
-def branches(model, cuda: bool):
+def branch_ops(cuda: bool, device: torch.device | str = "cpu", **choices) -> Ops:
     """The implementations a CUDA run picks (``cuda=True``: packed RoIAlign, NMS as keep masks from the Triton
-    kernel, in Triton's interpreter on a CPU) or a CPU run's (the sparse pooler, NMS in threads per segment, the
-    candidates' NMS), forced on whatever device the model is; restored afterwards."""
-    pooler, rpn, post = model.roi_heads.pooler, model.rpn, model.roi_heads.postprocessor
-    saved = pooler.impl, rpn.nms_impl, post.nms_impl, fpn.model.nms.use_triton_kernel
-    pooler.impl, rpn.nms_impl, post.nms_impl = ("packed", "mask", "mask") if cuda else ("sparse", "segment", "candidates")
-    if cuda:
-        device = next(model.parameters()).device
-        if not triton_runs_on(device):
-            raise RuntimeError("the CUDA branches need Triton (TRITON_INTERPRET=1 on a CPU)")
-        fpn.model.nms.use_triton_kernel = lambda device, group_size: True
-    try:
-        yield model
-    finally:
-        pooler.impl, rpn.nms_impl, post.nms_impl, fpn.model.nms.use_triton_kernel = saved
+    kernel, in Triton's interpreter on a CPU) or a CPU run's (the sparse pooler, NMS in threads per group, the
+    candidates' batched NMS), for a model on ``device``, whatever that is."""
+    if cuda and not triton_runs_on(torch.device(device)):
+        raise RuntimeError("the CUDA branches need Triton (TRITON_INTERPRET=1 on a CPU)")
+    return choose_ops("cuda" if cuda else "cpu", "train", triton=cuda, **choices)
 
 
 def rectangles_batch():

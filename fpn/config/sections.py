@@ -35,7 +35,7 @@ LR_SCALINGS = ("none", "linear")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 STOP_SIGNALS = ("TERM", "USR1", "USR2")
 # implementations of one operation, the same results (docs/ARCHITECTURE.md, "Ops"); "auto" chooses by device
-POOL_IMPLS = ("auto", "torchvision", "sparse", "packed")
+POOL_IMPLS = ("auto", "torchvision", "by_mask", "sparse", "packed")
 NMS_IMPLS = ("auto", "segment", "offset", "mask")
 
 
@@ -276,7 +276,8 @@ class RuntimeConfig:
     #   work on a GPU (measure it: docs/PERFORMANCE.md); slow to compile on a CPU. A few input sizes (a larger
     #   data.size_divisible) keep recompiles rare; after the second size torch compiles for any size
     # implementations of one operation (the same results; "auto" picks by device: docs/ARCHITECTURE.md, "Ops")
-    pool_impl: str = "auto"  # auto | sparse (CPU) | packed (CUDA, no host sync) | torchvision (per level)
+    pool_impl: str = "auto"  # auto | sparse (CPU) | packed (CUDA, no host sync) | torchvision (per level) | by_mask
+    #   (per level on masked RoIs, no host sync: what an exported graph holds)
     nms_impl: str = "auto"  # auto | mask (keep masks, Triton on CUDA: no host sync) | offset | segment (CPU threads)
 
     def validate(self) -> "RuntimeConfig":

@@ -226,7 +226,7 @@ class _Trainer:
         # resuming or --init: the checkpoint's weights replace the pretrained ones, do not read those
         init = ckpt is None and bool(cfg.model.init)
         self.model = fpn_model.build_detector(
-            cfg, len(self.classes) + 1, load_pretrained=ckpt is None and not init
+            cfg, len(self.classes) + 1, load_pretrained=ckpt is None and not init, device=device, purpose="train"
         ).to(device)
         if init:
             self._init_from(cfg.model.init)

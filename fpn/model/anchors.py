@@ -15,7 +15,8 @@ ratio 0.5, instead of 45.25 x 22.63), and a level's stride is the padded input s
 on each axis (for a padded input 288 px high, P6 has 5 rows at stride 57, not 64).
 
 Anchors depend only on the feature-map sizes (and strides), so they are cached per (sizes, strides,
-device); a padded batch shares one set of anchors for all its images.
+device) unless built with ``cache=False`` (an exported graph computes them); a padded batch shares one set of
+anchors for all its images. They are computed on the features' device.
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ import math
 import torch
 from torch import Tensor
 
-from fpn.structures import to_device
-
 _MAX_CACHE = 32  # distinct input sizes seen (multi-scale training, test sizes); cleared when exceeded
 
 
 class AnchorGenerator:
     def __init__(self, sizes: tuple[float, ...], ratios: tuple[float, ...], strides: tuple[int, ...],
-                 round_corners: bool = False, strides_from_input: bool = False):
+                 round_corners: bool = False, strides_from_input: bool = False, cache: bool = True):
         if len(sizes) != len(strides):
             raise ValueError(f"one anchor size per level is needed: {len(sizes)} sizes for {len(strides)} levels")
         self.strides = tuple(int(s) for s in strides)
@@ -41,7 +40,8 @@ class AnchorGenerator:
         cell = self._rounded_cell_anchors if round_corners else self._cell_anchors
         self.cell_anchors = [cell(float(size), ratios) for size in sizes]  # each (A, 4)
         self.num_anchors_per_cell = len(ratios)
-        self._cache: dict[tuple, tuple[Tensor, list[int]]] = {}
+        # (sizes, strides, device) -> anchors; None: not cached
+        self.cache: dict[tuple, tuple[Tensor, list[int]]] | None = {} if cache else None
 
     @staticmethod
     def _cell_anchors(size: float, ratios: tuple[float, ...]) -> Tensor:
@@ -66,15 +66,15 @@ class AnchorGenerator:
         """feature_sizes: (H_l, W_l) per level; input_size: (H, W) of the padded input (used with
         ``strides_from_input``) -> (anchors (A_total, 4) float32, anchors per level)."""
         strides = self._level_strides(feature_sizes, input_size)
-        if torch.compiler.is_exporting():  # symbolic sizes: nothing to cache, the graph computes the anchors
+        if self.cache is None:
             return self._build(feature_sizes, strides, device)
         key = (tuple(feature_sizes), tuple(strides), str(device))
-        hit = self._cache.get(key)
+        hit = self.cache.get(key)
         if hit is None:
-            if len(self._cache) >= _MAX_CACHE:
-                self._cache.clear()
+            if len(self.cache) >= _MAX_CACHE:
+                self.cache.clear()
             hit = self._build(feature_sizes, strides, device)
-            self._cache[key] = hit
+            self.cache[key] = hit
         return hit
 
     def _level_strides(
@@ -92,14 +92,10 @@ class AnchorGenerator:
     ) -> tuple[Tensor, list[int]]:
         per_level = []
         for (h, w), (stride_y, stride_x), cell in zip(feature_sizes, strides, self.cell_anchors):
-            xs = torch.arange(w, dtype=torch.float32) * stride_x
-            ys = torch.arange(h, dtype=torch.float32) * stride_y
+            xs = torch.arange(w, dtype=torch.float32, device=device) * stride_x
+            ys = torch.arange(h, dtype=torch.float32, device=device) * stride_y
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
             centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4), row-major
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4): cell-major, ratio-minor
-            per_level.append((centres + cell.unsqueeze(0)).reshape(-1, 4))
-        counts = [a.shape[0] for a in per_level]
-        anchors = torch.cat(per_level)
-        if torch.compiler.is_exporting():
-            return anchors.to(device), counts
-        return to_device(anchors, device), counts  # built on the host; copied without waiting for the GPU
+            per_level.append((centres + cell.to(device).unsqueeze(0)).reshape(-1, 4))
+        return torch.cat(per_level), [a.shape[0] for a in per_level]

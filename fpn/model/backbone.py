@@ -6,8 +6,10 @@ Driven by ``cfg.model``:
 * ``norm``: ``frozen_bn`` (affine BatchNorm with fixed statistics, for fine-tuning pretrained
   weights at small batch sizes), ``bn`` (trainable BatchNorm, for training from scratch), ``gn``
   (GroupNorm, 32 groups);
-* ``fuse_frozen_bn``: a frozen BatchNorm is applied through the weight and bias of the convolution before it
-  (``fuse_frozen_batchnorm``), not as a pass over its output;
+* the blocks are written here (torchvision's parameter names, caffe's stride placement and the narrow width as
+  constructor arguments); each declares its (conv, norm) pairs and applies them through the ``conv_norm`` chosen
+  at build (``fpn.model.ops``: with ``fuse_frozen_bn`` a frozen BatchNorm goes through its convolution's weight
+  and bias, not as a pass over the output);
 * ``freeze_at``: 0 nothing frozen, 1 stem + layer1, 2 + layer2, ... 4 everything. Frozen stages have
   ``requires_grad = False`` and, with ``bn``, stay in eval mode (their running statistics never move);
 * ``pretrained``: ``imagenet`` (torchvision's IMAGENET1K_V1 weights, downloaded/cached by torchvision;
@@ -32,6 +34,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import BACKBONES, Config
 from fpn.errors import UserError
+from fpn.model.ops.frozen_bn import fold_into_conv, plain_conv_norm
 
 DEPTHS = {name: int(name.removeprefix("res")) for name in BACKBONES}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -52,28 +55,107 @@ def _norm_layer(norm: str):
     return lambda c: nn.GroupNorm(32, c)
 
 
-class ResNetBackbone(nn.Module):
-    """Stem + layer1..layer4 of a torchvision ResNet with the same parameter names (so torchvision
-    state dicts load directly); ``forward`` returns [C2, C3, C4, C5]."""
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """torchvision's conv1x1 / conv3x3: no bias, padding kernel // 2."""
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
 
-    def __init__(self, depth: int, norm: str = "frozen_bn", freeze_at: int = 1, caffe: bool = False, width: int = 64):
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock (res18/34), same parameter names; each (conv, norm) pair applied by
+    ``conv_norm`` (``fpn.model.ops.frozen_bn``), declared in ``PAIRS``."""
+
+    expansion = 1
+    PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("downsample.0", "downsample.1"))
+
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Sequential | None, norm_layer,
+                 conv_norm=plain_conv_norm, caffe: bool = False):  # fmt: skip
+        super().__init__()  # caffe: no 1x1 conv to move the stride to, unchanged
+        self.conv1 = _conv(c_in, planes, 3, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.conv_norm = conv_norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.conv_norm(self.conv1, self.bn1, x))
+        out = self.conv_norm(self.conv2, self.bn2, out)
+        return self.relu(out + _shortcut(self, x))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (res50+), same parameter names; the stride on the 3x3 conv2, or on the 1x1
+    conv1 for caffe weights."""
+
+    expansion = 4
+    PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("downsample.0", "downsample.1"))
+
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Sequential | None, norm_layer,
+                 conv_norm=plain_conv_norm, caffe: bool = False):  # fmt: skip
         super().__init__()
-        if width == 64:
-            net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
-        else:
-            net = _NarrowResNet(depth, width, _norm_layer(norm))
-        if caffe:
-            # caffe ResNets downsample in the bottleneck's 1x1 conv1 (torchvision: in the 3x3 conv2);
-            # BasicBlocks (res18/34) have no 1x1 conv and are unchanged
-            for stage in STAGES[1:]:
-                first = getattr(net, stage)[0]
-                if isinstance(first, torchvision.models.resnet.Bottleneck):
-                    first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
-            net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        expansion = 4 if depth >= 50 else 1
-        self.out_channels = [width * expansion * 2**i for i in range(4)]
+        self.conv1 = _conv(c_in, planes, 1, stride if caffe else 1)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = _conv(planes, planes, 3, 1 if caffe else stride)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = _conv(planes, planes * self.expansion, 1)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.conv_norm = conv_norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(self.conv_norm(self.conv2, self.bn2, out))
+        out = self.conv_norm(self.conv3, self.bn3, out)
+        return self.relu(out + _shortcut(self, x))
+
+
+def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
+    return x if block.downsample is None else block.conv_norm(block.downsample[0], block.downsample[1], x)
+
+
+LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+class ResNetBackbone(nn.Module):
+    """Stem + layer1..layer4 of a torchvision ResNet with the same parameter and buffer names (so torchvision,
+    ImageNet and caffe state dicts and fpn checkpoints load directly); ``forward`` returns [C2, C3, C4, C5].
+    ``width``: the stage widths ``width * (1, 2, 4, 8)`` (torchvision: 64; 32 is a quarter of the compute, for
+    training from scratch on small data; ImageNet weights exist only for 64). ``caffe``: caffe's stride placement
+    (the bottleneck's 1x1 conv1) and stem max-pool (no padding, rounding up). ``conv_norm``: how each declared
+    (conv, norm) pair is applied (``fpn.model.ops.frozen_bn``)."""
+
+    PAIRS = (("conv1", "bn1"),)
+
+    def __init__(self, depth: int, norm: str = "frozen_bn", freeze_at: int = 1, caffe: bool = False, width: int = 64,
+                 conv_norm=plain_conv_norm):  # fmt: skip
+        super().__init__()
+        norm_layer = _norm_layer(norm)
+        block = BasicBlock if depth < 50 else Bottleneck
+        self.conv_norm = conv_norm
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True) if caffe
+                        else nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+        c_in = width
+        for i, (stage, blocks) in enumerate(zip(STAGES, LAYERS[depth])):
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or c_in != planes * block.expansion:  # made before the block, as torchvision does
+                downsample = nn.Sequential(_conv(c_in, planes * block.expansion, 1, stride),
+                                           norm_layer(planes * block.expansion))  # fmt: skip
+            layer = [block(c_in, planes, stride, downsample, norm_layer, conv_norm, caffe)]
+            c_in = planes * block.expansion
+            layer += [block(c_in, planes, 1, None, norm_layer, conv_norm, caffe) for _ in range(1, blocks)]
+            setattr(self, stage, nn.Sequential(*layer))
+        if width == 64:  # torchvision's classifier, dropped: made only so that the random initialisation (weights
+            nn.Linear(c_in, 1000)  # trained from scratch) draws the same numbers as torchvision's ResNet
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.out_channels = [width * block.expansion * 2**i for i in range(4)]
         self.strides = (4, 8, 16, 32)
         self.frozen: list[nn.Module] = []
         if freeze_at >= 1:
@@ -90,39 +172,23 @@ class ResNetBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(self.conv_norm(self.conv1, self.bn1, x)))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return [c2, c3, c4, c5]
 
-
-class _NarrowResNet(torchvision.models.resnet.ResNet):
-    """A torchvision ResNet whose stage widths are ``width * (1, 2, 4, 8)`` instead of 64 * (1, 2, 4, 8):
-    same blocks and depths, a quarter of the compute at width 32. For training from scratch on small
-    data (the ``synthetic`` preset); ImageNet weights exist only for width 64."""
-
-    def __init__(self, depth: int, width: int, norm_layer):
-        nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64; rebuild with its helpers
-        block = torchvision.models.resnet.BasicBlock if depth < 50 else torchvision.models.resnet.Bottleneck
-        layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
-        self._norm_layer, self.dilation, self.groups, self.base_width = norm_layer, 1, 1, 64
-        self.inplanes = width
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_layer(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    def conv_norm_pairs(self):
+        """(module, conv name, norm name) of every declared pair, names relative to the module."""
+        for module in self.modules():
+            for conv, norm in getattr(module, "PAIRS", ()):
+                if conv.startswith("downsample") and getattr(module, "downsample", None) is None:
+                    continue
+                yield module, conv, norm
 
 
-def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
+def build_backbone(cfg: Config, load_weights: bool = True, *, conv_norm=plain_conv_norm) -> ResNetBackbone:
     """The backbone ``cfg.model`` describes; ``load_weights=False`` skips ``cfg.model.pretrained``
     (the architecture, caffe or not, still follows it) for when a checkpoint is loaded afterwards."""
     m = cfg.model
@@ -131,15 +197,14 @@ def build_backbone(cfg: Config, load_weights: bool = True) -> ResNetBackbone:
         raise UserError(f"model.backbone_width={m.backbone_width}: pretrained weights exist only for width 64; "
                         "set model.pretrained=none")
     caffe = uses_caffe_weights(cfg)
-    backbone = ResNetBackbone(DEPTHS[m.backbone], m.norm, m.freeze_at, caffe=caffe, width=m.backbone_width)
+    backbone = ResNetBackbone(DEPTHS[m.backbone], m.norm, m.freeze_at, caffe=caffe, width=m.backbone_width,
+                              conv_norm=conv_norm)
     if load_weights and m.pretrained != "none":
         if m.pretrained == "imagenet":
             state, source = _imagenet_state_dict(m.backbone), f"torchvision ImageNet weights for {m.backbone}"
         else:
             state, source = read_state_dict(m.pretrained), m.pretrained
         load_backbone_weights(backbone, state, source, drop_bn_stats=m.norm == "gn")
-    if m.norm == "frozen_bn" and cfg.runtime.fuse_frozen_bn:
-        fuse_frozen_batchnorm(backbone)
     return backbone
 
 
@@ -195,84 +260,23 @@ def load_backbone_weights(backbone: ResNetBackbone, state: dict, source: str, dr
         raise UserError(f"{source}: weights do not match the backbone ({'; '.join(parts)})")
 
 
-def _conv_norm_pairs(backbone: nn.Module):
-    """(parent, norm name, conv, norm) for every BatchNorm (frozen or not) that follows a convolution of
-    matching width: conv1 -> bn1 (stem and blocks), downsample "0" -> "1"."""
-    for parent in list(backbone.modules()):
-        for name, norm in list(parent.named_children()):
-            if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                continue
-            conv = getattr(parent, name.replace("bn", "conv") if name.startswith("bn") else str(int(name) - 1), None)
-            if isinstance(conv, nn.Conv2d) and conv.out_channels == norm.weight.numel():
-                yield parent, name, conv, norm
-
-
-def _scale_and_shift(norm: nn.Module) -> tuple[Tensor, Tensor]:
-    """The per-channel affine map a BatchNorm in eval mode applies: x * scale + shift, each (C,)."""
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-    return scale, norm.bias - norm.running_mean * scale
-
-
-class _AppliedByConv(FrozenBatchNorm2d):
-    """A frozen BatchNorm whose scale and shift its convolution (``FrozenBNConv2d``) applies: the identity here.
-    Same parameters and buffers, so state dicts and checkpoints do not change."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
-class FrozenBNConv2d(nn.Conv2d):
-    """A convolution followed by a frozen BatchNorm, computed as one convolution: weight ``W * scale`` and bias
-    ``b * scale + shift``, formed in every forward from the current values (a weight-sized product instead of an
-    activation-sized pass; the weight's gradient is the chain rule's ``dL/dW' * scale``, as unfolded). The norm
-    stays in the module tree under its own name (``_AppliedByConv``); ``self.norm`` only points at it."""
-
-    norm: FrozenBatchNorm2d
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale, shift = _scale_and_shift(self.norm)
-        weight = self.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output channel
-        bias = shift if self.bias is None else self.bias * scale + shift
-        return self._conv_forward(x, weight, bias)
-
-
-def fuse_frozen_batchnorm(backbone: nn.Module) -> int:
-    """Training and inference: every frozen BatchNorm after a convolution is applied through that convolution's
-    weight and bias (``FrozenBNConv2d``), removing an elementwise pass over every activation. In place; parameter
-    names, state dicts and gradients stay as they were (tests compare outputs and gradients with the unfused
-    backbone). Returns how many norms were fused."""
-    fused = 0
-    for _, _, conv, norm in _conv_norm_pairs(backbone):
-        if type(norm) is not FrozenBatchNorm2d or type(conv) is not nn.Conv2d:
-            continue
-        norm.__class__ = _AppliedByConv
-        conv.__class__ = FrozenBNConv2d
-        object.__setattr__(conv, "norm", norm)  # a plain reference, not a submodule: no second state-dict entry
-        fused += 1
-    return fused
-
-
 def fold_batchnorm(backbone: ResNetBackbone) -> int:
-    """Inference only: fold each BatchNorm (frozen, or trainable in eval mode) into the convolution before it
-    (``conv(x) * s + t`` is one convolution with weight ``W * s`` and bias ``b * s + t``) and replace the norm
-    by an identity, so that no elementwise pass over the features follows each convolution. In place; the
-    weights keep their memory format. Returns how many norms were folded (GroupNorm is left alone). Same
-    arithmetic up to float rounding (tests); the backbone must not be trained afterwards."""
+    """Inference only: fold each BatchNorm (frozen, or trainable in eval mode) into the convolution of its
+    declared pair (``conv(x) * s + t`` is one convolution with weight ``W * s`` and bias ``b * s + t``) and
+    replace the norm by an identity, so that no elementwise pass over the features follows each convolution. In
+    place; the weights keep their memory format; the pairs are then applied plainly. Returns how many norms were
+    folded (GroupNorm is left alone). Same arithmetic up to float rounding (tests); the backbone must not be
+    trained afterwards."""
     folded = 0
-    for parent, name, conv, norm in list(_conv_norm_pairs(backbone)):
-        if isinstance(norm, nn.BatchNorm2d) and norm.training:
-            raise ValueError("fold_batchnorm: BatchNorm in training mode (call .eval() first)")
-        with torch.no_grad():
-            scale, shift = _scale_and_shift(norm)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-            nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
-            weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): one scale per output
-            weight = weight.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-            if isinstance(conv, FrozenBNConv2d):  # its norm becomes part of the weights now
-                conv.__class__ = nn.Conv2d
-                del conv.__dict__["norm"]
-            conv.weight = nn.Parameter(weight, requires_grad=False)
-            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
-        setattr(parent, name, nn.Identity())
+    for module, conv_name, norm_name in list(backbone.conv_norm_pairs()):
+        norm = module.get_submodule(norm_name)
+        if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            continue
+        fold_into_conv(module.get_submodule(conv_name), norm)
+        owner, _, name = norm_name.rpartition(".")
+        setattr(module.get_submodule(owner), name, nn.Identity())
         folded += 1
+    for module in backbone.modules():
+        if hasattr(module, "conv_norm"):
+            module.conv_norm = plain_conv_norm
     return folded

@@ -79,13 +79,10 @@ def rank_within_groups(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]
     groups elements by group (priority order kept inside a group), ``rank`` (K,) the rank of
     ``groups[order]`` inside its group (0 = best).
     """
-    # sort by (group, position): unique keys make any sort stable (ONNX's TopK has no stable mode)
+    # sort by (group, position): unique keys make any sort stable
     position = torch.arange(groups.numel(), device=groups.device)
     order = torch.argsort(groups * groups.numel() + position)
     sorted_groups = groups[order]
-    if torch.compiler.is_exporting():  # ONNX has no searchsorted: count the groups instead
-        counts = torch.bincount(groups, minlength=num_groups)
-        starts = (torch.cumsum(counts, 0) - counts)[sorted_groups]
-    else:  # no bincount, which reads its maximum on the host on CUDA
-        starts = torch.searchsorted(sorted_groups, sorted_groups)  # first position of each element's group
+    # no bincount, which reads its maximum on the host on CUDA
+    starts = torch.searchsorted(sorted_groups, sorted_groups)  # first position of each element's group
     return order, position - starts

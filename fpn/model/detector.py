@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import weakref
 from typing import Sequence
 
 import torch
@@ -15,6 +14,7 @@ from fpn.structures import GroundTruth, pad_targets, to_device
 from fpn.errors import UserError
 from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
+from fpn.model.ops import Ops, choose_ops
 from fpn.model.postprocess import split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
 from fpn.model.rpn import RegionProposalNetwork, build_rpn
@@ -53,10 +53,16 @@ class FPNDetector(nn.Module):
     No host syncs on CUDA (with Triton) in a training step; an inference batch reads its results' counts (two
     small reads). The small host-to-device copies (image sizes, padded targets) are non-blocking from pinned
     memory. Details and the CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
+
+    ``compile_backend``: "" or a torch.compile backend for backbone + FPN (``features``); the compiled function is
+    the model's own, made here and again for each copy (a deep copy or a pickle never carries it).
+    ``choices``: the keyword arguments of ``fpn.model.ops.choose_ops`` the model was built with (``for_inference``
+    chooses its copy's ops with them).
     """
 
     def __init__(self, backbone: ResNetBackbone, neck: FPNNeck, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 size_divisible: int = 32, channels_last: bool = False, compile_backend: str = ""):  # fmt: skip
+                 size_divisible: int = 32, channels_last: bool = False, compile_backend: str = "",
+                 choices: dict | None = None):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -66,7 +72,20 @@ class FPNDetector(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)  # 4-D weights; a later .to(device) keeps the layout
-        self.compile_backend = compile_backend  # "" or a torch.compile backend for backbone + FPN (``features``)
+        self.compile_backend = compile_backend
+        self._compiled_features = self._compile()
+        self.choices = dict(choices or {})
+
+    def _compile(self):
+        # lazy: torch.compile traces on the first call (a second input size compiles once more, for any size)
+        return torch.compile(self._plain_features, backend=self.compile_backend) if self.compile_backend else None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_compiled_features": None}  # bound to this model: never copied
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._compiled_features = self._compile()
 
     def forward(
         self,
@@ -111,14 +130,10 @@ class FPNDetector(nn.Module):
         return split_by_image(flat[:, :4], flat[:, 4], flat[:, 5].long(), flat[:, 6].long(), images.shape[0])
 
     def features(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]; through ``torch.compile`` with ``compile_backend`` (the first call
-        compiles; a second input size compiles once more, for any size: torch's automatic dynamic shapes)."""
+        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]; through ``torch.compile`` with ``compile_backend``."""
         images = images.contiguous(memory_format=self.memory_format)
-        if self.compile_backend and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-            compiled = _COMPILED.get(self)
-            if compiled is None:
-                compiled = _COMPILED[self] = torch.compile(self._plain_features, backend=self.compile_backend)
-            return compiled(images)
+        if self._compiled_features is not None:
+            return self._compiled_features(images)
         return self._plain_features(images)
 
     def _plain_features(self, images: Tensor) -> list[Tensor]:
@@ -154,18 +169,26 @@ class FPNDetector(nn.Module):
         return images, [tuple(int(v) for v in s) for s in image_sizes]
 
 
-# compiled ``features`` per model, kept outside the modules: a deep copy or a pickle of a model never carries a
-# compiled function bound to the original
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _sizes_tensor(sizes: list[Size], device: torch.device) -> Tensor:
     """(h, w) per image -> (N, 2) float32 on ``device``, copied without a host sync."""
     return to_device(torch.tensor(sizes, dtype=torch.float32).reshape(-1, 2), device)
 
 
-def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) -> FPNDetector:
-    """The detector ``cfg.model`` describes, for ``num_classes`` classes including background.
+def _runtime_choices(cfg: Config) -> dict:
+    """How the model computes, not what: the one place that reads these config fields. The keyword arguments of
+    ``choose_ops`` (with the pooler's settings it checks them against), plus ``channels_last``."""
+    r = cfg.runtime
+    return {"pool": r.pool_impl, "nms": r.nms_impl, "fuse_frozen_bn": r.fuse_frozen_bn, "compile": r.compile,
+            "channels_last": r.channels_last,
+            "sampling_ratio": cfg.model.pool_sampling_ratio, "aligned": cfg.model.pool_aligned}
+
+
+def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True, *, device: torch.device | str = "cpu",
+                   purpose: str = "train", ops: Ops | None = None) -> FPNDetector:  # fmt: skip
+    """The detector ``cfg.model`` describes, for ``num_classes`` classes including background, with the
+    implementations (``fpn.model.ops.choose_ops``) for ``device`` and ``purpose`` ("train", "infer", "export");
+    ``ops`` overrides that choice (tests). Build it for the device it will run on (``.to(device)`` moves the
+    weights, not the choice).
 
     ``load_pretrained=False`` skips reading ``cfg.model.pretrained`` (use it when a checkpoint is
     loaded right after, e.g. for testing). Configuration mistakes raise ``fpn.errors.UserError``.
@@ -175,23 +198,37 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True) 
         raise UserError(f"the model needs at least one object class plus background, got num_classes={num_classes}")
     if load_pretrained:
         _check_normalization(cfg)
-    m.validate()
-    backbone = build_backbone(cfg, load_weights=load_pretrained)
+    cfg.validate()
+    choices = _runtime_choices(cfg)
+    channels_last = choices.pop("channels_last")
+    if ops is None:
+        ops = choose_ops(device, purpose, **choices)
+    backbone = build_backbone(cfg, load_weights=load_pretrained, conv_norm=ops.conv_norm)
     neck = FPNNeck(backbone.out_channels, m.fpn_channels)
     return FPNDetector(
-        backbone, neck, build_rpn(cfg, m.fpn_channels), build_roi_heads(cfg, m.fpn_channels, num_classes),
-        size_divisible=cfg.data.size_divisible, channels_last=cfg.runtime.channels_last,
-        compile_backend=cfg.runtime.compile,
+        backbone, neck, build_rpn(cfg, m.fpn_channels, ops), build_roi_heads(cfg, m.fpn_channels, num_classes, ops),
+        size_divisible=cfg.data.size_divisible, channels_last=channels_last, compile_backend=ops.compile_backend,
+        choices=choices,
     )
 
 
-def for_inference(model: FPNDetector) -> FPNDetector:
+def for_inference(model: FPNDetector, device: torch.device | str | None = None, purpose: str = "infer") -> FPNDetector:
     """A copy of ``model`` for inference only (``fpn.Detector``, export, ``fpn bench``): eval mode, every
-    BatchNorm folded into its convolution (``fold_batchnorm``), channels-last convolutions. The same detections
-    up to float rounding (tests), faster on a CPU (docs/PERFORMANCE.md). ``fpn test`` keeps the plain model, so
-    that it prints the training run's numbers."""
+    BatchNorm folded into its convolution (``fold_batchnorm``), channels-last convolutions, and the ops for
+    ``device`` (default: where the model's weights are) and ``purpose`` ("infer", or "export" for a traced
+    graph). The same detections up to float rounding (tests), faster on a CPU (docs/PERFORMANCE.md). ``fpn test``
+    keeps the plain model, so that it prints the training run's numbers."""
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    ops = choose_ops(device, purpose, **model.choices)
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model.backbone)
+    model.rpn.nms = ops.proposal_nms
+    model.rpn.anchor_generator.cache = {} if ops.cache_anchors else None
+    model.roi_heads.pooler.pool = ops.pool
+    model.roi_heads.postprocessor.nms = ops.detection_nms
+    model.rpn.stable_sort = model.roi_heads.postprocessor.stable_sort = ops.stable_sort
+    model.compile_backend = ops.compile_backend
+    model._compiled_features = model._compile()
     model.memory_format = torch.channels_last  # the input batch is converted in forward
     return model.to(memory_format=torch.channels_last)
 

@@ -16,10 +16,11 @@ foreground RoIs' deltas of their ground-truth class, both divided by the number 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from fpn.config import Config
 from fpn.structures import GroundTruth
@@ -27,9 +28,9 @@ from fpn.model.box_coder import BoxCoder
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.matcher import IGNORE, Matcher
-from fpn.model.packed_roi_align import packed_roi_align
-from fpn.model.postprocess import PostProcessor, split_by_image
-from fpn.model.roi_align import sparse_roi_align
+from fpn.model.ops import Ops
+from fpn.model.ops.roi_pool import per_level_roi_align
+from fpn.model.postprocess import PostProcessor, SoftNMSPostProcessor, split_by_image
 from fpn.model.sampler import BalancedSampler
 from fpn.model.targets import crowd_ioa
 
@@ -37,45 +38,20 @@ from fpn.model.targets import crowd_ioa
 class MultiScaleRoIAlign(nn.Module):
     """RoIAlign of each RoI on the level ``LevelMapper`` picks; ``aligned=True`` (continuous pixel boxes,
     torchvision's half-pixel shift; the default) or ``False`` (torchvision's detection models: no half-pixel
-    shift, sides of at least 1 feature pixel).
-
-    ``impl``: "torchvision" (one ``roi_align`` call per level: the host reads the per-level counts, a sync on
-    CUDA), "sparse" (all levels in one sparse matrix product, ``fpn.model.roi_align``; ~2.5x faster forward +
-    backward on a CPU), "packed" (the levels stacked into one map, one ``roi_align`` call, no host sync:
-    ``fpn.model.packed_roi_align``; ``aligned=True`` only) or "auto": sparse on a CPU with a fixed sampling ratio,
-    packed on CUDA with ``aligned``, torchvision otherwise. All give the same values (tests compare them). Inside
-    ``torch.export`` (ONNX export) it is always torchvision's ``roi_align`` (ONNX RoiAlign), per level on the RoIs
-    a mask selects, without the host sync of the per-level counts.
-    """
-
-    IMPLS = ("auto", "torchvision", "sparse", "packed")
+    shift, sides of at least 1 feature pixel). ``pool``: the multi-level RoIAlign (``fpn.model.ops.roi_pool``
+    interface), chosen at build."""
 
     def __init__(
-        self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper, impl: str = "auto",
-        aligned: bool = True,
+        self, strides: tuple[int, ...], output_size: int, sampling_ratio: int, mapper: LevelMapper,
+        pool: Callable = per_level_roi_align, aligned: bool = True,
     ):
         super().__init__()
-        if impl not in self.IMPLS:
-            raise ValueError(f"impl must be one of {self.IMPLS}, got {impl!r}")
-        if impl == "sparse" and sampling_ratio <= 0:
-            raise ValueError("the sparse RoIAlign needs a fixed sampling_ratio > 0")
-        if impl == "packed" and not aligned:
-            raise ValueError("the packed RoIAlign needs aligned=True (see fpn.model.packed_roi_align)")
         self.scales = [1.0 / s for s in strides]
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.mapper = mapper
-        self.impl = impl
+        self.pool = pool
         self.aligned = aligned
-
-    def _impl(self, features: list[Tensor]) -> str:
-        if torch.compiler.is_exporting():  # sparse tensors do not export; one graph for any RoI distribution
-            return "by_mask"
-        if self.impl != "auto":
-            return self.impl
-        if features[0].device.type == "cpu" and self.sampling_ratio > 0:
-            return "sparse"
-        return "packed" if features[0].device.type == "cuda" and self.aligned else "torchvision"
 
     def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
         """features P2..P5, boxes (N, B, 4) network-input pixels -> (N*B, C, s, s), image-major."""
@@ -83,36 +59,7 @@ class MultiScaleRoIAlign(nn.Module):
         image = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(b, output_size=n * b)
         rois = torch.cat((image.unsqueeze(1), boxes.reshape(n * b, 4)), dim=1)  # (N*B, 5): image, x1, y1, x2, y2
         level = self.mapper(rois[:, 1:]) - self.mapper.min_level  # (R,) index into features
-        impl = self._impl(features)
-        if impl == "sparse":
-            return sparse_roi_align(
-                features, rois, level, self.scales, self.output_size, self.sampling_ratio, self.aligned
-            )
-        if impl == "packed":
-            return packed_roi_align(features, rois, level, self.scales, self.output_size, self.sampling_ratio)
-        if impl == "by_mask":
-            return self._pool_by_mask(features, rois, level)
-        # one roi_align call per level on that level's RoIs: sort by level, split, put back in order
-        order = torch.argsort(level, stable=True)
-        counts = torch.bincount(level, minlength=len(features)).tolist()  # host sync: roi_align needs the sizes
-        pooled = [
-            roi_align(features[lvl], chunk, self.output_size, self.scales[lvl], self.sampling_ratio, self.aligned)
-            for lvl, chunk in enumerate(rois[order].split(counts)) if chunk.shape[0] > 0
-        ]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(pooled)[inverse]
-
-    def _pool_by_mask(self, features: list[Tensor], rois: Tensor, level: Tensor) -> Tensor:
-        """The torchvision path with data-dependent sizes kept inside the graph: each level pools the RoIs
-        its mask selects and writes them into their rows."""
-        c, s = features[0].shape[1], self.output_size
-        out = rois.new_zeros((rois.shape[0], c, s, s))
-        for lvl, feature in enumerate(features):
-            index = torch.nonzero(level == lvl).squeeze(1)  # (R_l,) RoIs of this level
-            pooled = roi_align(feature, rois[index], s, self.scales[lvl], self.sampling_ratio, self.aligned)
-            out = out.index_put((index,), pooled.to(out.dtype))
-        return out
+        return self.pool(features, rois, level, self.scales, self.output_size, self.sampling_ratio, self.aligned)
 
 
 class BoxHead(nn.Module):
@@ -223,14 +170,20 @@ class RoIHeads(nn.Module):
         }
 
 
-def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads:
+def build_roi_heads(cfg: Config, in_channels: int, num_classes: int, ops: Ops) -> RoIHeads:
     m = cfg.model
     cfg.validate()
     mapper = LevelMapper(m.roi_canonical_size, m.roi_canonical_level, min_level=2, max_level=5,
                          eps_in_log=m.roi_level_eps_in_log)
     box_coder = BoxCoder(m.bbox_reg_weights)
+    if m.soft_nms:
+        postprocessor = SoftNMSPostProcessor(box_coder, m.score_thresh, m.nms_thresh, m.detections_per_image,
+                                             m.soft_nms_method, m.soft_nms_sigma, m.soft_nms_min_score)  # fmt: skip
+    else:
+        postprocessor = PostProcessor(box_coder, m.score_thresh, m.nms_thresh, m.detections_per_image,
+                                      ops.detection_nms, ops.stable_sort)  # fmt: skip
     return RoIHeads(
-        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper, impl=cfg.runtime.pool_impl,
+        pooler=MultiScaleRoIAlign((4, 8, 16, 32), m.pool_size, m.pool_sampling_ratio, mapper, pool=ops.pool,
                                   aligned=m.pool_aligned),
         box_head=BoxHead(in_channels * m.pool_size**2, m.fc_dim, num_classes, m.class_agnostic),
         matcher=Matcher(
@@ -238,10 +191,6 @@ def build_roi_heads(cfg: Config, in_channels: int, num_classes: int) -> RoIHeads
         ),
         sampler=BalancedSampler(m.roi_batch_per_image, m.roi_positive_fraction),
         box_coder=box_coder,
-        postprocessor=PostProcessor(
-            box_coder, m.score_thresh, m.nms_thresh, m.detections_per_image, m.soft_nms,
-            m.soft_nms_method, m.soft_nms_sigma, m.soft_nms_min_score,
-            nms_impl="mask" if cfg.runtime.nms_impl == "mask" else "candidates" if cfg.runtime.nms_impl != "auto" else "auto",
-        ),
+        postprocessor=postprocessor,
         smooth_l1_beta=m.rcnn_smooth_l1_beta,
     )

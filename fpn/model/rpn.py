@@ -9,8 +9,8 @@ same channel (the seed paired softmax channels differently in its loss and its i
 
 Proposal selection (no gradient): top ``pre_nms_top_n`` logits per level (or jointly over all levels
 with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, drop boxes smaller than
-``rpn_min_size``, NMS per image and level (per image only in the joint mode; ``grouped_nms``), then the
-best ``post_nms_top_n`` per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
+``rpn_min_size``, NMS per image and level (per image only in the joint mode; the ``nms`` implementation chosen
+at build, ``fpn.model.ops``) as a keep mask, then the best ``post_nms_top_n`` kept boxes per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
 NMS and the post-NMS top-n rank the logits (``rpn_score="logit"``) or, as torchvision does, their float32
 sigmoid (``"sigmoid"``): the same order except where close high logits round to one probability, whose ties
 NMS then breaks by index.
@@ -25,19 +25,18 @@ regression loss is exactly 0.
 
 from __future__ import annotations
 
-from itertools import accumulate
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import Config
-from fpn.structures import GroundTruth, to_device
+from fpn.structures import GroundTruth
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder
-from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes, rank_within_groups
+from fpn.model.box_ops import batched_iou, boxes_big_enough, clip_boxes
 from fpn.model.matcher import Matcher
-from fpn.model.nms import grouped_nms, nms_keep_mask, triton_available
+from fpn.model.ops import Ops
+from fpn.model.ops.nms import NMS, ThreadedNMS, best_kept
 from fpn.model.sampler import BalancedSampler
 from fpn.model.targets import crowd_ioa
 
@@ -69,10 +68,6 @@ class RPNHead(nn.Module):
 
 class RegionProposalNetwork(nn.Module):
     SCORES = ("logit", "sigmoid")  # what NMS and the post-NMS top-n rank (``score``)
-    # how proposal NMS runs: "segment" (kept indices, a thread per group: the CPU's), "offset" (kept indices,
-    # groups offset into few torchvision calls: one host sync per call), "mask" (a keep mask of fixed shape:
-    # no host sync with Triton on CUDA); "auto": segment on a CPU, mask on CUDA with Triton, else offset
-    NMS_IMPLS = ("auto", "segment", "offset", "mask")
 
     def __init__(
         self,
@@ -86,8 +81,9 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float = 0.7,
         min_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9.0,
-        nms_impl: str = "auto",  # see NMS_IMPLS
+        nms: NMS | None = None,  # fpn.model.ops.nms interface; default: threads per group (the CPU's)
         score: str = "logit",
+        stable_sort: bool = True,  # fpn.model.ops.nms.best_kept
     ):
         super().__init__()
         self.head = head
@@ -101,9 +97,8 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
-        if nms_impl not in self.NMS_IMPLS:
-            raise ValueError(f"nms_impl must be one of {self.NMS_IMPLS}, got {nms_impl!r}")
-        self.nms_impl = nms_impl
+        self.nms = nms if nms is not None else ThreadedNMS()
+        self.stable_sort = stable_sort
         if score not in self.SCORES:
             raise ValueError(f"score must be one of {self.SCORES}, got {score!r}")
         self.score = score
@@ -145,77 +140,21 @@ class RegionProposalNetwork(nn.Module):
                 sizes.append(k)
                 start += count
             scores, index = torch.cat(scores, dim=1), torch.cat(index, dim=1)  # (N, K)
-            segments = sizes * n  # NMS groups (image, level): contiguous in the flattened (N*K,) order
+            group_sizes = sizes  # NMS groups: the levels of each image
         else:
             scores, index = logits.topk(torch.sym_min(pre_n, num_anchors), dim=1)  # (N, K) jointly over levels
-            segments = [index.shape[1]] * n  # NMS per image, across levels (the seed)
-        k = index.shape[1]
+            group_sizes = [index.shape[1]]  # NMS per image, across levels (the seed)
         if self.score == "sigmoid":
             scores = scores.sigmoid()
 
+        k = index.shape[1]
         deltas = pred_deltas.gather(1, index.unsqueeze(2).expand(n, k, 4))  # (N, K, 4)
         boxes = clip_boxes(self.box_coder.decode(deltas, anchors[index]), image_sizes)  # (N, K, 4)
         ok = boxes_big_enough(boxes, self.min_size) & torch.isfinite(scores)  # (N, K)
-        # rejected boxes get score -inf (and an empty box, in case they are NaN) instead of being
-        # removed: NMS visits them last, so they never suppress a real box, and shapes stay fixed
-        scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
-        boxes = torch.where(ok.unsqueeze(2), boxes, torch.zeros_like(boxes))
-        impl = self._nms_impl(boxes.device)
-        if impl == "mask" and not torch.compiler.is_exporting():
-            return self._best_kept(boxes, scores, ok, segments[: len(segments) // n], post_n, image_sizes.max())
-
-        flat_boxes = boxes.reshape(n * k, 4)
-        # data-dependent output size: the host waits here (once per offset call on CUDA)
-        keep = grouped_nms(flat_boxes, scores.reshape(n * k), segments, self.nms_thresh, impl == "offset",
-                           max_coordinate=image_sizes.max())  # (M,); boxes are clipped to their image
-        # keep is sorted by score; group it by image (order kept) and take each image's first P
-        image = keep // k  # (M,) image of each kept box
-        order, rank = rank_within_groups(image, n)
-        keep, image = keep[order], image[order]
-        take = (rank < post_n) & ok.reshape(n * k)[keep]  # (M,)
-        # scatter into (N*P + 1) slots; everything not taken lands in the spare last row
-        slot = torch.where(take, image * post_n + rank, torch.full_like(rank, n * post_n))
-        out = flat_boxes.new_zeros((n * post_n + 1, 4))
-        out[slot] = flat_boxes[keep]
-        valid = torch.zeros(n * post_n + 1, dtype=torch.bool, device=out.device)
-        valid[slot] = take
-        return out[:-1].reshape(n, post_n, 4), valid[:-1].reshape(n, post_n)
-
-    def _nms_impl(self, device: torch.device) -> str:
-        if self.nms_impl != "auto":
-            return self.nms_impl
-        if device.type != "cuda":
-            return "segment"
-        return "mask" if triton_available() else "offset"
-
-    def _best_kept(self, boxes: Tensor, scores: Tensor, ok: Tensor, group_sizes: list[int], post_n: int,
-                   max_coordinate: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """Proposal selection with fixed shapes (no host sync): NMS as a keep mask over each image's groups (its
-        levels, or the image in the joint mode), then each image's best ``post_n`` kept boxes, in score order.
-        boxes (N, K, 4), scores / ok (N, K), laid out as the groups of ``group_sizes`` one after the other."""
-        n, k = scores.shape
-        width = max(group_sizes)
-        # (N, K) -> (N, L, width): each group padded to the widest; slot k (appended below) is the padding
-        slot = torch.full((len(group_sizes), width), k)
-        for group, (start, size) in enumerate(zip(accumulate(group_sizes, initial=0), group_sizes)):
-            slot[group, :size] = torch.arange(start, start + size)
-        slot = to_device(slot, boxes.device)  # (L, width), made on the host from host-side sizes
-
-        def grouped(t: Tensor, fill) -> Tensor:  # (N, K, ...) -> (N*L, width, ...), padding slots = fill
-            padded = torch.cat((t, t.new_full((n, 1) + t.shape[2:], fill)), dim=1)  # (N, K+1, ...)
-            return padded[:, slot].flatten(0, 1)
-
-        grouped_boxes, grouped_scores = grouped(boxes, 0.0), grouped(scores, float("-inf"))
-        keep = nms_keep_mask(grouped_boxes, grouped_scores, grouped(ok, False), self.nms_thresh, max_coordinate)
-        # (N*L, width) -> (N, L*width): each image's candidates, group after group
-        kept_scores = torch.where(keep, grouped_scores, float("-inf")).reshape(n, -1)
-        # each image's kept boxes best first; the stable sort breaks ties by level, then rank, as NMS does
-        best = kept_scores.argsort(dim=1, descending=True, stable=True)[:, :post_n]  # (N, <= P)
-        valid = kept_scores.gather(1, best) > float("-inf")
-        proposals = grouped_boxes.reshape(n, -1, 4).gather(1, best.unsqueeze(2).expand(-1, -1, 4))  # (N, <= P, 4)
-        proposals = torch.where(valid.unsqueeze(2), proposals, 0.0)
-        short = post_n - best.shape[1]  # fewer candidates than P in all: pad the rest as invalid
-        return F.pad(proposals, (0, 0, 0, short)), F.pad(valid, (0, short), value=False)
+        keep = self.nms(boxes, scores, ok, group_sizes, self.nms_thresh, image_sizes.max())  # boxes are clipped
+        best, valid = best_kept(scores, keep, post_n, self.stable_sort)  # (N, P) each
+        proposals = boxes.gather(1, best.unsqueeze(2).expand(n, post_n, 4))  # (N, P, 4)
+        return torch.where(valid.unsqueeze(2), proposals, 0.0), valid
 
     def label_anchors(self, anchors: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor]:
         """anchors (A, 4) -> (matched (N, A) ground-truth index, labels (N, A) in {1, 0, -1})."""
@@ -246,11 +185,12 @@ class RegionProposalNetwork(nn.Module):
         }
 
 
-def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
+def build_rpn(cfg: Config, in_channels: int, ops: Ops) -> RegionProposalNetwork:
     m = cfg.model
     strides = (4, 8, 16, 32, 64)
     m.validate()
-    anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides, m.anchor_round, m.anchor_strides_from_input)
+    anchors = AnchorGenerator(m.anchor_sizes, m.anchor_ratios, strides, m.anchor_round, m.anchor_strides_from_input,
+                              cache=ops.cache_anchors)
     return RegionProposalNetwork(
         head=RPNHead(in_channels, m.rpn_channels, anchors.num_anchors_per_cell),
         anchor_generator=anchors,
@@ -263,5 +203,6 @@ def build_rpn(cfg: Config, in_channels: int) -> RegionProposalNetwork:
         min_size=m.rpn_min_size,
         smooth_l1_beta=m.rpn_smooth_l1_beta,
         score=m.rpn_score,
-        nms_impl=cfg.runtime.nms_impl,
+        nms=ops.proposal_nms,
+        stable_sort=ops.stable_sort,
     )

@@ -96,15 +96,17 @@ def torchvision_from_state(state: dict, source: str, scale: int, max_size: int) 
     return model
 
 
-def ours_from_checkpoint(ckpt: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
+def ours_from_checkpoint(ckpt: dict, source: str, bench: C.Config,
+                         device="cpu") -> tuple[torch.nn.Module, C.Config, list[str]]:  # fmt: skip
     """Our model from an fpn checkpoint (its architecture and conventions; the bench's runtime settings)."""
     from fpn.checkpoint import build_model_from_checkpoint, checkpoint_config
 
     cfg = with_runtime(checkpoint_config(ckpt, source), bench)
-    return build_model_from_checkpoint(ckpt, source, cfg, "cpu"), cfg, list(ckpt["classes"])
+    return build_model_from_checkpoint(ckpt, source, cfg, device), cfg, list(ckpt["classes"])
 
 
-def ours_from_torchvision(state: dict, source: str, bench: C.Config) -> tuple[torch.nn.Module, C.Config, list[str]]:
+def ours_from_torchvision(state: dict, source: str, bench: C.Config,
+                          device="cpu") -> tuple[torch.nn.Module, C.Config, list[str]]:  # fmt: skip
     """Our model with torchvision's weights, converted (its conventions; the bench's runtime settings)."""
     from fpn.interop.torchvision import convert_state, read_architecture, rename_state
 
@@ -113,7 +115,7 @@ def ours_from_torchvision(state: dict, source: str, bench: C.Config) -> tuple[to
         classes_file = Path(tmp) / "classes.txt"
         classes_file.write_text("".join(f"class{i}\n" for i in range(1, slots)))
         ckpt = convert_state(state, source, classes_file)
-    return ours_from_checkpoint(ckpt, source, bench)
+    return ours_from_checkpoint(ckpt, source, bench, device)
 
 
 def pretrain_torchvision(tv: torch.nn.Module, samples: list[dict], iters: int, batch: int, device: torch.device,
@@ -189,12 +191,12 @@ def build_models(bench: C.Config, num_classes: int, device: torch.device, amp: s
                 f"--weights {weights}: an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN "
                 "state dict, which both models can load (the converter goes one way)"
             )
-        ours, cfg, classes = ours_from_checkpoint(state, str(weights), bench)
+        ours, cfg, classes = ours_from_checkpoint(state, str(weights), bench, device)
         return BenchModels(ours, cfg, classes, None, {**info, "kind": "fpn checkpoint"})
     if kind is None and compare != "torchvision":
         torch.manual_seed(0)
         classes = [f"class{i}" for i in range(1, num_classes)]
-        return BenchModels(build_detector(bench, num_classes, load_pretrained=False), bench, classes, None,
+        return BenchModels(build_detector(bench, num_classes, load_pretrained=False, device=device), bench, classes, None,
                            {"source": None, "kind": "random"})  # fmt: skip
     if kind is None:
         iters, p_scale, p_max = default_pretrain(device, scale, max_size)
@@ -215,5 +217,5 @@ def build_models(bench: C.Config, num_classes: int, device: torch.device, amp: s
         atomic_torch_save(state, save_weights)
         info["saved_to"] = str(save_weights)
     tv = torchvision_from_state(state, source, scale, max_size) if compare == "torchvision" else None
-    ours, cfg, classes = ours_from_torchvision(state, source, bench)
+    ours, cfg, classes = ours_from_torchvision(state, source, bench, device)
     return BenchModels(ours, cfg, classes, tv, info)

@@ -9,7 +9,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from fpn.config import synthetic
 from fpn.errors import UserError
 from fpn.model import build_detector, uses_caffe_weights
-from fpn.model.backbone import FrozenBNConv2d, ResNetBackbone, build_backbone, fold_batchnorm, fuse_frozen_batchnorm
+from fpn.model.ops.frozen_bn import folded_conv_norm
+from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm
+from fpn.model.ops.frozen_bn import plain_conv_norm
 
 
 def _cfg(**model):
@@ -158,10 +160,9 @@ def test_fused_frozen_batchnorm_equals_the_plain_backbone_outputs_and_gradients(
     trainable convolution weights), the same state dict, frozen stages still frozen."""
     torch.manual_seed(0)
     plain = _randomise_norms(ResNetBackbone(50, norm="frozen_bn", freeze_at=1, width=16))
-    fused = copy.deepcopy(plain)
-    frozen_norms = sum(isinstance(m, FrozenBatchNorm2d) for m in plain.modules())
-    assert fuse_frozen_batchnorm(fused) == frozen_norms > 0 and fuse_frozen_batchnorm(fused) == 0  # once
+    fused = ResNetBackbone(50, norm="frozen_bn", freeze_at=1, width=16, conv_norm=folded_conv_norm)
     assert list(fused.state_dict()) == list(plain.state_dict())
+    fused.load_state_dict(plain.state_dict())
     assert [n for n, p in fused.named_parameters() if p.requires_grad] == [
         n for n, p in plain.named_parameters() if p.requires_grad]  # fmt: skip
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -179,25 +180,27 @@ def test_fused_frozen_batchnorm_equals_the_plain_backbone_outputs_and_gradients(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
-    twin = copy.deepcopy(fused)  # the conv's reference follows its norm into a copy
-    assert isinstance(twin.conv1, FrozenBNConv2d) and twin.conv1.norm is twin.bn1
+    twin = copy.deepcopy(fused)
+    assert twin.layer1[0].conv_norm is folded_conv_norm and isinstance(twin.layer1[0].bn1, FrozenBatchNorm2d)
 
 
 def test_build_backbone_fuses_frozen_batchnorm_unless_told_not_to():
-    assert isinstance(build_backbone(_cfg(pretrained="none", norm="frozen_bn")).layer1[0].conv2, FrozenBNConv2d)
-    plain = build_backbone(_cfg(pretrained="none", norm="frozen_bn", fuse_frozen_bn=False))
-    assert not any(isinstance(m, FrozenBNConv2d) for m in plain.modules())
-    assert not any(isinstance(m, FrozenBNConv2d) for m in build_backbone(_cfg(pretrained="none", norm="bn")).modules())
+    fused = build_backbone(_cfg(pretrained="none", norm="frozen_bn"), conv_norm=folded_conv_norm)
+    assert fused.conv_norm is fused.layer1[0].conv_norm is folded_conv_norm
+    plain = build_backbone(_cfg(pretrained="none", norm="frozen_bn"))
+    assert all(m.conv_norm is plain_conv_norm for m in plain.modules() if hasattr(m, "conv_norm"))
+    assert list(plain.state_dict()) == list(fused.state_dict())
+    model = build_detector(_cfg(pretrained="none", norm="frozen_bn", fuse_frozen_bn=False), 3)
+    assert model.backbone.layer2[0].conv_norm is plain_conv_norm
 
 
 @pytest.mark.parametrize("norm, channels_last, fused", [("frozen_bn", False, False), ("frozen_bn", True, True),
                                                         ("bn", True, False)])
 def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last, fused):
     torch.manual_seed(0)
-    backbone = ResNetBackbone(50 if norm == "frozen_bn" else 18, norm=norm, freeze_at=1, width=16).eval()
+    backbone = ResNetBackbone(50 if norm == "frozen_bn" else 18, norm=norm, freeze_at=1, width=16,
+                              conv_norm=folded_conv_norm if fused else plain_conv_norm).eval()
     _randomise_norms(backbone)
-    if fused:
-        fuse_frozen_batchnorm(backbone)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     backbone.to(memory_format=layout)
     x = torch.randn(1, 3, 96, 128).contiguous(memory_format=layout)
@@ -206,9 +209,31 @@ def test_fold_batchnorm_equals_the_plain_backbone(norm, channels_last, fused):
         norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
         assert fold_batchnorm(backbone) == norms > 0
         folded = backbone(x)
-    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d, FrozenBNConv2d)) for m in backbone.modules())
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in backbone.modules())
+    assert backbone.layer1[0].conv_norm is plain_conv_norm
     assert backbone.layer1[0].conv1.weight.is_contiguous(memory_format=layout)
     for a, b in zip(folded, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     with pytest.raises(ValueError, match="training mode"):
         fold_batchnorm(ResNetBackbone(18, norm="bn", freeze_at=0, width=16).train())
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_blocks_are_torchvisions_names_initialisation_and_arithmetic(depth):
+    """The blocks written here hold torchvision's parameters and buffers under the same names, drawn the same
+    from the same seed, and compute torchvision's C2..C5."""
+    torch.manual_seed(0)
+    ours = ResNetBackbone(depth, norm="frozen_bn", freeze_at=0)
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=FrozenBatchNorm2d)
+    reference = {k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
+    assert list(ours.state_dict()) == list(reference)
+    assert all(torch.equal(v, reference[k]) for k, v in ours.state_dict().items())
+    _randomise_norms(ours)
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        y = theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(x))))
+        for stage, c in zip(("layer1", "layer2", "layer3", "layer4"), ours(x)):
+            y = getattr(theirs, stage)(y)
+            assert torch.equal(c, y), stage

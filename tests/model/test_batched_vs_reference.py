@@ -8,6 +8,7 @@ from fpn.config import synthetic
 from fpn.structures import pad_targets
 from fpn.model.box_ops import batched_iou
 from fpn.model.level_mapper import LevelMapper
+from fpn.model.ops import POOLS, choose_ops
 from fpn.model.roi_heads import MultiScaleRoIAlign, build_roi_heads
 from fpn.model.rpn import build_rpn
 
@@ -25,7 +26,7 @@ def _rpn(**model):
     cfg = synthetic()
     for k, v in model.items():
         setattr(cfg.model, k, v)
-    return build_rpn(cfg, in_channels=8)
+    return build_rpn(cfg, in_channels=8, ops=choose_ops("cpu"))
 
 
 def test_batched_iou_equals_torchvision():
@@ -79,7 +80,7 @@ def test_roi_labelling_equals_per_image_reference():
     g = torch.Generator().manual_seed(2)
     cfg = synthetic()
     cfg.model.roi_bg_iou_lo = 0.1
-    heads = build_roi_heads(cfg, in_channels=8, num_classes=4)
+    heads = build_roi_heads(cfg, in_channels=8, num_classes=4, ops=choose_ops("cpu"))
     counts_prop, counts_gt = [30, 12, 0], [2, 0, 5]
     p = max(counts_prop)
     proposals = torch.zeros(3, p, 4)
@@ -147,12 +148,13 @@ def test_proposal_selection_equals_per_image_reference():
         assert valid.sum(1).max() == 70 or not per_level  # per level, some image has more than 70 survivors
 
 
-@pytest.mark.parametrize("impl", ["torchvision", "sparse"])
-def test_multiscale_roi_align_equals_per_roi_reference(impl):
+@pytest.mark.parametrize("pool", ["torchvision", "sparse", "by_mask"])
+def test_multiscale_roi_align_equals_per_roi_reference(pool):
     g = torch.Generator().manual_seed(4)
     feats = [torch.randn(2, 3, 32 // 2**i, 48 // 2**i, generator=g) for i in range(4)]
     mapper = LevelMapper(canonical_size=56, canonical_level=4)
-    pooler = MultiScaleRoIAlign((4, 8, 16, 32), output_size=7, sampling_ratio=2, mapper=mapper, impl=impl)
+    pooler = MultiScaleRoIAlign((4, 8, 16, 32), output_size=7, sampling_ratio=2, mapper=mapper,
+                                pool=POOLS[pool])
     boxes = torch.stack([_random_boxes(g, 9, size=100, max_wh=100), _random_boxes(g, 9, size=100, max_wh=100)])
     out = pooler(feats, boxes)
     assert out.shape == (18, 3, 7, 7)

@@ -2,9 +2,15 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector_helpers import branches, rectangles_batch
+import copy
+import pickle
+import warnings
+
+from detector_helpers import branch_ops, rectangles_batch, triton_runs_on
 from fpn.errors import UserError
 from fpn.model import FPNDetector, build_detector, for_inference
+from fpn.model.ops.nms import BatchedNMS, OffsetNMS, ThreadedNMS, TritonNMS
+from fpn.model.ops.roi_pool import by_mask_roi_align, packed_roi_align, sparse_roi_align
 
 LOSS_KEYS = {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
 
@@ -142,22 +148,24 @@ def test_channels_last_is_a_layout_only(small_cfg):
 
 
 def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
-    """Both branches forced on the device at hand: a CUDA-only branch runs in a CPU test, and on a GPU the
-    CPU one runs there too. Same losses and gradients in training, same detections at test time."""
-    model = build_detector(small_cfg, num_classes=4, load_pretrained=False).to(device)
+    """Both branches chosen for the device at hand: a CUDA-only branch runs in a CPU test, and on a GPU the CPU
+    one runs there too. Same losses and gradients in training, same detections at test time."""
+    if not triton_runs_on(device):
+        pytest.skip("the CUDA branches need Triton (on a CPU: its interpreter, TRITON_INTERPRET=1)")
     images, targets = rectangles_batch()
     images, targets = images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
-    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move in training
-    runs = []
+    state, runs = None, []
     for cuda_branches in (False, True):
+        torch.manual_seed(0)
+        model = build_detector(small_cfg, 4, load_pretrained=False, ops=branch_ops(cuda_branches, device)).to(device)
+        state = state or {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(state)
-        with branches(model, cuda_branches):
-            torch.manual_seed(1)  # the same anchor and RoI samples
-            losses = model.train()(images, None, targets)
-            grads = torch.autograd.grad(sum(losses.values()), [model.roi_heads.box_head.fc1.weight,
-                                                               model.backbone.layer4[0].conv1.weight])
-            with torch.no_grad():
-                detections = model.eval()(images, None)
+        torch.manual_seed(1)  # the same anchor and RoI samples
+        losses = model.train()(images, None, targets)
+        grads = torch.autograd.grad(sum(losses.values()), [model.roi_heads.box_head.fc1.weight,
+                                                           model.backbone.layer4[0].conv1.weight])
+        with torch.no_grad():
+            detections = model.eval()(images, None)
         runs.append((losses, grads, detections))
     (losses_cpu, grads_cpu, dets_cpu), (losses_cuda, grads_cuda, dets_cuda) = runs
     for k in LOSS_KEYS:
@@ -195,7 +203,8 @@ def test_for_inference_gives_the_same_detections(small_cfg):
 def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
     """``model.compile``: backbone + FPN through torch.compile (here its ``aot_eager`` backend, which traces and
     splits forward and backward as inductor does, without inductor's minutes of C++ compilation on a CPU): the
-    same losses and gradients as eager; a copy (``for_inference``) does not call the original's compiled code."""
+    same losses and gradients as a separately built eager model with the same weights; a copy (deep copy, pickle,
+    ``for_inference``) compiles its own, equal to the eager model's inference copy, never the original's."""
     torch.manual_seed(0)
     small_cfg.runtime.compile = "aot_eager"
     compiled = build_detector(small_cfg, num_classes=4, load_pretrained=False)
@@ -215,20 +224,36 @@ def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
         torch.testing.assert_close(losses_compiled[k], losses_eager[k], rtol=1e-4, atol=1e-5)
     for a, b in zip(grads_compiled, grads_eager):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-    copy_ = for_inference(compiled)
-    assert copy_.compile_backend == "aot_eager"
+    assert eager._compiled_features is None and compiled._compiled_features is not None
+    for twin in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled)), for_inference(compiled)):
+        # each copy compiles its own: never the original's function, bound to the original's weights
+        assert twin._compiled_features is not None and twin._compiled_features is not compiled._compiled_features
+    fast_eager = for_inference(eager)
     with torch.no_grad():
-        copy_.backbone.conv1.weight.zero_()  # if the copy ran the original's compiled code, it would not see this
-        torch.testing.assert_close(copy_.features(images)[0], copy_._plain_features(images)[0])
+        for m in (twin, fast_eager):  # if the copy ran the original's compiled code, it would not see this
+            m.backbone.conv1.weight.zero_()
+        torch.testing.assert_close(twin.features(images)[0], fast_eager.features(images)[0], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(twin.features(images)[0], compiled.eval().features(images)[0], atol=1e-3)
+    small_cfg.runtime.compile = "aot_eager"
+    assert build_detector(small_cfg, 4, load_pretrained=False, purpose="export")._compiled_features is None
 
 
 def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
     small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "packed", "mask"
     model = build_detector(small_cfg, num_classes=4, load_pretrained=False)
-    assert (model.roi_heads.pooler.impl, model.rpn.nms_impl, model.roi_heads.postprocessor.nms_impl) == (
-        "packed", "mask", "mask")  # fmt: skip
-    small_cfg.runtime.nms_impl = "offset"
-    assert build_detector(small_cfg, 4, load_pretrained=False).roi_heads.postprocessor.nms_impl == "candidates"
+    rpn, post = model.rpn, model.roi_heads.postprocessor
+    # a CPU, so no Triton kernel: the plain variant of the keep mask
+    assert (model.roi_heads.pooler.pool, type(rpn.nms), type(post.nms)) == (packed_roi_align, OffsetNMS, BatchedNMS)
+    small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "auto", "auto"
+    model = build_detector(small_cfg, 4, load_pretrained=False)
+    assert (model.roi_heads.pooler.pool, type(model.rpn.nms)) == (sparse_roi_align, ThreadedNMS)
+    exported = build_detector(small_cfg, 4, load_pretrained=False, purpose="export")
+    assert exported.roi_heads.pooler.pool is by_mask_roi_align and exported.rpn.anchor_generator.cache is None
+    with warnings.catch_warnings():  # without CUDA: the Triton kernel cannot run, said once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = for_inference(model, "cuda", "infer")  # ops for another device, chosen from the model's choices
+    assert fast.roi_heads.pooler.pool is packed_roi_align and isinstance(fast.rpn.nms, (TritonNMS, OffsetNMS))
+    assert type(for_inference(model).rpn.nms) is ThreadedNMS
     for key, value, message in [("pool_impl", "fast", "runtime.pool_impl: must be one of auto, torchvision"),
                                 ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment"),
                                 ("pool_aligned", False, "runtime.pool_impl=packed needs model.pool_aligned=True")]:

@@ -3,7 +3,7 @@ import math
 import torch
 
 from fpn.model.box_coder import BoxCoder
-from fpn.model.postprocess import PostProcessor, soft_nms, split_by_image
+from fpn.model.postprocess import PostProcessor, SoftNMSPostProcessor, soft_nms, split_by_image
 
 
 def _per_image(post, *args, **kwargs):
@@ -58,7 +58,7 @@ def test_soft_nms_linear_and_gaussian():
 def test_soft_nms_in_postprocessor():
     proposals = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]]])
     logits = _logits_for([[0.1, 0.9], [0.2, 0.8]]).unsqueeze(0)
-    post = PostProcessor(BoxCoder(), score_thresh=0.05, nms_thresh=0.3, soft_nms=True)
+    post = SoftNMSPostProcessor(BoxCoder(), score_thresh=0.05, nms_thresh=0.3)
     (out,) = _per_image(post, logits, torch.zeros(1, 2, 1, 4), proposals, torch.ones(1, 2, dtype=torch.bool),
                         torch.tensor([[50.0, 50.0]]))
     torch.testing.assert_close(out["scores"], torch.tensor([0.9, 0.4]))  # class-agnostic deltas (K = 1)

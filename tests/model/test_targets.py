@@ -6,6 +6,7 @@ from fpn.config import synthetic
 from fpn.structures import pad_targets
 from fpn.model.box_ops import batched_ioa
 from fpn.model.roi_heads import build_roi_heads
+from fpn.model.ops import choose_ops
 from fpn.model.rpn import build_rpn
 from fpn.model.targets import crowd_ioa
 
@@ -40,7 +41,7 @@ def _heads_and_targets():
 
 def test_rpn_ignores_anchors_inside_a_crowd_box():
     cfg, plain, crowd = _heads_and_targets()
-    rpn = build_rpn(cfg, in_channels=8)
+    rpn = build_rpn(cfg, in_channels=8, ops=choose_ops("cpu"))
     anchors, _ = rpn.anchor_generator([(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)], CPU)
     _, labels_plain = rpn.label_anchors(anchors, plain)
     _, labels_crowd = rpn.label_anchors(anchors, crowd)
@@ -53,7 +54,7 @@ def test_rpn_ignores_anchors_inside_a_crowd_box():
 
 def test_roi_heads_ignore_proposals_inside_a_crowd_box():
     cfg, plain, crowd = _heads_and_targets()
-    heads = build_roi_heads(cfg, in_channels=8, num_classes=2)
+    heads = build_roi_heads(cfg, in_channels=8, num_classes=2, ops=choose_ops("cpu"))
     proposals = torch.tensor([[[2.0, 2, 30, 30], [10.0, 10, 46, 40], [40.0, 40, 56, 56], [62.0, 61, 90, 88]]])
     valid = torch.ones(1, 4, dtype=torch.bool)
     _, _, labels_plain = heads.label_candidates(proposals, valid, plain)

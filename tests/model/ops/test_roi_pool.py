@@ -1,12 +1,12 @@
-import types
+"""Multi-level RoIAlign: every implementation gives what torchvision's ``roi_align`` per level gives."""
 
 import pytest
 import torch
 from torchvision.ops import roi_align
 
 from fpn.model.level_mapper import LevelMapper
-from fpn.model.packed_roi_align import packed_roi_align
-from fpn.model.roi_align import sparse_roi_align
+from fpn.model.ops import choose_ops
+from fpn.model.ops.roi_pool import by_mask_roi_align, packed_roi_align, per_level_roi_align, sparse_roi_align
 from fpn.model.roi_heads import MultiScaleRoIAlign
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -108,45 +108,50 @@ def test_sparse_roi_align_no_rois_and_dtype():
         sparse_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 0)
 
 
-def test_multiscale_roi_align_auto_picks_an_implementation():
+def test_choose_ops_picks_a_pooler_and_all_give_the_same_values():
     mapper = LevelMapper(canonical_size=224, canonical_level=4)
     g = torch.Generator().manual_seed(1)
     feats = _features(g)
     boxes = _rois(g, 6, n=1)[:, 1:].unsqueeze(0)
     outs = {}
-    on_cuda = [types.SimpleNamespace(device=torch.device("cuda"))]  # the choice reads the device only
-    for impl, ratio, cpu_choice, cuda_choice in [("auto", 2, "sparse", "packed"), ("sparse", 2, "sparse", "sparse"),
-                                                 ("torchvision", 2, "torchvision", "torchvision"),
-                                                 ("auto", 0, "torchvision", "packed"), ("packed", 2, "packed", "packed")]:
-        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, ratio, mapper, impl=impl)
-        assert pooler._impl(feats) == cpu_choice
-        assert pooler._impl(on_cuda) == cuda_choice
-        outs[impl, ratio] = pooler([f[:1] for f in feats], boxes)
-    torch.testing.assert_close(outs["auto", 2], outs["torchvision", 2], rtol=1e-5, atol=1e-5)
-    # aligned=False (read by both paths): the same as torchvision's detection pooler
+    for pool, ratio, cpu_choice, cuda_choice in [
+        ("auto", 2, sparse_roi_align, packed_roi_align), ("sparse", 2, sparse_roi_align, sparse_roi_align),
+        ("torchvision", 2, per_level_roi_align, per_level_roi_align), ("auto", 0, per_level_roi_align, packed_roi_align),
+        ("packed", 2, packed_roi_align, packed_roi_align), ("by_mask", 2, by_mask_roi_align, by_mask_roi_align),
+    ]:
+        assert choose_ops("cpu", pool=pool, sampling_ratio=ratio).pool is cpu_choice
+        assert choose_ops("cuda", pool=pool, sampling_ratio=ratio, triton=False).pool is cuda_choice
+        assert choose_ops("cuda", "export", pool=pool, sampling_ratio=ratio).pool is by_mask_roi_align
+        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, ratio, mapper, pool=cpu_choice)
+        outs[pool, ratio] = pooler([f[:1] for f in feats], boxes)
+    for key in outs:  # not the packed map: these boxes reach past the image (its test clips them)
+        if key[1] == 2 and key[0] != "packed":
+            torch.testing.assert_close(outs[key], outs["torchvision", 2], rtol=1e-5, atol=1e-5)
+    # aligned=False: the same as torchvision's detection pooler
     from torchvision.ops import MultiScaleRoIAlign as TorchvisionPooler
 
     reference = TorchvisionPooler(["0", "1", "2", "3"], 7, 2)
     expected = reference({str(i): f[:1] for i, f in enumerate(feats)}, [boxes[0]], [(160, 224)])
     mapper = LevelMapper(canonical_size=224, canonical_level=4, eps_in_log=False)
-    for impl in ("sparse", "torchvision"):
-        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl=impl, aligned=False)
+    for pool in (sparse_roi_align, per_level_roi_align, by_mask_roi_align):
+        pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, pool=pool, aligned=False)
         torch.testing.assert_close(pooler([f[:1] for f in feats], boxes), expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(pooler([f[:1] for f in feats], boxes), outs["auto", 2], atol=1e-3)
-    unaligned = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, aligned=False)
-    assert unaligned._impl(on_cuda) == "torchvision"  # the packed map needs aligned=True
+    assert choose_ops("cuda", aligned=False, triton=False).pool is per_level_roi_align  # packed needs aligned=True
+    with pytest.raises(ValueError, match="aligned"):
+        choose_ops("cuda", pool="packed", aligned=False)
+    with pytest.raises(ValueError, match="sampling ratio"):
+        choose_ops("cpu", pool="sparse", sampling_ratio=0)
+    with pytest.raises(ValueError, match="pool must be one of auto, torchvision, by_mask, sparse, packed"):
+        choose_ops("cpu", pool="cuda")
     with pytest.raises(ValueError, match="aligned=True"):
-        MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="packed", aligned=False)
-    with pytest.raises(ValueError, match="sampling_ratio"):
-        MultiScaleRoIAlign((4, 8, 16, 32), 7, 0, mapper, impl="sparse")
-    with pytest.raises(ValueError, match="impl"):
-        MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="cuda")
+        packed_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 2, aligned=False)
 
 
 def test_csr_transpose_with_repeated_entries():
     """The backward's transpose equals the dense transpose, also where a row repeats a column (a box
     clamped at a map edge puts several samples on one pixel)."""
-    from fpn.model.roi_align import _csr, _transpose
+    from fpn.model.ops.roi_pool import _csr, _transpose
 
     g = torch.Generator().manual_seed(0)
     rows, cols, per_row = 7, 5, 4
@@ -170,10 +175,10 @@ def test_pool_by_mask_equals_the_per_level_path(aligned):
     feats = _features(g, n=2)
     boxes = _rois(g, 40, n=1)[:, 1:].reshape(2, 20, 4)
     boxes[:, :, 2:] = boxes[:, :, :2] + (boxes[:, :, 2:] - boxes[:, :, :2]).clamp(max=40)  # no RoI on P5
-    pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, impl="torchvision", aligned=aligned)
+    pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, pool=per_level_roi_align, aligned=aligned)
     per_level = pooler(feats, boxes)
     image = torch.arange(2.0).repeat_interleave(20)[:, None]
     rois = torch.cat([image, boxes.reshape(40, 4)], 1)
     level = mapper(rois[:, 1:]) - 2
     assert (level == 3).sum() == 0 and len(level.unique()) >= 2
-    torch.testing.assert_close(pooler._pool_by_mask(feats, rois, level), per_level, rtol=0, atol=0)
+    torch.testing.assert_close(by_mask_roi_align(feats, rois, level, SCALES, 7, 2, aligned), per_level, rtol=0, atol=0)

@@ -1,12 +1,26 @@
-"""Multi-level RoIAlign as one sparse matrix product: the CPU path of ``MultiScaleRoIAlign``.
+"""Multi-level RoIAlign, one interface, several implementations.
 
-Every output bin of RoIAlign is a fixed weighted sum of feature pixels: ``sampling_ratio**2`` bilinear
+``pool(features P2..P5 [(N, C, H_l, W_l)], rois (R, 5: image, x1, y1, x2, y2 in input pixels), level (R,) index
+into features, scales, output_size, sampling_ratio, aligned) -> (R, C, s, s)``: each RoI pooled on its level as
+``torchvision.ops.roi_align`` would (``aligned`` as there). All give the same values up to float rounding (tests).
+
+* ``per_level_roi_align``: the reference, one ``roi_align`` call per level on that level's RoIs; the host reads the
+  per-level counts (a sync on CUDA).
+* ``by_mask_roi_align``: per level on the RoIs a mask selects, written into their rows: no host read of the counts
+  (data-dependent sizes stay inside the graph); what an exported graph holds (ONNX RoiAlign).
+* ``sparse_roi_align``: all levels in one sparse matrix product (the CPU's; ~2.5x faster forward + backward there).
+* ``packed_roi_align``: the levels packed into one map, one ``roi_align`` call, no host sync (CUDA's;
+  ``aligned=True`` only).
+
+Shapes: R RoIs, L levels, C channels, s output size, g sampling ratio.
+
+Sparse product (``sparse_roi_align``). Every output bin of RoIAlign is a fixed weighted sum of feature pixels: ``sampling_ratio**2`` bilinear
 samples, 4 pixels each, averaged. Stacking the pixels of every level and image as the rows of one
 dense matrix F (sum of N*H*W over levels, C) makes pooling all RoIs on all levels ``A @ F`` with a sparse
 A (R*s*s bins, 4*sampling_ratio**2 entries per row), and its gradient ``A.T @ grad``: two multithreaded
 library products instead of torchvision's CPU kernels, whose backward scatters one sample at a time
 (a third of a training step of the synthetic recipe on 2 CPU cores). On CUDA torchvision's kernels are
-used instead: they are fast there and this path would only add memory.
+fast and this path would only add memory.
 
 Same arithmetic as ``torchvision.ops.roi_align`` with a fixed ``sampling_ratio > 0``, for either value of
 ``aligned``: with ``aligned=True`` the box is shifted by half a pixel, with ``aligned=False`` (torchvision's
@@ -14,7 +28,19 @@ detection models) it is not and its sides are at least one feature pixel; a samp
 contributes zero, coordinates are clamped to the feature map, and the bin value is the mean over its
 samples (tests pin the equality, to float rounding).
 
-Shapes: R RoIs, L levels, C channels, s output size, g sampling ratio.
+Packed levels (``packed_roi_align``). Pooling each level's RoIs with its own ``roi_align`` call needs the number of RoIs per level on the host, so the
+host waits for the GPU once per batch. Here the levels P2..P5 are stacked into one feature map (each level a band
+of rows, framed by a copy of its edge pixels), every RoI's box is scaled by its level's ``1 / stride`` and shifted
+into its band, and one call with ``spatial_scale=1`` pools them all; autograd carries the gradient back through
+the stacking, the frame's copies onto the edge pixels they copy.
+
+The frame reproduces what RoIAlign does at a map's edge: a sample in [-1, 0] or [size - 1, size] reads the edge
+pixel (RoIAlign clamps there), and bilinear interpolation between an edge pixel and its copy is that pixel. Samples
+beyond [-1, size] read zero in RoIAlign; they occur only for boxes that stick out of the padded input by more than
+a feature pixel, which clipped proposals and ground truth do not with ``aligned=True`` (its half-pixel shift keeps
+every sample of an in-image box inside (-1, size)). With ``aligned=False`` (torchvision's convention), boxes at least
+one feature pixel wide can reach past the edge: the pooler uses torchvision's per-level calls there.
+Same values as per-level ``roi_align`` up to float rounding of the shifted coordinates (tests).
 """
 
 from __future__ import annotations
@@ -22,7 +48,39 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
+
+from fpn.structures import to_device
+
+
+def per_level_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                        sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
+    """The reference: one ``roi_align`` call per level on that level's RoIs, sorted by level, split, put back."""
+    order = torch.argsort(level, stable=True)
+    counts = torch.bincount(level, minlength=len(features)).tolist()  # host sync: roi_align needs the sizes
+    pooled = [
+        roi_align(features[lvl], chunk, output_size, scales[lvl], sampling_ratio, aligned)
+        for lvl, chunk in enumerate(rois[order].split(counts)) if chunk.shape[0] > 0
+    ]
+    if not pooled:
+        return features[0].new_zeros((0, features[0].shape[1], output_size, output_size))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return torch.cat(pooled)[inverse]
+
+
+def by_mask_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                      sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
+    """Each level pools the RoIs its mask selects and writes them into their rows (no host read of the counts)."""
+    c, s = features[0].shape[1], output_size
+    out = rois.new_zeros((rois.shape[0], c, s, s))
+    for lvl, feature in enumerate(features):
+        index = torch.nonzero(level == lvl).squeeze(1)  # (R_l,) RoIs of this level
+        pooled = roi_align(feature, rois[index], s, scales[lvl], sampling_ratio, aligned)
+        out = out.index_put((index,), pooled.to(out.dtype))
+    return out
 
 
 def _axis_weights(coord: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -72,10 +130,8 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-def sparse_roi_align(
-    features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int, sampling_ratio: int,
-    aligned: bool = True,
-) -> Tensor:
+def sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                     sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
     """Pool ``rois`` (R, 5: image, x1, y1, x2, y2 in input pixels) from ``features[level[r]]`` (each
     (N, C, H_l, W_l)) at ``scales[level[r]]``: (R, C, s, s), float32 for half-precision features (as
     torchvision's autocast rule), else the features' dtype. ``aligned`` as in ``torchvision.ops.roi_align``."""
@@ -133,3 +189,31 @@ def sparse_roi_align(
     stacked = torch.cat([f.to(dtype).permute(0, 2, 3, 1).reshape(-1, c) for f in features])
     pooled = _SparseProduct.apply(a, per_bin, stacked)  # (R*s*s, C)
     return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)
+
+
+def pack_levels(features: list[Tensor]) -> tuple[Tensor, list[int]]:
+    """[(N, C, H_l, W_l)] -> (packed (N, C, sum(H_l + 2), max(W_l) + 2), first row of each level in it): each
+    level framed by one replicated pixel on every side, right-padded with zeros to the common width, stacked."""
+    width = max(f.shape[-1] for f in features) + 2
+    bands, first_rows, row = [], [], 0
+    for f in features:
+        band = F.pad(f, (1, 1, 1, 1), mode="replicate")  # (N, C, H + 2, W + 2): the edge pixels copied around
+        bands.append(F.pad(band, (0, width - band.shape[-1])))  # zeros on the right to the common width
+        first_rows.append(row + 1)
+        row += band.shape[-2]
+    return torch.cat(bands, dim=2), first_rows
+
+
+def packed_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                     sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
+    """Pool ``rois`` (R, 5: image, x1, y1, x2, y2 in input pixels) from ``features[level[r]]`` (each (N, C, H_l,
+    W_l)) at ``scales[level[r]]``, as ``torchvision.ops.roi_align(..., aligned=True)`` per level would: (R, C, s,
+    s) in the features' dtype (float32 under autocast, as torchvision's rule for roi_align)."""
+    if not aligned:
+        raise ValueError("the packed RoIAlign needs aligned=True (edge samples; see fpn.model.ops.roi_pool)")
+    packed, first_rows = pack_levels(features)
+    scale = to_device(torch.tensor(scales, dtype=rois.dtype), rois.device)[level]  # (R,)
+    row = to_device(torch.tensor(first_rows, dtype=rois.dtype), rois.device)[level]  # (R,)
+    shift = torch.stack((torch.ones_like(row), row), dim=1).repeat(1, 2)  # (R, 4): x + 1 (the frame), y + band row
+    boxes = rois[:, 1:] * scale[:, None] + shift
+    return roi_align(packed, torch.cat((rois[:, :1], boxes), dim=1), output_size, 1.0, sampling_ratio, True)

@@ -10,7 +10,9 @@ the threshold. The IoU is torchvision's arithmetic (``inter / (area_a + area_b -
 so the kept set equals ``torchvision.ops.nms`` on the valid boxes of each group (tests compare them, on a CPU
 through Triton's interpreter, ``TRITON_INTERPRET=1``, and on CUDA).
 
-Import this module only where Triton is installed (``fpn.model.nms.triton_available``).
+The kernel is the custom op ``torch.ops.fpn.nms_sorted_groups`` (with a fake implementation, so that
+``torch.compile`` and ``torch.export`` trace through it). Import this module only where Triton is installed
+(``fpn.model.ops.nms.triton_installed``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_GROUP = 4096  # boxes per group the kernel holds in registers; larger groups take the plain path
+from fpn.model.ops.nms import MAX_TRITON_GROUP
 
 
 @triton.jit
@@ -51,15 +53,26 @@ def _nms_kernel(boxes_ptr, count_ptr, keep_ptr, group_size, iou_threshold, BLOCK
     tl.store(keep_ptr + g * group_size + offs, keep.to(tl.int8), mask=offs < group_size)
 
 
-def nms_sorted_groups(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """boxes (G, K, 4) float32, each group sorted by score (best first) with its ``counts[g]`` valid boxes first
-    -> keep (G, K) bool. K <= MAX_GROUP."""
+def _nms_sorted_groups(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """boxes (G, K, 4), each group sorted by score (best first) with its ``counts[g]`` valid boxes first -> keep
+    (G, K) bool. K <= MAX_TRITON_GROUP."""
     g, k = boxes.shape[:2]
-    if k > MAX_GROUP:
-        raise ValueError(f"groups of {k} boxes: the kernel holds at most {MAX_GROUP}")
-    keep = torch.empty((g, k), dtype=torch.int8, device=boxes.device)
+    if k > MAX_TRITON_GROUP:
+        raise ValueError(f"groups of {k} boxes: the kernel holds at most {MAX_TRITON_GROUP}")
+    keep = torch.zeros((g, k), dtype=torch.int8, device=boxes.device)
     if g and k:
         block = max(16, triton.next_power_of_2(k))
         _nms_kernel[(g,)](boxes.float().contiguous(), counts.to(torch.int32).contiguous(), keep, k,
                           float(iou_threshold), BLOCK=block, num_warps=4 if block <= 1024 else 8)  # fmt: skip
     return keep.bool()
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4: an opaque op that compile and export trace through
+    nms_sorted_groups = torch.library.custom_op("fpn::nms_sorted_groups", mutates_args=())(_nms_sorted_groups)
+
+    @nms_sorted_groups.register_fake
+    def _(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+        return boxes.new_empty(boxes.shape[:2], dtype=torch.bool)
+
+else:  # older torch: a plain function (eager only)
+    nms_sorted_groups = _nms_sorted_groups
