@@ -3,8 +3,9 @@
 What is timed is described by a ``Config`` (``bench_config``: a preset, by default ``voc07_res101``, with
 the flags' overrides): network, width, scale, batch, precision, channels-last, optimiser. A training step
 is the trainer's own ``fpn.engine.step.TrainStep`` and scheduler step (``ScheduledStep``) with the optimiser
-``build_optimizer`` makes for that solver (fused or not) and the scaler ``make_scaler`` makes for that precision, so the benchmark times what
-``fpn train`` runs. ``--preset synthetic`` therefore times the synthetic recipe's step as it trains.
+``build_optimizer`` makes for that solver (fused or not) and the scaler ``make_scaler`` makes for that
+precision, so the benchmark times what ``fpn train`` runs. ``--preset synthetic`` therefore times the
+synthetic recipe's step as it trains.
 
 The models and their weights come from ``fpn.benchmark_weights.build_models``: with ``compare="torchvision"``
 torchvision's Faster R-CNN FPN and ours run the same trained weights (``weights``, or torchvision's model

@@ -250,7 +250,8 @@ class MetricsWriter(HookBase):
     def log(self) -> dict:
         """Every rank (the window's sums are all-reduced): the record of the window just ended."""
         t, s = self.trainer, self.trainer.state
-        values = (distributed.all_reduce_(self.loss_sum.clone(), self.info) / (self.window * self.info.world_size)).tolist()
+        sums = distributed.all_reduce_(self.loss_sum.clone(), self.info)
+        values = (sums / (self.window * self.info.world_size)).tolist()
         time_per_iter = (time.perf_counter() - self.window_start) / max(self.window, 1)
         record = {
             "session": self.session, "epoch": s.epoch, "step": s.step, "iter": s.iteration, "loss": float(sum(values)),

@@ -3,10 +3,10 @@
 ``TrainStep(model, optimizer, scaler, device, amp, ...)(*inputs)``: forward under ``autocast`` (the
 model's own input handling: a channels-last detector converts its batch itself), the loss dict summed in
 float32, ``zero_grad``, the scaled backward, optional gradient clipping (unscaled first), the optimiser
-step through the ``GradScaler`` (a no-op pass-through unless fp16) and the scaler update. The learning-rate
-schedule is stepped by the caller (the trainer's ``LRSchedule`` hook, ``fpn bench``'s step: both with
-``fpn.engine.schedule.step_scheduler``). Build the optimiser with ``fpn.engine.schedule.build_optimizer`` (fused or not) and the scaler with
-``fpn.engine.device.make_scaler``; the trainer and the benchmark both do.
+step through the ``GradScaler`` (a no-op pass-through unless fp16) and the scaler update. The caller steps
+the learning-rate schedule (the trainer's ``LRSchedule`` hook, ``fpn bench``'s ``ScheduledStep``: both with
+``fpn.engine.schedule.step_scheduler``). Build the optimiser with ``fpn.engine.schedule.build_optimizer``
+(fused or not) and the scaler with ``fpn.engine.device.make_scaler``; the trainer and the benchmark both do.
 
 No host synchronisation: the returned loss values stay on the device. (An enabled GradScaler with an
 unfused optimiser, i.e. fp16 with SGD, reads its overflow flag on the host inside ``scaler.step``: that
