@@ -20,7 +20,6 @@ warning), or starts fresh when there is none. Exit codes: 0 done, 2 a usage erro
 from __future__ import annotations
 
 import argparse
-
 import os
 import sys
 
@@ -181,6 +180,8 @@ def _say(line: str, file=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fpn.engine.device import OUT_OF_MEMORY
+    from fpn.engine.run import RunState
     from fpn.engine.trainer import REQUEUE_EXIT_CODE, train
 
     cfg, resume = resolve_config(args, log=_say)
@@ -190,8 +191,37 @@ def run(args: argparse.Namespace) -> int:
     if session is None:
         session = int(resume[1]["session"]) if resume is not None else 1
     asked = [item.split("=", 1)[0].strip() for item in args.overrides]
-    result = train(cfg, session=session, resume=resume, tensorboard=args.tensorboard, progress=args.progress,
-                   asked=asked)  # fmt: skip
+    state = RunState()
+    try:
+        result = train(cfg, session=session, resume=resume, tensorboard=args.tensorboard, progress=args.progress,
+                       asked=asked, state=state)  # fmt: skip
+    except OUT_OF_MEMORY:
+        error = out_of_memory_error(cfg, state)
+        if error is None:  # before training started: fpn.cli's general message
+            raise
+        raise error from None
     if result.interrupted:
         return REQUEUE_EXIT_CODE if result.requeue else 130
     return 0
+
+
+def out_of_memory_error(cfg: C.Config, state):
+    """The one-line OutOfMemory error for a run that ran out of device memory where ``state`` (a
+    ``fpn.engine.run.RunState``) says: a training step (its epoch and step, the batch, the image size, the
+    precision, the last checkpoint) or the evaluation after training; None before training started."""
+    from fpn.engine.device import out_of_memory, test_out_of_memory
+    from fpn.engine.run import eval_batch
+
+    where = state.trainer
+    if where is None:
+        return None
+    if where.evaluating:
+        return test_out_of_memory(state.device, "test step (the evaluation after training)", eval_batch(cfg), cfg.data,
+                                  state.precision, then=f"; training is done and saved: fpn test --checkpoint "
+                                  f"{where.last_checkpoint} --bs 1 evaluates it")  # fmt: skip
+    d = cfg.data
+    return out_of_memory(
+        state.device, f"training step (epoch {where.epoch}, step {where.step + 1})",
+        f"{cfg.solver.batch_size} per process", max(d.train_scales), d.max_size, state.precision,
+        ("data.train_scales", "data.max_size"), then=f"; last checkpoint: {where.last_checkpoint or 'none yet'}",
+    )  # fmt: skip

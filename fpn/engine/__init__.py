@@ -1,7 +1,10 @@
 """Training, inference and their plumbing.
 
-- ``trainer``: the training loop (``train``), checkpoints every epoch (and every N iterations / minutes),
-  resume, Ctrl-C and SIGTERM (stop, save, exit 75), divergence and out-of-memory stops.
+- ``trainer``: the training loop (``Trainer``: epochs, iterations, hook events, stops and interrupts);
+  ``train`` re-exported from ``run``.
+- ``hooks``: the loop's policies: the lr schedule, the non-finite guard, Ctrl-C and SIGTERM (stop, save, exit
+  75), the metrics writer, checkpoints every epoch (and every N iterations / minutes), the evaluation at the end.
+- ``run``: a training run's set-up (``train``: config checks, data, model, optimiser, resume, ``--init``).
 - ``step``: one training iteration (``TrainStep``), shared by the trainer and ``fpn bench``.
 - ``schedule``: SGD / AdamW parameter groups (fused where safe), lr scaling, the per-iteration schedule.
 - ``logger``: metrics.jsonl, TensorBoard scalars and console lines.

@@ -18,6 +18,7 @@ at a tenth of it.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -127,6 +128,13 @@ def build_scheduler(
         return lr_factor(iteration, iters_per_epoch, decay, gamma, warmup_iters, warmup_factor, cosine_iters)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_scheduler(scheduler) -> None:
+    """``scheduler.step()`` after an iteration's update, quiet about an update the GradScaler skipped."""
+    with warnings.catch_warnings():  # after a step the GradScaler skipped (fp16 overflow), torch warns
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()
 
 
 def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConfig) -> None:

@@ -2,9 +2,10 @@
 
 What is timed is described by a ``Config`` (``bench_config``: a preset, by default ``voc07_res101``, with
 the flags' overrides): network, width, scale, batch, precision, channels-last, optimiser. A training step
-is the trainer's own ``fpn.engine.step.TrainStep`` with the optimiser ``build_optimizer`` makes for that
-solver (fused or not) and the scaler ``make_scaler`` makes for that precision, so the benchmark times what
-``fpn train`` runs. ``--preset synthetic`` therefore times the synthetic recipe's step as it trains.
+is the trainer's own ``fpn.engine.step.TrainStep`` and scheduler step (``ScheduledStep``) with the optimiser
+``build_optimizer`` makes for that solver (fused or not) and the scaler ``make_scaler`` makes for that
+precision, so the benchmark times what ``fpn train`` runs. ``--preset synthetic`` therefore times the
+synthetic recipe's step as it trains.
 
 The models and their weights come from ``fpn.perf.weights.build_models``: with ``compare="torchvision"``
 torchvision's Faster R-CNN FPN and ours run the same trained weights (``weights``, or torchvision's model
@@ -43,7 +44,7 @@ from fpn.config import BACKBONES, Config, get_preset
 from fpn.perf.images import wrap_labels
 from fpn.data.transforms import batch_images, is_normalized, transform_image
 from fpn.engine.device import PRECISION_NAMES, autocast, make_scaler, resolve_precision
-from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer
+from fpn.engine.schedule import build_optimizer, build_scheduler, describe_optimizer, step_scheduler
 from fpn.engine.step import TrainStep
 from fpn.errors import UserError
 
@@ -167,13 +168,27 @@ def _summary(times: list[float], images_per_iter: int, flops: float, device: tor
     return out
 
 
-def make_train_step(model, cfg: Config, amp: str, device, iters: int) -> TrainStep:
+class ScheduledStep(TrainStep):
+    """The trainer's iteration as one call: ``TrainStep`` and the scheduler step its ``LRSchedule`` hook takes
+    after it."""
+
+    def __init__(self, *args, scheduler, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheduler = scheduler
+
+    def __call__(self, *inputs):
+        out = super().__call__(*inputs)
+        step_scheduler(self.scheduler)
+        return out
+
+
+def make_train_step(model, cfg: Config, amp: str, device, iters: int) -> ScheduledStep:
     """The trainer's step for ``model`` (already on ``device``) with the optimiser, scheduler and scaler
     the trainer builds from ``cfg.solver`` for precision ``amp``."""
     scaler = make_scaler(device, amp)
     optimizer = build_optimizer(model, cfg.solver, grad_scaler=scaler.is_enabled())
     scheduler = build_scheduler(optimizer, cfg.solver, iters_per_epoch=max(1, iters))
-    return TrainStep(model, optimizer, scaler, device, amp, scheduler, cfg.solver.clip_grad_norm)
+    return ScheduledStep(model, optimizer, scaler, device, amp, cfg.solver.clip_grad_norm, scheduler=scheduler)
 
 
 @torch.no_grad()

@@ -394,3 +394,20 @@ def test_config_layers_preset_file_flags_set(tmp_path):
     assert cfg.data.dataset == "synthetic"
     with pytest.raises(UserError, match="--dataset is required"):
         train_cmd.resolve_config(_args([]))
+
+
+def test_out_of_memory_in_the_evaluation_after_training_says_training_is_saved():
+    from pathlib import Path
+
+    from fpn.engine.device import Precision
+    from fpn.engine.run import RunState
+    from fpn.engine.trainer import TrainState
+
+    cfg = C.get_preset("synthetic")
+    last = Path("runs") / "fpn_1_2_3.pth"
+    where = TrainState(epoch=3, step=0, iteration=8, last_checkpoint=last, evaluating=True)
+    err = str(train_cmd.out_of_memory_error(cfg, RunState(torch.device("cpu"), Precision("none", "asked for"), where)))
+    assert err.startswith(f"out of memory on cpu in the test step (the evaluation after training): batch "
+                          f"{cfg.solver.batch_size}, images up to {cfg.data.test_scale} x ")  # fmt: skip
+    assert err.endswith(f"; training is done and saved: fpn test --checkpoint {last} --bs 1 evaluates it")
+    assert train_cmd.out_of_memory_error(cfg, RunState()) is None  # before training: fpn.cli's general line
