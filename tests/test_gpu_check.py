@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,8 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     elsewhere."""
     cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train,levers",
            "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHON": sys.executable}  # the tests' interpreter, whatever python3 is on PATH
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train", "levers"}
@@ -108,3 +110,31 @@ def test_real_loader_run_follows_a_bench_run_that_saves_weights(plan):
     flags, weights = plan.bench_runs[plan.train_reference]
     bs = lambda args: args[args.index("--bs") + 1]  # noqa: E731
     assert weights.startswith("save:") and bs(flags) == bs(plan.train_args)  # the step rates compared: one batch
+
+
+@pytest.mark.parametrize("how", ["PYTHON set", "found on PATH"])
+def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_path, how):
+    """A ``python3`` first on PATH that is not the interpreter running the tests (as when a virtualenv's python runs
+    pytest without the virtualenv activated): gpu_check.sh runs ``$PYTHON`` when set, else the first python on PATH
+    that has torch, and every step under it. The cheapest run that writes a report: the train step alone, skipped
+    for want of the bench's weights."""
+    bin_dir, ran = tmp_path / "bin", tmp_path / "fake_python3_ran"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f"#!/bin/sh\ntouch '{ran}'\nexit 1\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    if how == "PYTHON set":
+        env["PYTHON"] = sys.executable
+    else:  # a `python` after the broken python3: the test's interpreter (a wrapper keeps a virtualenv's sys.executable)
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "train", "--out",
+           str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert (tmp_path / "out" / "report.json").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["environment"]["executable"] == sys.executable
+    assert report["steps"]["train"] == gpu_check.skipped("tv_r18.pth was not written (run the bench step first)")
+    assert proc.returncode == 1  # a skipped step fails the check
+    assert ran.exists() == (how == "found on PATH")  # probed and passed over; with PYTHON set, never run
