@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -24,6 +25,21 @@ def trained_tv_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("tv") / "tv_r18.pth"
     torch.save(tv.state_dict(), path)
     return path
+
+
+def _check_ratios(res: dict, printed: str) -> None:
+    """Every ours / torchvision ratio, recomputed from the two runs' median ms per iteration (the same batch: the
+    images/s divide as the inverse ms), and the ratio the bench printed."""
+    whats = {k.split("/", 1)[1] for k in res if k.startswith("ours/")}
+    assert whats and {k.split("/", 1)[1] for k in res if k.startswith("ratio/")} == whats  # one per run both timed
+    for what in whats:
+        ours, tv, batch = res[f"ours/{what}"], res[f"torchvision/{what}"], int(what.rsplit("_bs", 1)[1])
+        for r in (ours, tv):
+            assert r["images_per_s"] == pytest.approx(batch * 1e3 / r["ms_per_iter"])
+        ratio = tv["ms_per_iter"] / ours["ms_per_iter"]
+        assert res[f"ratio/{what}"] == pytest.approx(ratio)
+        shown = re.search(rf"ours / torchvision, {what}: ([0-9.]+)x", printed)
+        assert shown and float(shown[1]) == pytest.approx(ratio, abs=0.0051), (what, ratio, printed)
 
 
 def test_bench_input_is_resized_like_the_loader():
@@ -55,6 +71,7 @@ def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_
     assert a["max_box_px"] < 1e-2 and a["max_score"] < 1e-4
     assert res["latency_bs1"]["ours"]["detections"] == res["latency_bs1"]["torchvision"]["detections"] > 0
     printed = capsys.readouterr().out
+    _check_ratios(res, printed)
     assert "weights: torchvision state dict" in printed and ": agree" in printed and "NOT REPRESENTATIVE" not in printed
 
 
@@ -80,10 +97,9 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
         assert r["representative"] == (sum(r["detections_per_image"]) > 0) and r["host_syncs"]["per_iter"] >= 0
     # the host syncs of torchvision's inference: its per-level NMS and pooling, by source line
     assert any(site.startswith("torchvision/") for site in res["torchvision/infer_bs2"]["host_syncs"]["sites"])
-    ratio = res["ours/train_bs2"]["images_per_s"] / res["torchvision/train_bs2"]["images_per_s"]
-    assert res["ratio/train_bs2"] == pytest.approx(ratio)
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
+    _check_ratios(res, printed)  # train_bs2, infer_bs1, infer_bs2
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed and "host syncs:" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
