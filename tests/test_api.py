@@ -11,6 +11,8 @@ from tiny_model import CLASSES, parity_images, rectangles_image
 from fpn import Detector, Detections
 from fpn.errors import UserError
 
+pytestmark = pytest.mark.slow  # every test loads the session's tiny trained detector (or imports fpn afresh)
+
 
 @pytest.fixture(scope="module")
 def detector(tiny_checkpoint):

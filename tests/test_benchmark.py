@@ -53,6 +53,7 @@ def test_bench_input_is_resized_like_the_loader():
     assert inp.images[0, :, :600, :800].abs().mean() < 3  # normalised (ImageNet mean/std), not 0..255
 
 
+@pytest.mark.slow
 def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_path, capsys):
     """The issue's acceptance: `fpn bench --mode infer --compare torchvision --weights W` runs both models on W,
     both detect, and their detections agree."""
@@ -75,6 +76,7 @@ def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_
     assert "weights: torchvision state dict" in printed and ": agree" in printed and "NOT REPRESENTATIVE" not in printed
 
 
+@pytest.mark.slow
 def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     """Without pretraining (--pretrain-iters 0) every mode runs, with the profile's host syncs."""
     out, saved = tmp_path / "bench.json", tmp_path / "tv.pth"
@@ -104,6 +106,7 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
 
+@pytest.mark.slow
 def test_a_model_that_detects_nothing_is_flagged_not_representative(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--mode", "infer", "--bs", "2", *TINY, "--set", "model.score_thresh=1.0", "--json",
@@ -134,12 +137,14 @@ def test_bench_bad_flags(argv, message, capsys):
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_fpn_checkpoint_weights_time_ours_but_cannot_be_compared(tiny_checkpoint, capsys):
     assert main(["bench", "--mode", "infer", "--weights", str(tiny_checkpoint), "--compare", "torchvision", *TINY]) == 2
     err = capsys.readouterr().err
     assert "an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN state dict" in err
 
 
+@pytest.mark.slow
 def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch):
     calls = []
     real_call = TrainStep.__call__
@@ -165,6 +170,7 @@ def test_bench_step_under_fp16_uses_the_unfused_sgd_the_trainer_would():
     assert isinstance(step, TrainStep) and step.scaler.is_enabled() and not step.optimizer.defaults.get("fused")
 
 
+@pytest.mark.slow
 def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
     """``--onnx``: the exported model joins the interleaved rounds (the export itself is replaced by the
     session's tiny ONNX file, which is tested elsewhere)."""

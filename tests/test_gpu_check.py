@@ -168,6 +168,7 @@ def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
         assert "no CUDA device visible; run with --dry-run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dry_run_passes_on_a_cpu(tmp_path):
     """The script end to end on the CPU (about a minute): synthetic preset, same-weights bench runs (pretrained,
     saved, reloaded), the real-loader training on the saved backbone, a levers-off run. The device tests run
@@ -245,6 +246,7 @@ def test_real_loader_run_follows_a_bench_run_that_saves_weights(plan):
     assert weights.startswith("save:") and bs(flags) == bs(plan.train_args)  # the step rates compared: one batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["PYTHON set", "found on PATH"])
 def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_path, how):
     """A ``python3`` first on PATH that is not the interpreter running the tests (as when a virtualenv's python runs

@@ -11,6 +11,9 @@ from fpn.cli import main
 from fpn.data.synthetic import generate
 from tiny_run import train
 
+pytestmark = pytest.mark.slow  # every test uses a detector trained here or exported
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_cmd")

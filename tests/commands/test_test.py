@@ -9,6 +9,9 @@ from fpn.cli import main
 from fpn.data.synthetic import SYNTH_CLASSES, generate
 from tiny_run import train
 
+pytestmark = pytest.mark.slow  # every test uses the detector trained here
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("test_cmd")

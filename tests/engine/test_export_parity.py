@@ -13,6 +13,8 @@ from fpn.engine.checkpoint import build_model_from_checkpoint, checkpoint_config
 from fpn.engine.export import export_onnx, export_torch
 from fpn.errors import UserError
 
+pytestmark = pytest.mark.slow  # every test exports the session's tiny detector
+
 FLOOR, SCORE_TOL, IOU_MIN = 0.05, 1e-3, 0.99
 
 

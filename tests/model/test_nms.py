@@ -107,6 +107,7 @@ def test_keep_mask_without_triton_equals_nms_per_group():
     assert not keep[~valid].any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(5, 200), (3, 37), (1, 1), (0, 8)])
 def test_triton_kernel_equals_nms_per_group(device, shape):
     """The Triton kernel (on CUDA, or in Triton's interpreter on a CPU) keeps exactly what torchvision keeps,
