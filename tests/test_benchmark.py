@@ -137,7 +137,6 @@ def test_bench_bad_flags(argv, message, capsys):
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
-@pytest.mark.slow
 def test_fpn_checkpoint_weights_time_ours_but_cannot_be_compared(tiny_checkpoint, capsys):
     assert main(["bench", "--mode", "infer", "--weights", str(tiny_checkpoint), "--compare", "torchvision", *TINY]) == 2
     err = capsys.readouterr().err

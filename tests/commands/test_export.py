@@ -16,7 +16,6 @@ def test_bad_flags_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch)
     assert message in err and "\n" not in err, err
 
 
-@pytest.mark.slow
 def test_bad_set_and_opset(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("onnxscript")
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"),

@@ -9,9 +9,6 @@ from fpn.cli import main
 from fpn.data.synthetic import SYNTH_CLASSES, generate
 from tiny_run import train
 
-pytestmark = pytest.mark.slow  # every test uses the detector trained here
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("test_cmd")
@@ -20,6 +17,7 @@ def trained(tmp_path_factory):
     return root, root / "runs" / "res18" / "synthetic" / "default" / "fpn_1_1_3.pth"
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs_and_same_map_as_voc_eval(trained, tmp_path, capsys):
     root, ckpt = trained
     capsys.readouterr()
@@ -62,6 +60,7 @@ def test_end_to_end_outputs_and_same_map_as_voc_eval(trained, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_coco_metric_on_a_voc_dataset_writes_both_files_coco_eval_scores(trained, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
     root, ckpt = trained
