@@ -322,8 +322,9 @@ def environment(device: str) -> dict:
     import torch
     import torchvision
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
+    env = {"python": platform.python_version(), "executable": sys.executable, "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "cpu": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count()}  # fmt: skip
     try:
         env["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):

@@ -6,8 +6,35 @@
 #
 #   scripts/gpu_check.sh [--out DIR] [--steps tests,synthetic,bench,train,levers] [--budget SECONDS]
 #   scripts/gpu_check.sh --dry-run      # or DRY=1: the same on the CPU with tiny sizes (no CUDA needed)
+#   PYTHON=/path/to/venv/bin/python scripts/gpu_check.sh ...
+#
+# The interpreter: PYTHON=${PYTHON:-...}: $PYTHON when set; else the activated virtualenv's ($VIRTUAL_ENV/bin/python);
+# else the first of python3, python on PATH that has torch. Every command the check starts (pytest, fpn train,
+# fpn bench) runs under that same interpreter (scripts/gpu_check.py starts them with its sys.executable).
 #
 # Details: scripts/gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 scripts/gpu_check.py "$@"
+
+has_torch() {  # the interpreter runs and finds torch (without importing it: fast)
+    "$1" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1
+}
+
+find_python() {
+    if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
+        echo "$VIRTUAL_ENV/bin/python"
+        return
+    fi
+    local candidate
+    for candidate in python3 python; do
+        if command -v "$candidate" >/dev/null && has_torch "$candidate"; then
+            command -v "$candidate"
+            return
+        fi
+    done
+    echo "gpu_check.sh: no python3 or python with torch on PATH; set PYTHON=/path/to/python" >&2
+    return 1
+}
+
+PYTHON=${PYTHON:-$(find_python)}
+exec "$PYTHON" scripts/gpu_check.py "$@"

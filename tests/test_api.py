@@ -23,6 +23,7 @@ def _same(a: Detections, b: Detections, atol=1e-4):
     np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=atol)
 
 
+@pytest.mark.slow
 def test_every_input_kind_gives_the_same_detections(detector, tmp_path):
     image = rectangles_image(3, 150, 210)[0]
     array = image.permute(1, 2, 0).numpy()
@@ -53,6 +54,7 @@ def _iou(box, boxes):
     return inter / (area(box) + area(boxes) - inter)
 
 
+@pytest.mark.slow
 def test_batch_size_changes_speed_not_detections(detector):
     images = parity_images() + [rectangles_image(50, 128, 160)[0]]  # two images of one padded size
     one = detector.predict(images, batch_size=1)
@@ -108,12 +110,14 @@ def test_bad_files_are_user_errors(tmp_path, tiny_checkpoint):
         Detector.from_checkpoint(tiny_checkpoint, amp="fp8")
 
 
+@pytest.mark.slow
 def test_from_onnx_reads_the_classes(tiny_onnx):
     exported = Detector.from_onnx(tiny_onnx)
     assert exported.classes == CLASSES and exported.score_thresh == 0.05
     assert "onnxruntime" in repr(exported)
 
 
+@pytest.mark.slow
 def test_import_fpn_stays_light():
     import subprocess
     import sys

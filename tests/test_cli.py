@@ -73,6 +73,7 @@ def test_auto_is_the_default_and_printed_once(tmp_path, cpu_without_bf16, capsys
         assert "not a readable checkpoint" in err, name
 
 
+@pytest.mark.slow
 def test_avx2_only_cpu_picks_fp32_and_refuses_bf16(tmp_path):
     """The real probe in a fresh process: torch capped at AVX2 kernels (as on an AVX2-only CPU)."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",

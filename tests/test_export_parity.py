@@ -46,6 +46,7 @@ def reference(tiny_checkpoint):
     return detections
 
 
+@pytest.mark.slow
 def test_onnxruntime_gives_the_pytorch_detections(tiny_onnx, reference):
     exported = Detector.from_onnx(tiny_onnx).predict(parity_images())
     worst = [(*match(a, b), *match(b, a)) for a, b in zip(reference, exported)]
@@ -56,6 +57,7 @@ def test_onnxruntime_gives_the_pytorch_detections(tiny_onnx, reference):
     assert iou > 0.9999 and score < 1e-4  # in practice 1 - 1e-6 and ~1e-6: the same arithmetic
 
 
+@pytest.mark.slow
 def test_onnx_empty_output(tiny_checkpoint, tmp_path):
     """A graph that keeps no detection returns empty arrays of the right shapes and types (here: a score
     threshold no detection reaches, so the result does not depend on how well the tiny model trained)."""
@@ -68,6 +70,7 @@ def test_onnx_empty_output(tiny_checkpoint, tmp_path):
     assert len(empty) == 0 and empty.boxes.shape == (0, 4) and empty.scores.shape == empty.labels.shape == (0,)
 
 
+@pytest.mark.slow
 def test_onnx_metadata_and_dynamic_shape(tiny_onnx):
     import onnx
 
@@ -85,6 +88,7 @@ def test_onnx_metadata_and_dynamic_shape(tiny_onnx):
     assert {"Resize", "NonMaxSuppression", "RoiAlign"} <= ops
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:No complete tensor found")  # torch.export.load on channels-last weights
 def test_torch_export_program_gives_the_pytorch_detections(tiny_checkpoint, reference, tmp_path):
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -115,6 +119,7 @@ def test_settings_that_do_not_export(tiny_checkpoint, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_torchvision_conventions_export_with_the_same_detections(tmp_path, one_thread):
     """A model of the ``torchvision`` preset (its float resize to floor(h * s) after normalising, rounded anchors
     with strides from the padded input, RoIAlign aligned=False): the graph computes its detections too."""

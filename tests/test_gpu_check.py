@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,90 @@ def test_clock_gives_each_command_what_is_left_and_skips_when_out_of_time():
     assert gpu_check.Clock(10).timeout(30) is None
 
 
-def test_markdown_report_lists_every_run_its_profile_and_skips():
+def _tables(md: str) -> dict[str, list[dict[str, str]]]:
+    """The markdown tables of a report by section heading: a list of {column: cell} rows."""
+    tables, heading, block = {}, None, []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if block:
+            header, rows = block[0], block[2:]
+            assert set(block[1]) == {"---"} and all(len(r) == len(header) for r in rows), block
+            tables[heading] = [dict(zip(header, r)) for r in rows]
+            block = []
+        if line.startswith("## "):
+            heading = line[3:]
+    return tables
+
+
+def _agrees(cell: str, value) -> bool:
+    """A table cell shows ``value`` (None: "-"; "80%": 0.8), to the digits the cell has."""
+    if value is None or isinstance(value, bool):
+        return cell == ("-" if value is None else str(value))
+    scale = 100 if cell.endswith("%") else 1
+    text = cell.rstrip("%")
+    mantissa = text.lower().split("e")[0]
+    digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
+    return abs(float(text) - value * scale) <= 0.51 * 10.0 ** (exponent - digits)
+
+
+def _check_markdown_shows_the_report(report: dict, md: str) -> None:
+    """report.md against report.json: the verdict, and every number of its tables from the report's own values;
+    the ratios recomputed from the images/s they divide, not read from the report's ratio fields."""
+    steps, tables = report["steps"], _tables(md)
+    assert md.splitlines()[0].endswith("PASSED" if report["ok"] else "FAILED")
+    if "tests" in steps:
+        assert steps["tests"].get("summary", steps["tests"].get("note", "")) in md
+    if "synthetic" in steps:
+        s = steps["synthetic"]
+        (row,) = next(rows for heading, rows in tables.items() if heading.startswith("Synthetic preset"))
+        for column, key in [("iterations", "iterations"), ("first loss", "first_loss"), ("last loss", "last_loss"),
+                            ("s/iter", "s_per_iter"), ("mAP", "map")]:
+            assert _agrees(row[column], s.get(key)), (column, row[column], s.get(key))  # fmt: skip
+        assert (row["finite"], row["falling"]) == (str(s.get("finite")), str(s.get("falling")))
+        assert _agrees(row["wall s"], s.get("wall_s")) and (row["check"] == "ok") == (s["ok"] and not s.get("skipped"))
+    for step, heading in [("bench", "fpn bench"), ("levers", "Issue 20's levers")]:
+        if step not in steps:
+            continue
+        rows = next(rows for h, rows in tables.items() if h.startswith(heading))
+        for name, r in steps[step]["runs"].items():
+            if "results" not in r:  # one row: the name and why it did not run
+                (row,) = [row for row in rows if row["run"] == name]
+                assert row["ours img/s"].startswith("skipped: " if r.get("skipped") else "FAILED")
+                assert r.get("note", "") in row["ours img/s"]
+                continue
+            res = r["results"]
+            for key in [k for k in res if k.startswith("ours/")]:
+                what = key.split("/", 1)[1]
+                ours, tv = res[key], res.get(f"torchvision/{what}", {})
+                (row,) = [row for row in rows if row["run"].startswith(f"{name}: {what}, ")]
+                assert _agrees(row["ours img/s"], ours["images_per_s"])
+                assert _agrees(row["ours ms/iter"], ours["ms_per_iter"])
+                assert _agrees(row["torchvision img/s"], tv.get("images_per_s"))
+                ratio = ours["images_per_s"] / tv["images_per_s"] if tv else None
+                assert _agrees(row["ours / tv"], ratio), (row["ours / tv"], ratio)
+                prof = ours.get("profile", {})
+                assert _agrees(row["GPU ms/iter"], prof.get("gpu_ms_per_iter"))
+                assert _agrees(row["busy"], prof.get("busy"))
+                dets = ours["detections_per_image"]
+                assert _agrees(row["det/img"], sum(dets) / len(dets) if dets else None)
+                assert _agrees(row["ours GiB"], ours.get("peak_mem_gib"))
+                assert _agrees(row["tv GiB"], tv.get("peak_mem_gib"))
+                assert (row["check"] == "ok") == r["ok"]
+    if "train" in steps:
+        t = steps["train"]
+        (row,) = tables["fpn train with the real loader"]
+        for column, key in [("iterations", "iterations"), ("s/iter", "s_per_iter"), ("images/s", "images_per_s"),
+                            ("bench images/s", "bench_images_per_s")]:
+            assert _agrees(row[column], t.get(key)), (column, row[column], t.get(key))
+        assert row["finite"] == str(t.get("finite"))
+        vs = t["images_per_s"] / t["bench_images_per_s"] if t.get("bench_images_per_s") else None
+        assert _agrees(row["vs bench"], vs)
+
+
+def test_markdown_report_shows_every_run_its_numbers_and_skips():
     res = {"config": {"precision": "bf16 (NVIDIA H100, compute capability 9.0)"},
            "ours/train_bs8": {"images_per_s": 210.0, "ms_per_iter": 38.1, "peak_mem_gib": 20.5,
                               "detections_per_image": [10, 20], "representative": True,
@@ -64,13 +148,15 @@ def test_markdown_report_lists_every_run_its_profile_and_skips():
                   "bench_images_per_s": 210.0, "vs_bench": 0.952, "finite": True},
     }}  # fmt: skip
     md = gpu_check.markdown(report)
-    assert md.startswith("# GPU acceptance check: FAILED") and "10 passed (ok)" in md
-    assert "| 55.0 | 1600 | 3.5 | 0.9 | True | True | 0.03 | 0.7100 | ok |" in md
-    assert ("| r101 train bs8 bf16: train_bs8, bf16 | 210.0 | 80.0 | 2.62 | 38.1 | 30.0 | 80% | 900 | 1 | 15.0 | "
-            "20.5 | 30.0 | ok |") in md  # fmt: skip
-    assert "| r101 infer bs8 bf16 | skipped: out of time |" in md
-    assert "host syncs `fpn/engine/step.py:80` x1" in md and "top kernels `sm90_gemm` 9.0 ms" in md
-    assert "| 150 | 0.04 | 200.0 | 210.0 | 0.95 | True | ok |" in md
+    _check_markdown_shows_the_report(report, md)
+    rows = _tables(md)["fpn bench, same weights, against torchvision"]
+    assert [r["run"].split(":")[0] for r in rows] == ["r101 train bs8 bf16", "r101 infer bs8 bf16"]
+    assert "`fpn/engine/step.py:80` x1" in md and "`sm90_gemm` 9.0 ms" in md  # the sync site and the top kernel
+    # a table that showed another number, or the ratio the wrong way round, would not pass the check above
+    for wrong in [md.replace("| 2.62 |", "| 0.38 |"), md.replace("| 0.71", "| 0.17"),
+                  md.replace("| 200.0 |", "| 210.0 |")]:
+        with pytest.raises(AssertionError):
+            _check_markdown_shows_the_report(report, wrong)
 
 
 def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
@@ -82,13 +168,15 @@ def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
         assert "no CUDA device visible; run with --dry-run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dry_run_passes_on_a_cpu(tmp_path):
     """The script end to end on the CPU (about a minute): synthetic preset, same-weights bench runs (pretrained,
     saved, reloaded), the real-loader training on the saved backbone, a levers-off run. The device tests run
     elsewhere."""
     cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train,levers",
            "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHON": sys.executable}  # the tests' interpreter, whatever python3 is on PATH
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train", "levers"}
@@ -100,7 +188,55 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     assert runs["infer bs2 auto"]["results"]["agreement"]["ok"]
     plain = report["steps"]["levers"]["runs"]["train bs2 fp32 plain"]["results"]
     assert plain["config"]["fuse_frozen_bn"] is False and plain["weights"]["kind"] == "torchvision state dict"
-    assert report["steps"]["train"]["images_per_s"] > 0 and (tmp_path / "report.md").is_file()
+    assert set(report["steps"]["levers"]["runs"]) == set(gpu_check.DRY.lever_runs)
+    for name, step in report["steps"].items():  # each planned step and run ran (command, exit code) or says why not
+        for r in step.get("runs", {name: step}).values():
+            assert ("cmd" in r and r["rc"] is not None) or (r.get("skipped") and r.get("note")), (name, r)
+    assert first["ratio/train_bs2"] == pytest.approx(
+        first["ours/train_bs2"]["images_per_s"] / first["torchvision/train_bs2"]["images_per_s"])
+    train = report["steps"]["train"]
+    assert train["images_per_s"] > 0 and train["bench_images_per_s"] == first["ours/train_bs2"]["images_per_s"]
+    assert train["vs_bench"] == pytest.approx(train["images_per_s"] / train["bench_images_per_s"])
+    assert report["seconds"] <= gpu_check.DRY.budget_s
+    _check_markdown_shows_the_report(report, (tmp_path / "report.md").read_text())
+
+
+@pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
+def test_planned_steps_fit_the_budget(plan, tmp_path, monkeypatch, capsys):
+    """The whole plan with every command running until its timeout (simulated time): the call still ends within
+    the budget, every command that started had at least 15 s, and every planned step and run either ran or is
+    reported skipped with the reason; the default budget plus start-up keeps to the 8 minutes promised."""
+    now, started = [0.0], []
+
+    def run(cmd, log, timeout, env=None):
+        assert 15 <= timeout <= plan.budget_s - now[0]  # never past the budget
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("killed at the timeout\n")
+        if "--save-weights" in cmd:  # the weights the later runs load, as if saved before the timeout
+            torch.save({}, cmd[cmd.index("--save-weights") + 1])
+        started.append((cmd, timeout))
+        now[0] += timeout
+        return {"cmd": " ".join(cmd), "rc": 124, "seconds": timeout, "timed_out": True, "log": str(log)}
+
+    clock = type("Time", (), {"monotonic": lambda: now[0], "perf_counter": lambda: now[0]})
+    monkeypatch.setattr(gpu_check, "time", clock)
+    monkeypatch.setattr(gpu_check, "run", run)
+    monkeypatch.setattr(gpu_check, "environment", lambda device: {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    argv = ["--out", str(tmp_path)] + (["--dry-run"] if plan is gpu_check.DRY else [])
+    assert gpu_check.main(argv) == 1  # every command timed out
+    assert started and now[0] <= plan.budget_s
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["steps"]) == list(gpu_check.STEPS) and report["seconds"] <= plan.budget_s
+    for step, runs in [("bench", plan.bench_runs), ("levers", plan.lever_runs)]:
+        assert set(report["steps"][step]["runs"]) == set(runs)
+    for name, step in report["steps"].items():
+        for r in step.get("runs", {name: step}).values():
+            assert (r.get("timed_out") and r["seconds"] >= 15) or (r.get("skipped") and r.get("note")), (name, r)
+    assert any(r.get("note") == "out of time" for r in report["steps"]["levers"]["runs"].values())
+    if plan is gpu_check.FULL:
+        assert plan.budget_s + 30 <= 8 * 60  # start-up (CUDA, imports) within the rest
+    _check_markdown_shows_the_report(report, (tmp_path / "report.md").read_text())
 
 
 @pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
@@ -108,3 +244,32 @@ def test_real_loader_run_follows_a_bench_run_that_saves_weights(plan):
     flags, weights = plan.bench_runs[plan.train_reference]
     bs = lambda args: args[args.index("--bs") + 1]  # noqa: E731
     assert weights.startswith("save:") and bs(flags) == bs(plan.train_args)  # the step rates compared: one batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["PYTHON set", "found on PATH"])
+def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_path, how):
+    """A ``python3`` first on PATH that is not the interpreter running the tests (as when a virtualenv's python runs
+    pytest without the virtualenv activated): gpu_check.sh runs ``$PYTHON`` when set, else the first python on PATH
+    that has torch, and every step under it. The cheapest run that writes a report: the train step alone, skipped
+    for want of the bench's weights."""
+    bin_dir, ran = tmp_path / "bin", tmp_path / "fake_python3_ran"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f"#!/bin/sh\ntouch '{ran}'\nexit 1\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    if how == "PYTHON set":
+        env["PYTHON"] = sys.executable
+    else:  # a `python` after the broken python3: the test's interpreter (a wrapper keeps a virtualenv's sys.executable)
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "train", "--out",
+           str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert (tmp_path / "out" / "report.json").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["environment"]["executable"] == sys.executable
+    assert report["steps"]["train"] == gpu_check.skipped("tv_r18.pth was not written (run the bench step first)")
+    assert proc.returncode == 1  # a skipped step fails the check
+    assert ran.exists() == (how == "found on PATH")  # probed and passed over; with PYTHON set, never run

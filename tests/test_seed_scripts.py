@@ -133,6 +133,7 @@ def test_torchrun_relaunch_command():
                        "e", "--mGPUs", "--cuda"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tiny_train_test_demo_through_the_seed_scripts(tmp_path, capsys):
     generate(tmp_path / "data" / "synthetic", seed=0, n_train=8, n_test=4)
     sets = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128",
@@ -160,6 +161,7 @@ def test_tiny_train_test_demo_through_the_seed_scripts(tmp_path, capsys):
     assert "fpn_1_9_0.pth not found (found: fpn_1_1_3.pth)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_scripts_run_as_programs():
     out = subprocess.run([sys.executable, str(ROOT / "trainval_net.py"), "e", "--o", "adam"], capture_output=True,
                          text=True, cwd=ROOT)  # fmt: skip

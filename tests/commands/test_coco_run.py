@@ -9,6 +9,8 @@ from fpn.cli import main
 from fpn.data.synthetic import SYNTH_CLASSES, generate
 from tiny_run import TINY
 
+pytestmark = pytest.mark.slow  # a training and two evaluations
+
 pytest.importorskip("faster_coco_eval")
 
 

@@ -44,6 +44,7 @@ def test_convert_writes_a_weights_checkpoint(converted, capsys):
     assert cfg.model.pretrained == "none"  # the weights are the checkpoint's
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_tests_zero_shot_and_demos(converted, tmp_path, capsys):
     root, out = converted
     capsys.readouterr()
@@ -62,6 +63,7 @@ def test_converted_checkpoint_tests_zero_shot_and_demos(converted, tmp_path, cap
     assert demo["classes"] == [*SYNTH_CLASSES, "kite"] and demo["images"][0]["detections"]
 
 
+@pytest.mark.slow
 def test_train_init_from_the_converted_checkpoint(converted, tmp_path, capsys):
     root, out = converted
     config = tmp_path / "config.json"

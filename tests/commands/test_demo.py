@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
     return ckpt, images
 
 
+@pytest.mark.slow
 def test_demo_draws_and_writes_json(trained, tmp_path, capsys):
     ckpt, images = trained
     # the images after a --set: with positional arguments each --set takes one KEY=VALUE
@@ -65,6 +66,7 @@ def test_bad_inputs_one_line_exit_2(trained, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_an_exported_model(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
     """``--model model.onnx`` (onnxruntime) draws the detections the checkpoint gives in PyTorch."""
     from tiny_model import rectangles_image

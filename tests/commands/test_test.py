@@ -17,6 +17,7 @@ def trained(tmp_path_factory):
     return root, root / "runs" / "res18" / "synthetic" / "default" / "fpn_1_1_3.pth"
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs_and_same_map_as_voc_eval(trained, tmp_path, capsys):
     root, ckpt = trained
     capsys.readouterr()
@@ -59,6 +60,7 @@ def test_end_to_end_outputs_and_same_map_as_voc_eval(trained, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_coco_metric_on_a_voc_dataset_writes_both_files_coco_eval_scores(trained, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
     root, ckpt = trained

@@ -75,6 +75,7 @@ def patch_forward(monkeypatch, at_call, action, before=False):
     monkeypatch.setattr(fpn.model, "build_detector", build)
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path, capsys):
     # no data yet: the synthetic set is generated first; the synthetic preset evaluates at the end
     data_dir = tmp_path / "data"
@@ -120,6 +121,7 @@ def test_train_writes_run_folder_metrics_tensorboard_checkpoint_and_map(tmp_path
     assert ck["scheduler"]["last_epoch"] == 4 and ck["scaler"] == {} and ck["optimizer"]["state"]
 
 
+@pytest.mark.slow
 def test_resume_at_epoch_end_and_mid_epoch_equals_straight_run(data_dir, straight, tmp_path, monkeypatch):
     sets = SGD
     # one epoch, then resume for the second
@@ -164,6 +166,7 @@ def metric_steps(run):
     return [(r["epoch"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_sigterm_then_the_same_command_with_resume_auto_equals_straight_run(data_dir, straight, tmp_path, monkeypatch,
                                                                             capsys):  # fmt: skip
     def command(exp):  # what a requeued job reruns; a checkpoint every 3 iterations, 1 mid-epoch one kept
@@ -213,6 +216,7 @@ def test_sigterm_then_the_same_command_with_resume_auto_equals_straight_run(data
     assert "all 2 epochs are done, nothing to train" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_one_line_and_the_last_checkpoint_stays_loadable(data_dir, tmp_path, monkeypatch, capsys):
     def oom(call):
         raise OUT_OF_MEMORY[0]("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -257,6 +261,7 @@ def test_a_synthetic_dataset_the_user_made_is_trained_on_not_replaced(tmp_path, 
     assert (generator["seed"], generator["n_train"], generator["n_test"]) == (311, 24, 2)
 
 
+@pytest.mark.slow
 def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
     # the synthetic preset: AdamW, cosine over all epochs; resuming the straight run's epoch-1 checkpoint
     assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "straight") == 0
@@ -270,6 +275,7 @@ def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
+@pytest.mark.slow
 def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is_said(tmp_path, monkeypatch, capsys):
     data_dir = tmp_path / "data"  # 4 images: 3 iterations per epoch (fp16 is slow on a CPU)
     generate(data_dir / "synthetic", seed=0, n_train=4, n_test=2)
@@ -309,6 +315,7 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     assert fp32["scaler"] == {} and fp32["precision"] == "none"
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_iteration_and_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
     def nan(losses):
         return {**losses, "rcnn_cls": losses["rcnn_cls"] * float("nan")}
@@ -351,6 +358,7 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data_dir, tmp_path, 
     assert not save.exists()
 
 
+@pytest.mark.slow
 def test_resume_checks_classes_and_existing_session(data_dir, tmp_path, capsys):
     assert train(data_dir, tmp_path, "--epochs", "1") == 0
     ckpt = run_folder(tmp_path) / "fpn_1_1_3.pth"

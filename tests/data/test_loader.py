@@ -311,6 +311,7 @@ def _gt_tensors(gt):
     return [v for v in (gt.boxes, gt.labels, gt.valid, gt.crowd_boxes, gt.crowd_valid) if v is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_pinned_batches_and_non_blocking_copies(voc_folder, device, pinning, workers):
     """The loader of a CUDA run (pin_memory=True): in the pinning thread (workers > 0) or the main process

@@ -77,6 +77,7 @@ def test_layout_is_a_voc_devkit_folder(tmp_path):
     assert "<filename>000001.jpg</filename>" in xml and "<folder>synthetic</folder>" in xml
 
 
+@pytest.mark.slow
 def test_every_annotation_parses_and_matches_its_image(dataset):
     records = _records(dataset)
     assert len(records) == 200
@@ -91,6 +92,7 @@ def test_every_annotation_parses_and_matches_its_image(dataset):
         assert len(b) <= synthetic.MAX_OBJECTS
 
 
+@pytest.mark.slow
 def test_marker_counts_agree_with_the_annotations(dataset):
     records = _records(dataset)
     info = read_marker(dataset)
@@ -106,6 +108,7 @@ def test_marker_counts_agree_with_the_annotations(dataset):
 # --- statistics ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dataset_statistics_exercise_a_detector(dataset):
     records = _records(dataset)
     labels = np.concatenate([r["labels"] for r in records])
@@ -138,6 +141,7 @@ def _overlaps(b: np.ndarray) -> bool:
     return bool(inter.any())
 
 
+@pytest.mark.slow
 def test_difficult_and_truncated_rules_hold_on_the_data(dataset):
     for r in _records(dataset):
         b = r["boxes"]
@@ -302,6 +306,7 @@ def test_cli_bad_out(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_sizes_span_the_pyramid_log_uniformly():
     """Object sizes are log-uniform from MIN_SIZE: each octave of the range gets a share of objects."""
     sizes = []

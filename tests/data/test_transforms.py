@@ -177,6 +177,7 @@ def test_transform_image_keeps_uint8_fast_and_unknown_resize():
         transform_image(img, None, 60, 1000, "imagenet", resize="pil")
 
 
+@pytest.mark.slow
 def test_target_size_is_the_exact_rounded_size():
     """The integer size rule equals ``resized_size(resize_factor(...))`` except where float rounding of an
     exact half goes the wrong way (then it is the exact rational value, halves to even as Python rounds)."""

@@ -14,6 +14,8 @@ import torch.multiprocessing as mp
 from fpn import config as C
 from fpn.data.synthetic import generate
 
+pytestmark = pytest.mark.slow  # two processes train (torchrun's environment, gloo)
+
 TINY = ["data.synth_train=8", "data.synth_test=4", "data.train_scales=128", "data.test_scale=128", "data.max_size=160",
         "data.flip=False",
         "model.rpn_batch_per_image=64", "model.roi_batch_per_image=32", "solver.warmup_iters=2", "solver.lr=1e-3",

@@ -13,6 +13,7 @@ from fpn.model import build_detector
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_fp16_with_a_grad_scaler_and_sgd_trains_a_detector(device):
     """The fp16 path (autocast to float16, GradScaler, the VOC presets' SGD) on any device, a CPU included:
     the first steps overflow and are skipped, then the losses fall, all finite."""

@@ -30,6 +30,7 @@ def _evaluate(gt_path, dets_path, engine):
     return evaluate_coco(gt, read_results(dets_path, gt), engine=engine)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", _engines())
 def test_same_numbers_as_pycocotools_on_random_cases(tmp_path, engine):
     worst = 0.0

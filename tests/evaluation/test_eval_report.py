@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from fpn.evaluation.report import format_table, plot_pr_curves, write_json
 from fpn.evaluation.voc_eval import EvalResult
@@ -26,14 +27,18 @@ def make_result():
 
 
 def test_format_table():
-    assert format_table(make_result()).split("\n") == [
-        "class          AP      GT     dets",
-        "aeroplane  0.7500       2        3",
-        "cow        0.0000       3        0",
-        "tvmonitor     n/a       0       12",
-        "----------------------------------",
-        "mAP = 0.3750 (voc07 11-point, 2 classes; without ground truth, excluded: tvmonitor)",
-    ]
+    """One row per class with its AP ("n/a" when undefined), ground-truth and detection counts, the columns aligned
+    under a rule, then the mAP line."""
+    r = make_result()
+    header, *rows, rule, last = format_table(r).split("\n")
+    assert header.split() == ["class", "AP", "GT", "dets"] and set(rule) == {"-"}
+    assert {len(line) for line in [header, *rows]} == {len(rule)}  # aligned: every column right-justified
+    assert [row.split()[0] for row in rows] == list(r.classes)
+    for row in rows:
+        cls, ap, gt, dets = row.split()
+        assert (None if ap == "n/a" else pytest.approx(float(ap), abs=5e-5)) == r.ap[cls]
+        assert (int(gt), int(dets)) == (r.npos[cls], r.num_detections[cls])
+    assert last == "mAP = 0.3750 (voc07 11-point, 2 classes; without ground truth, excluded: tvmonitor)"
 
 
 def test_format_table_all_defined_and_none_defined():

@@ -80,6 +80,7 @@ def test_metric_follows_year_and_flag(tmp_path, capsys):
     assert code == 0 and f"mAP = {MAP_AREA:.4f} (area" in out
 
 
+@pytest.mark.slow
 def test_default_voc_classes_and_classes_flag(tmp_path, capsys):
     # without classes.txt the 20 VOC classes are used: 'bird' and 'cat' are VOC classes, 'dog' too
     devkit = make_devkit(tmp_path / "d", with_classes_txt=False)

@@ -123,6 +123,7 @@ def converted(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.mark.slow
 def test_converter_reads_the_architecture(res50, res18):
     coco, custom = res50[1], res18[1]
     assert coco["net"] == "res50" and len(coco["classes"]) == 80 and coco["classes"][:3] == ("person", "bicycle", "car")
@@ -139,6 +140,7 @@ def test_converter_reads_the_architecture(res50, res18):
     assert "optimizer" not in custom and custom["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_the_models_detect_something(converted):
     """The random weights were made to give varied, meaningful detections (else the parity would prove little)."""
     for run in converted[0]:
@@ -149,6 +151,7 @@ def test_the_models_detect_something(converted):
             assert len(props) == POST_NMS_TEST
 
 
+@pytest.mark.slow
 def test_stage_preprocessed_input_is_identical(converted):
     for run in converted[0]:
         (ours, our_sizes), (theirs, their_sizes) = run.input
@@ -156,12 +159,14 @@ def test_stage_preprocessed_input_is_identical(converted):
         assert ours.shape == theirs.shape and torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_stage_backbone_and_fpn_features(converted):
     for run in converted[0]:
         for level, (a, b) in enumerate(zip(*run.features)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"P{level + 2}")
 
 
+@pytest.mark.slow
 def test_stage_rpn_proposals_same_boxes(converted):
     """The same proposals; their order may differ only among equal float32 probabilities (torchvision sorts kept
     boxes with an unstable sort), which the box head, treating each RoI alone, does not see."""
@@ -172,12 +177,14 @@ def test_stage_rpn_proposals_same_boxes(converted):
             assert distance.min(dim=1).values.max() < 1e-3 and distance.min(dim=0).values.max() < 1e-3
 
 
+@pytest.mark.slow
 def test_stage_pooled_features_of_the_same_proposals(converted):
     for run in converted[0]:
         ours, theirs = run.pooled
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stage_detections_in_original_pixels(converted):
     runs, ckpt, _ = converted
     slot = torch.tensor(ckpt["converted_from"]["slots"])  # our label -> torchvision's slot
@@ -207,6 +214,7 @@ def test_depth_and_shapes_read_from_the_tensors(depth):
     assert arch == tvi.Architecture(f"res{depth}", 256, 256, 3, 1024, 7, 91)
 
 
+@pytest.mark.slow
 def test_older_torchvision_key_names_convert_the_same(res18, classes_file):
     """Older torchvision versions had no inner Sequential in the RPN conv and the FPN blocks: rpn.head.conv.weight,
     backbone.fpn.inner_blocks.0.weight."""
@@ -236,6 +244,7 @@ def test_fc1_is_reordered_for_the_yxc_flatten():
     torch.testing.assert_close(ours, ref)
 
 
+@pytest.mark.slow
 def test_unsupported_and_ambiguous_weights_are_one_line_errors(tmp_path, res18):
     v2 = _meta_state(lambda: fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None))
     with pytest.raises(UserError, match="v2.pth: not a torchvision FasterRCNN.*unexpected key .*v2's conv heads"):

@@ -117,6 +117,7 @@ def _ap(model, cfg, records, classes, out):
     return evaluate_outputs(ids, outputs, records, classes, "voc07", "test", out)[1].ap
 
 
+@pytest.mark.slow
 def test_init_onto_a_subset_with_a_renamed_class_keeps_the_matched_classes_ap(tmp_path, one_thread):
     """A model learns three classes (VOC names); its weights start a model for a dataset of the same images with two of
     them, one under its COCO name, and a new class: before any training the matched classes have the source's AP."""

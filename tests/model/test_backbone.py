@@ -22,6 +22,7 @@ def _cfg(**model):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "size, expected",
     [
@@ -53,6 +54,7 @@ def test_loads_torchvision_state_dict(tmp_path):
             ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))))
 
 
+@pytest.mark.slow
 def test_bad_weight_files_are_user_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"this is not a checkpoint")
@@ -91,6 +93,7 @@ def test_group_norm():
     assert isinstance(backbone.layer2[0].bn1, torch.nn.GroupNorm) and backbone.layer2[0].bn1.num_groups == 32
 
 
+@pytest.mark.slow
 def test_caffe_weights_put_the_stride_on_the_1x1_conv():
     cfg = _cfg(backbone="res50", pretrained="/somewhere/resnet101_caffe.pth")
     assert uses_caffe_weights(cfg)

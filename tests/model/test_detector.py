@@ -76,6 +76,7 @@ def test_list_input_is_padded_and_sizes_inferred(small_cfg):
     torch.testing.assert_close(scaled[1]["boxes"], from_batch[1]["boxes"])
 
 
+@pytest.mark.slow
 def test_overfits_one_batch(small_cfg):
     """A small model learns one batch of rectangles: the loss collapses and eval finds every object."""
     torch.manual_seed(0)
@@ -116,6 +117,7 @@ def test_training_needs_targets(small_cfg):
         model(torch.zeros(1, 3, 64, 64), None)
 
 
+@pytest.mark.slow
 def test_channels_last_is_a_layout_only(small_cfg):
     """The same weights give the same losses, gradients and detections in either memory layout. In
     float64: in float32 the two layouts round differently, and one ReLU input within rounding of 0
@@ -147,6 +149,7 @@ def test_channels_last_is_a_layout_only(small_cfg):
     assert torch.equal(a["labels"], b["labels"]) and len(a["labels"]) > 0
 
 
+@pytest.mark.slow
 def test_cuda_branches_equal_the_cpu_branches(small_cfg, device):
     """Both branches chosen for the device at hand: a CUDA-only branch runs in a CPU test, and on a GPU the CPU
     one runs there too. Same losses and gradients in training, same detections at test time."""
@@ -200,6 +203,7 @@ def test_for_inference_gives_the_same_detections(small_cfg):
         torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
     """``model.compile``: backbone + FPN through torch.compile (here its ``aot_eager`` backend, which traces and
     splits forward and backward as inductor does, without inductor's minutes of C++ compilation on a CPU): the

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -26,6 +27,21 @@ def trained_tv_weights(tmp_path_factory):
     return path
 
 
+def _check_ratios(res: dict, printed: str) -> None:
+    """Every ours / torchvision ratio, recomputed from the two runs' median ms per iteration (the same batch: the
+    images/s divide as the inverse ms), and the ratio the bench printed."""
+    whats = {k.split("/", 1)[1] for k in res if k.startswith("ours/")}
+    assert whats and {k.split("/", 1)[1] for k in res if k.startswith("ratio/")} == whats  # one per run both timed
+    for what in whats:
+        ours, tv, batch = res[f"ours/{what}"], res[f"torchvision/{what}"], int(what.rsplit("_bs", 1)[1])
+        for r in (ours, tv):
+            assert r["images_per_s"] == pytest.approx(batch * 1e3 / r["ms_per_iter"])
+        ratio = tv["ms_per_iter"] / ours["ms_per_iter"]
+        assert res[f"ratio/{what}"] == pytest.approx(ratio)
+        shown = re.search(rf"ours / torchvision, {what}: ([0-9.]+)x", printed)
+        assert shown and float(shown[1]) == pytest.approx(ratio, abs=0.0051), (what, ratio, printed)
+
+
 def test_bench_input_is_resized_like_the_loader():
     samples = resize_samples(synthetic_samples(2), (500, 375))
     cfg = bench_config("voc07_res101")
@@ -37,6 +53,7 @@ def test_bench_input_is_resized_like_the_loader():
     assert inp.images[0, :, :600, :800].abs().mean() < 3  # normalised (ImageNet mean/std), not 0..255
 
 
+@pytest.mark.slow
 def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_path, capsys):
     """The issue's acceptance: `fpn bench --mode infer --compare torchvision --weights W` runs both models on W,
     both detect, and their detections agree."""
@@ -55,9 +72,11 @@ def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_
     assert a["max_box_px"] < 1e-2 and a["max_score"] < 1e-4
     assert res["latency_bs1"]["ours"]["detections"] == res["latency_bs1"]["torchvision"]["detections"] > 0
     printed = capsys.readouterr().out
+    _check_ratios(res, printed)
     assert "weights: torchvision state dict" in printed and ": agree" in printed and "NOT REPRESENTATIVE" not in printed
 
 
+@pytest.mark.slow
 def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
     """Without pretraining (--pretrain-iters 0) every mode runs, with the profile's host syncs."""
     out, saved = tmp_path / "bench.json", tmp_path / "tv.pth"
@@ -80,14 +99,14 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
         assert r["representative"] == (sum(r["detections_per_image"]) > 0) and r["host_syncs"]["per_iter"] >= 0
     # the host syncs of torchvision's inference: its per-level NMS and pooling, by source line
     assert any(site.startswith("torchvision/") for site in res["torchvision/infer_bs2"]["host_syncs"]["sites"])
-    ratio = res["ours/train_bs2"]["images_per_s"] / res["torchvision/train_bs2"]["images_per_s"]
-    assert res["ratio/train_bs2"] == pytest.approx(ratio)
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
+    _check_ratios(res, printed)  # train_bs2, infer_bs1, infer_bs2
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed and "host syncs:" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
 
+@pytest.mark.slow
 def test_a_model_that_detects_nothing_is_flagged_not_representative(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--mode", "infer", "--bs", "2", *TINY, "--set", "model.score_thresh=1.0", "--json",
@@ -124,6 +143,7 @@ def test_fpn_checkpoint_weights_time_ours_but_cannot_be_compared(tiny_checkpoint
     assert "an fpn checkpoint; --compare torchvision needs a torchvision Faster R-CNN state dict" in err
 
 
+@pytest.mark.slow
 def test_bench_train_times_the_trainers_step_for_a_preset(tmp_path, monkeypatch):
     calls = []
     real_call = TrainStep.__call__
@@ -149,6 +169,7 @@ def test_bench_step_under_fp16_uses_the_unfused_sgd_the_trainer_would():
     assert isinstance(step, TrainStep) and step.scaler.is_enabled() and not step.optimizer.defaults.get("fused")
 
 
+@pytest.mark.slow
 def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
     """``--onnx``: the exported model joins the interleaved rounds (the export itself is replaced by the
     session's tiny ONNX file, which is tested elsewhere)."""

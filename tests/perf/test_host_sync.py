@@ -46,6 +46,7 @@ def _model_and_batch(device, ops):
     return model, images.to(device), pad_targets(targets, "cpu")  # the loader's padded targets (Batch.gt)
 
 
+@pytest.mark.slow
 def test_training_step_and_inference_batch_stay_under_the_ceiling(device):
     if not triton_runs_on(device):
         pytest.skip("the CUDA branches need Triton (on a CPU: its interpreter, TRITON_INTERPRET=1)")
