@@ -94,7 +94,8 @@ class DataConfig:
              f"config data.test_scale: expected positive integers, got {(self.test_scale,)!r}"),
             (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
             (self.size_divisible >= 1, f"config data.size_divisible: expected >= 1, got {self.size_divisible}"),
-            (self.resize in RESIZES, f"config data.resize: unknown '{self.resize}', choose one of: {', '.join(RESIZES)}"),
+            (self.resize in RESIZES,
+             f"config data.resize: unknown '{self.resize}', choose one of: {', '.join(RESIZES)}"),
             (self.normalization in NORMALIZATIONS,
              f"config data.normalization: unknown '{self.normalization}', choose one of: {', '.join(NORMALIZATIONS)}"),
         ])  # fmt: skip

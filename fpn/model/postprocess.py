@@ -4,7 +4,8 @@ Per image: softmax over the C+1 classes; each proposal decoded once per foregrou
 class-agnostic); boxes clipped to the image; candidates kept where score > ``score_thresh`` and the box
 is not empty; per-class NMS at ``nms_thresh`` as a keep mask (the ``nms`` implementation chosen at build,
 ``fpn.model.ops``), then each image's best ``detections_per_image`` kept boxes (``PostProcessor``); or soft-NMS
-(``SoftNMSPostProcessor``: linear or gaussian score decay, the seed's option). Boxes are in network-input pixels, or rescaled to the original
+(``SoftNMSPostProcessor``: linear or gaussian score decay, the seed's option). Boxes are in network-input pixels, or
+rescaled to the original
 image (per-axis factor original / input size, then clipped) when ``original_sizes`` is given.
 
 The output is flat (all images' detections, grouped by image, each image's best first, with the image index of
@@ -126,7 +127,8 @@ class PostProcessor:
                         candidate.transpose(1, 2).reshape(n, c * p), [p] * c, self.nms_thresh, max_coordinate)
         # (N, C*P) -> (N, P*C): proposal-major again, so that equal scores rank by proposal, then class
         keep = keep.view(n, c, p).transpose(1, 2).reshape(n, p * c)
-        best, found = best_kept(scores.reshape(n, p * c), keep, self.detections_per_image, self.stable_sort)  # (N, D) each
+        # (N, D) each
+        best, found = best_kept(scores.reshape(n, p * c), keep, self.detections_per_image, self.stable_sort)
         # data-dependent: the host waits for the number of detections
         flat = found.reshape(-1).nonzero().squeeze(1)  # (D_all,) positions in the (N, D) table, image after image
         image = flat // best.shape[1]

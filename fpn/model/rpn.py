@@ -10,7 +10,8 @@ same channel (the seed paired softmax channels differently in its loss and its i
 Proposal selection (no gradient): top ``pre_nms_top_n`` logits per level (or jointly over all levels
 with ``rpn_per_level_top_n=False``, the seed's way), decode, clip to the image, drop boxes smaller than
 ``rpn_min_size``, NMS per image and level (per image only in the joint mode; the ``nms`` implementation chosen
-at build, ``fpn.model.ops``) as a keep mask, then the best ``post_nms_top_n`` kept boxes per image. The output is padded: (N, P, 4) boxes with a (N, P) validity mask.
+at build, ``fpn.model.ops``) as a keep mask, then the best ``post_nms_top_n`` kept boxes per image. The output is
+padded: (N, P, 4) boxes with a (N, P) validity mask.
 NMS and the post-NMS top-n rank the logits (``rpn_score="logit"``) or, as torchvision does, their float32
 sigmoid (``"sigmoid"``): the same order except where close high logits round to one probability, whose ties
 NMS then breaks by index.

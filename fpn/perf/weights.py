@@ -196,8 +196,8 @@ def build_models(bench: C.Config, num_classes: int, device: torch.device, amp: s
     if kind is None and compare != "torchvision":
         torch.manual_seed(0)
         classes = [f"class{i}" for i in range(1, num_classes)]
-        return BenchModels(build_detector(bench, num_classes, load_pretrained=False, device=device), bench, classes, None,
-                           {"source": None, "kind": "random"})  # fmt: skip
+        model = build_detector(bench, num_classes, load_pretrained=False, device=device)
+        return BenchModels(model, bench, classes, None, {"source": None, "kind": "random"})
     if kind is None:
         iters, p_scale, p_max = default_pretrain(device, scale, max_size)
         iters = iters if pretrain_iters is None else pretrain_iters

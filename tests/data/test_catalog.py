@@ -1,6 +1,5 @@
 """Dataset names and folders resolved by fpn.data.catalog."""
 
-import os
 import re
 from pathlib import Path
 
@@ -15,28 +14,6 @@ from fpn.data.voc import VOC_CLASSES
 from fpn.errors import UserError
 
 CLASSES = ("cat", "dog")
-
-HAND_XML = """<annotation>
-  <folder>VOC2007</folder><filename>000005.jpg</filename>
-  <size><width>500</width><height>375</height><depth>3</depth></size>
-  <object><name>chair</name><pose>Rear</pose><truncated>0</truncated><difficult>0</difficult>
-    <bndbox><xmin>263</xmin><ymin>211</ymin><xmax>324</xmax><ymax>339</ymax></bndbox></object>
-  <object><name>Dog</name><truncated>1</truncated><difficult>1</difficult>
-    <bndbox><xmin>1</xmin><ymin>1</ymin><xmax>500</xmax><ymax>375</ymax></bndbox></object>
-</annotation>
-"""
-
-
-def _set(root: Path, split: str = "trainval") -> ImageSet:
-    return ImageSet(root, split)
-
-
-def _rewrite(path: Path, text: str) -> None:
-    """Replace a file's content and make sure its mtime moves even on coarse-clock file systems."""
-    st = path.stat()
-    path.write_text(text)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-
 
 def test_read_classes(tmp_path):
     f = tmp_path / "classes.txt"

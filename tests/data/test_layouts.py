@@ -1,39 +1,15 @@
 """COCO-JSON folder layouts detected by fpn.data.layouts, as resolve_dataset reports them."""
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
 from fpn.data import catalog
 from fpn.data.catalog import resolve_dataset
-from fpn.data.records import ImageSet, load_records
+from fpn.data.records import load_records
 from fpn.errors import UserError
 
-CLASSES = ("cat", "dog")
 ONE = {1: (20, 20, [(1, [2, 2, 5, 5])])}
-
-HAND_XML = """<annotation>
-  <folder>VOC2007</folder><filename>000005.jpg</filename>
-  <size><width>500</width><height>375</height><depth>3</depth></size>
-  <object><name>chair</name><pose>Rear</pose><truncated>0</truncated><difficult>0</difficult>
-    <bndbox><xmin>263</xmin><ymin>211</ymin><xmax>324</xmax><ymax>339</ymax></bndbox></object>
-  <object><name>Dog</name><truncated>1</truncated><difficult>1</difficult>
-    <bndbox><xmin>1</xmin><ymin>1</ymin><xmax>500</xmax><ymax>375</ymax></bndbox></object>
-</annotation>
-"""
-
-
-def _set(root: Path, split: str = "trainval") -> ImageSet:
-    return ImageSet(root, split)
-
-
-def _rewrite(path: Path, text: str) -> None:
-    """Replace a file's content and make sure its mtime moves even on coarse-clock file systems."""
-    st = path.stat()
-    path.write_text(text)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
 
 def test_coco_layout_annotations_folder(make_coco, tmp_path):

@@ -199,6 +199,7 @@ def test_interrupted_run_is_detected_and_regenerated(tmp_path, monkeypatch):
     assert is_complete(out) and matches(out, 0, 4, 2) and not matches(out, 1, 4, 2)
 
 
+@pytest.mark.slow
 def test_regenerating_smaller_removes_stale_files(tmp_path):
     out = generate(tmp_path / "ds", seed=0, n_train=5, n_test=2)
     generate(out, seed=0, n_train=2, n_test=1)

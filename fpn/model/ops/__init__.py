@@ -20,9 +20,8 @@ from fpn.model.ops import frozen_bn, roi_pool
 from fpn.model.ops.nms import NMS, BatchedNMS, OffsetNMS, ThreadedNMS, TritonNMS, triton_problem
 
 PURPOSES = ("train", "infer", "export")
-# the config's choices ("auto": by device, below)
-# the names runtime.pool_impl / runtime.nms_impl take (declared with the config): segment = threads per group,
-# offset = offset torchvision calls, mask = keep masks
+# the names runtime.pool_impl / runtime.nms_impl take, declared with the config ("auto": by device, below);
+# NMS: segment = threads per group, offset = offset torchvision calls, mask = keep masks
 POOL_CHOICES, NMS_CHOICES = POOL_IMPLS, NMS_IMPLS
 
 POOLS = {"torchvision": roi_pool.per_level_roi_align, "by_mask": roi_pool.by_mask_roi_align,
@@ -74,13 +73,23 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
 
     cuda = device_type == "cuda"
     if pool == "auto":
-        pool = "sparse" if device_type == "cpu" and sampling_ratio > 0 else "packed" if cuda and aligned else "torchvision"
+        if device_type == "cpu" and sampling_ratio > 0:
+            pool = "sparse"
+        elif cuda and aligned:
+            pool = "packed"
+        else:
+            pool = "torchvision"
     if nms == "auto":
         nms = "mask" if cuda else "segment"
     use_triton = nms == "mask" and (triton if triton is not None else cuda and triton_problem(device_type) is None)
     offset = OffsetNMS()
     candidates = OffsetNMS(gather_valid=True, max_boxes=None) if cuda else BatchedNMS()  # few boxes above the score
-    proposal_nms = {"segment": ThreadedNMS(), "offset": offset}.get(nms) or (TritonNMS(offset) if use_triton else offset)
+    if nms == "segment":
+        proposal_nms = ThreadedNMS()
+    elif use_triton:
+        proposal_nms = TritonNMS(offset)  # groups too large for the kernel take the offset calls
+    else:
+        proposal_nms = offset
     detection_nms = TritonNMS(candidates) if use_triton else candidates
     conv_norm = frozen_bn.folded_conv_norm if fuse_frozen_bn else frozen_bn.plain_conv_norm
     return Ops(proposal_nms, detection_nms, POOLS[pool], conv_norm, cache_anchors=True, compile_backend=compile)

@@ -14,8 +14,8 @@ into features, scales, output_size, sampling_ratio, aligned) -> (R, C, s, s)``: 
 
 Shapes: R RoIs, L levels, C channels, s output size, g sampling ratio.
 
-Sparse product (``sparse_roi_align``). Every output bin of RoIAlign is a fixed weighted sum of feature pixels: ``sampling_ratio**2`` bilinear
-samples, 4 pixels each, averaged. Stacking the pixels of every level and image as the rows of one
+Sparse product (``sparse_roi_align``). Every output bin of RoIAlign is a fixed weighted sum of feature pixels:
+``sampling_ratio**2`` bilinear samples, 4 pixels each, averaged. Stacking the pixels of every level and image as the rows of one
 dense matrix F (sum of N*H*W over levels, C) makes pooling all RoIs on all levels ``A @ F`` with a sparse
 A (R*s*s bins, 4*sampling_ratio**2 entries per row), and its gradient ``A.T @ grad``: two multithreaded
 library products instead of torchvision's CPU kernels, whose backward scatters one sample at a time
@@ -28,8 +28,8 @@ detection models) it is not and its sides are at least one feature pixel; a samp
 contributes zero, coordinates are clamped to the feature map, and the bin value is the mean over its
 samples (tests pin the equality, to float rounding).
 
-Packed levels (``packed_roi_align``). Pooling each level's RoIs with its own ``roi_align`` call needs the number of RoIs per level on the host, so the
-host waits for the GPU once per batch. Here the levels P2..P5 are stacked into one feature map (each level a band
+Packed levels (``packed_roi_align``). Pooling each level's RoIs with its own ``roi_align`` call needs the number of
+RoIs per level on the host, so the host waits for the GPU once per batch. Here the levels P2..P5 are stacked into one feature map (each level a band
 of rows, framed by a copy of its edge pixels), every RoI's box is scaled by its level's ``1 / stride`` and shifted
 into its band, and one call with ``spatial_scale=1`` pools them all; autograd carries the gradient back through
 the stacking, the frame's copies onto the edge pixels they copy.
