@@ -212,8 +212,8 @@ class SolverConfig:
     warmup_iters: int = 100
     warmup_factor: float = 0.1
     clip_grad_norm: float = 0.0  # 0 disables
-    # long runs (fpn.engine.hooks.Checkpointer): mid-epoch checkpoints every N iterations ("500") or every so long ("30m",
-    # "2h", "90s"); "" only at epoch ends (and on a stop signal)
+    # long runs (fpn.engine.hooks.Checkpointer): mid-epoch checkpoints every N iterations ("500") or every so long
+    # ("30m", "2h", "90s"); "" only at epoch ends (and on a stop signal)
     checkpoint_every: str = ""
     keep_checkpoints: int = 2  # mid-epoch checkpoints (interval and interrupted) kept, newest; 0: all. Epoch ends: all
     stop_signal: str = ""  # besides SIGTERM, this signal (USR1 | USR2) also stops, saves and exits 75 (SLURM --signal)
