@@ -348,11 +348,3 @@ def unnormalize(image: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "caffe":
         x = x.flip(0)
     return x.round().clamp_(0, 255).to(torch.uint8)
-
-
-def check_scales(scales: Sequence[int], max_size: int, where: str = "config data.train_scales") -> None:
-    """UserError unless the scales are positive integers and max_size is positive."""
-    if not scales or any(not isinstance(s, (int, np.integer)) or s <= 0 for s in scales):
-        raise UserError(f"{where}: expected positive integers, got {tuple(scales)!r}")
-    if max_size <= 0 or not math.isfinite(max_size):
-        raise UserError(f"config data.max_size: expected a positive integer, got {max_size!r}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpn.config import Config
+from fpn.config import RPN_SCORES, Config
 from fpn.structures import GroundTruth
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.box_coder import BoxCoder
@@ -68,7 +68,7 @@ class RPNHead(nn.Module):
 
 
 class RegionProposalNetwork(nn.Module):
-    SCORES = ("logit", "sigmoid")  # what NMS and the post-NMS top-n rank (``score``)
+    SCORES = RPN_SCORES  # what NMS and the post-NMS top-n rank (``score``)
 
     def __init__(
         self,
