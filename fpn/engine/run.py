@@ -68,6 +68,7 @@ from fpn.engine.schedule import (
     scaled_lr,
 )
 from fpn.engine.step import TrainStep
+from fpn.evaluation.coco_eval import check_engine
 from fpn.engine.trainer import Trainer, TrainResult, TrainState
 from fpn.errors import UserError
 from fpn.io import atomic_write_text
@@ -134,8 +135,10 @@ class _Run:
         if self.main:
             self.spec = resolve(cfg, generate=True, log=self.say, training=True, asked=asked)
             records = split_records(self.spec, "train")
-            # read (and so checked) now, not after hours of training
+            # read (and so checked) now, not after hours of training; so is what the evaluation at the end needs
             self.test_records = split_records(self.spec, "test") if cfg.eval_at_end else None
+            if cfg.eval_at_end and self.spec.metric == "coco":
+                check_engine()
         distributed.barrier(info)
         if not self.main:
             self.spec = resolve(cfg, generate=False, log=self.say)

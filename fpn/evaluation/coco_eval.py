@@ -43,7 +43,7 @@ from fpn.io import atomic_write_text
 METRIC = "coco"
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 ENGINES = ("auto", "faster-coco-eval", "pycocotools")
-INSTALL_HINT = "pip install 'fpn[coco]' (or pip install faster-coco-eval)"
+INSTALL_HINT = "pip install faster-coco-eval (a dependency of fpn: reinstall it with pip install .)"
 # the lines pycocotools' summarize() prints, one per entry of STAT_NAMES
 _SUMMARY = [
     ("Average Precision", "AP", "0.50:0.95", "all", 100), ("Average Precision", "AP", "0.50", "all", 100),
@@ -94,6 +94,12 @@ def _engine(name: str = "auto"):
         return "pycocotools", COCO, COCOeval
     except ImportError:
         raise UserError(f"COCO metrics need faster-coco-eval or pycocotools: {INSTALL_HINT}") from None
+
+
+def check_engine(name: str = "auto") -> str:
+    """The COCO evaluation engine that will run (``name`` or the first installed), checked before a run that needs
+    it at its end; a UserError saying how to install one when there is none."""
+    return _engine(name)[0]
 
 
 def _coco_api(coco_class, dataset: dict):

@@ -419,3 +419,21 @@ def test_out_of_memory_in_the_evaluation_after_training_says_training_is_saved()
                           f"{cfg.solver.batch_size}, images up to {cfg.data.test_scale} x ")  # fmt: skip
     assert err.endswith(f"; training is done and saved: fpn test --checkpoint {last} --bs 1 evaluates it")
     assert train_cmd.out_of_memory_error(cfg, RunState()) is None  # before training: fpn.cli's general line
+
+
+def test_a_coco_run_without_a_metrics_engine_stops_before_its_first_step(tmp_path, monkeypatch, capsys):
+    from fpn.evaluation import coco_eval
+
+    data = generate(tmp_path / "shapes", seed=0, n_train=4, n_test=2, formats=("coco",))
+
+    def missing(name="auto"):
+        raise UserError(f"COCO metrics need faster-coco-eval or pycocotools: {coco_eval.INSTALL_HINT}")
+
+    monkeypatch.setattr(coco_eval, "_engine", missing)
+    steps = []
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: steps.append(1))
+    assert main(["train", "--dataset", str(data), "--preset", "synthetic", "--save-dir", str(tmp_path / "runs"),
+                 "--bs", "2", "--workers", "0", "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: COCO metrics need faster-coco-eval or pycocotools") and err.count("\n") == 1
+    assert steps == [] and not list((tmp_path / "runs").rglob("*.pth"))  # nothing trained, nothing written
