@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fpn.commands import flags
@@ -50,17 +51,23 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def check_images(paths: list[Path]) -> None:
-    """UserError for the first file that is not a readable image (header check: before anything is written)."""
+def readable_images(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """(the files that read as images, one reason per file that does not), by a header check before anything is
+    written; a UserError when none does."""
     from PIL import Image, UnidentifiedImageError
 
+    good, bad = [], []
     for path in paths:
         try:
             with Image.open(path) as im:
                 im.verify()
+            good.append(path)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"{path}: not a readable image ({reason})") from None
+            bad.append(f"{path}: not a readable image ({reason})")
+    if not good:
+        raise UserError(bad[0] + (f" (and the {len(bad) - 1} other files given)" if len(bad) > 1 else ""))
+    return good, bad
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -89,12 +96,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--thresh {args.thresh}: expected a score between 0 and 1")
     if args.model and args.overrides:
         raise UserError("--set: applies to a --checkpoint; an exported --model has its settings built in")
-    if not args.model:  # a precision the device lacks fails before anything is read
+    if not args.model:  # a precision the device lacks fails before anything is read (the model line names it)
         device = resolve_device(args.device or "auto")
         precision = resolve_precision(args.amp or "auto", device)
-        print(f"precision: {precision}")
-    paths = collect_images(args.images)
-    check_images(paths)
+    paths, skipped = readable_images(collect_images(args.images))
+    for reason in skipped:  # one bad file does not stop a folder
+        print(f"warning: {reason}; skipped", file=sys.stderr)
     if args.model:
         detector = Detector.from_onnx(args.model)
     else:
@@ -109,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
                leave=False)  # fmt: skip
     for start in range(0, len(paths), CHUNK):  # a chunk of images in memory at a time
         chunk = paths[start:start + CHUNK]
-        for i, (path, det) in enumerate(zip(chunk, _predict(detector, chunk, args)), start):
+        for i, (path, det) in enumerate(zip(chunk, _predict(detector, chunk, args, skipped)), start):
+            if det is None:  # passed the header check but did not decode (said, and counted)
+                continue
             output = {"boxes": det.boxes, "scores": det.scores, "labels": det.labels}
             name = names[i]
             with Image.open(path) as im:
@@ -130,16 +139,24 @@ def run(args: argparse.Namespace) -> int:
         "thresh": args.thresh, "box_format": "xyxy, continuous pixel coordinates of the image", "images": results,
     }  # fmt: skip
     atomic_write_text(out / "detections.json", json.dumps(info, indent=1) + "\n")
-    print(f"wrote {len(paths)} image(s) and detections.json to {out}")
+    print(f"wrote {len(results)} image(s) and detections.json to {out}"
+          + (f"; skipped {len(skipped)} unreadable file(s), named above" if skipped else ""))
     return 0
 
 
-def _predict(detector, paths: list[Path], args: argparse.Namespace) -> list:
-    """``detector.predict``; out of memory (``--checkpoint`` on a GPU) is a one-line error."""
+def _predict(detector, paths: list[Path], args: argparse.Namespace, skipped: list[str]) -> list:
+    """``detector.predict`` of each path; a file that does not decode gets None, its reason appended to ``skipped``
+    and said once; out of memory (``--checkpoint`` on a GPU) is a one-line error."""
     from fpn.engine.device import OUT_OF_MEMORY, resolve_device, resolve_precision, test_out_of_memory
 
     try:
         return detector.predict(paths, batch_size=args.bs)
+    except UserError as e:  # a file of the chunk does not decode: it alone is skipped
+        if len(paths) == 1:
+            skipped.append(str(e))
+            print(f"warning: {e}; skipped", file=sys.stderr)
+            return [None]
+        return [det for path in paths for det in _predict(detector, [path], args, skipped)]
     except OUT_OF_MEMORY:
         device = resolve_device(args.device or "auto")
         cfg = detector._runner.cfg  # a --checkpoint's config (ONNX runs on the CPU)

@@ -87,3 +87,25 @@ def test_demo_runs_an_exported_model(tiny_onnx, tiny_checkpoint, tmp_path, capsy
     assert main(["demo", str(tmp_path / "r.png"), "--model", str(tiny_onnx), "--out", str(tmp_path / "x"),
                  "--set", "model.nms_thresh=0.4"]) == 2  # fmt: skip
     assert "--set: applies to a --checkpoint" in capsys.readouterr().err
+
+
+def test_unreadable_files_in_a_folder_are_skipped_each_said_once_and_the_rest_drawn(trained, tmp_path, capsys):
+    ckpt, images = trained
+    folder = tmp_path / "mixed"
+    shutil.copytree(images, folder)
+    (folder / "bad.jpg").write_bytes(b"not an image")  # fails the header check
+    whole = (images / "a.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 3])  # a JPEG header, its data cut off: fails to decode
+    rc = main(["demo", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: ") and w.endswith("; skipped") for w in warnings)
+    assert "bad.jpg: not a readable image" in warnings[0] and "cut.jpg" in warnings[1]
+    drawn = sorted(p.name for p in (tmp_path / "o").glob("*.jpg"))
+    assert drawn == ["a.jpg", "b.jpg", "c.jpg"]
+    assert len(json.loads((tmp_path / "o" / "detections.json").read_text())["images"]) == 3
+    out = captured.out.strip().splitlines()
+    assert out[-1] == f"wrote 3 image(s) and detections.json to {tmp_path / 'o'}; skipped 2 unreadable file(s), named above"
+    assert not any(line.startswith("precision:") for line in out)  # said once, in the model line
+    assert out[0].startswith("model: ") and ("bf16" in out[0] or "fp32" in out[0])
