@@ -56,8 +56,9 @@ def draw_detections(
         tx1, ty1, tx2, ty2 = draw.textbbox((0, 0), text, font=font)
         tw, th = tx2 - tx1 + 4, ty2 - ty1 + 4
         ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top border
-        draw.rectangle([x1, ty, x1 + tw, ty + th], fill=colour)
-        draw.text((x1 + 2 - tx1, ty + 2 - ty1), text, fill=(0, 0, 0), font=font)
+        tx = max(0.0, min(x1, img.width - tw))  # shifted left where it would run past the right edge
+        draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
+        draw.text((tx + 2 - tx1, ty + 2 - ty1), text, fill=(0, 0, 0), font=font)
     return img
 
 

@@ -30,3 +30,15 @@ def test_draw_puts_class_coloured_boxes_only_above_threshold():
     assert tuple(drawn[35, 10]) == dog  # left edge of the dog box (x=10)
     assert tuple(drawn[3, 5]) == (255, 255, 255)  # the 0.2 box is not drawn (its right edge x=5)
     assert np.asarray(img).min() == 255  # the input is not modified
+
+
+def test_a_label_at_the_right_edge_is_shifted_left_to_stay_whole():
+    img = Image.new("RGB", (200, 120), (255, 255, 255))
+    out = {"boxes": torch.tensor([[185.0, 60.0, 199.0, 100.0]]), "scores": torch.tensor([0.9]),
+           "labels": torch.tensor([1])}
+    drawn = np.asarray(draw_detections(img, out, ("a_long_class_name",), thresh=0.5, width=1))
+    (colour,) = palette(1)
+    label_rows = drawn[40:58]  # the label above the box (y 60)
+    filled = np.nonzero((label_rows == colour).all(axis=2).any(axis=0))[0]
+    # the label's background ends at the right edge and starts well left of the box: nothing cut off
+    assert filled.max() >= 198 and filled.min() < 185 - 60
