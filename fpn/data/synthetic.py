@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from itertools import repeat
 from pathlib import Path
 
@@ -458,13 +459,17 @@ def _write_all(out: Path, seed: int, ids: list[str], workers: int, voc: bool):
     """(width, height, objects) of every image, in order; images are written by ``workers`` processes (0: one
     per CPU core). Every image has its own random generator, so the files do not depend on the number of
     processes."""
+    from tqdm import tqdm
+
     workers = workers or os.cpu_count() or 1
+    # a progress bar on a terminal (generating the default 6700 images takes ~25 s on 2 cores)
+    bar = partial(tqdm, total=len(ids), desc="drawing images", unit="img", disable=None, leave=False)
     if workers == 1 or len(ids) < PARALLEL_MIN_IMAGES:
-        return [_write_image(out, seed, index, image_id, voc) for index, image_id in enumerate(ids)]
+        return [_write_image(out, seed, index, image_id, voc) for index, image_id in bar(enumerate(ids))]
     # spawn, not fork: the caller may already run torch's thread pools, which do not survive a fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = pool.map(_write_image, repeat(out), repeat(seed), range(len(ids)), ids, repeat(voc), chunksize=32)
-        return list(jobs)
+        return list(bar(jobs))
 
 
 def _coco_split(out: Path, ids: list[str], images: list[tuple[int, int, list[dict]]]) -> dict:
