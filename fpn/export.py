@@ -19,6 +19,7 @@ holds the class names and the preprocessing and post-processing settings, as :fu
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -93,6 +94,14 @@ def metadata(cfg: Config, classes: Sequence[str]) -> dict[str, str]:
     }
 
 
+class _DropExpectedNotes(logging.Filter):
+    """Drops the one log line the exporter writes for this graph that a user cannot act on (an empty attribute list,
+    which it types as INTS itself, as the graph needs); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Attribute type is ambiguous because it is an empty sequence" not in record.getMessage()
+
+
 def export_onnx(model: nn.Module, cfg: Config, classes: Sequence[str], path: str | Path, opset: int = OPSET) -> Path:
     """Write ``model`` as an ONNX file (see the module docstring); returns the path."""
     from fpn.io import atomic_write_bytes
@@ -100,12 +109,18 @@ def export_onnx(model: nn.Module, cfg: Config, classes: Sequence[str], path: str
     if opset < 16:
         raise UserError(f"--opset {opset}: RoIAlign with aligned=True needs opset 16 or newer")
     program = trace(deployed_detector(model, cfg))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-        onnx_program = torch.onnx.export(
-            program, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), opset_version=opset,
-            dynamo=True, verbose=False,
-        )
+    quiet = _DropExpectedNotes()
+    ir_logger = logging.getLogger("onnx_ir._convenience")
+    ir_logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            onnx_program = torch.onnx.export(
+                program, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), opset_version=opset,
+                dynamo=True, verbose=False,
+            )
+    finally:
+        ir_logger.removeFilter(quiet)
     onnx_program.model.metadata_props.update(metadata(cfg, classes))
     path = Path(path)
     atomic_write_bytes(path, onnx_program.model_proto.SerializeToString())

@@ -47,7 +47,7 @@ from fpn.checkpoint import (
     upgrade_optimizer_state,
 )
 from fpn.checkpoint import run_dir as make_run_dir
-from fpn.data.datasets import resolve, split_records
+from fpn.data.datasets import describe_split, resolve, split_records
 from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, resolve_precision
 from fpn.engine.hooks import (
     SCHEDULER,
@@ -144,6 +144,7 @@ class _Run:
             self.spec = resolve(cfg, generate=False, log=self.say)
             records = split_records(self.spec, "train")
         self.classes = tuple(self.spec.classes)
+        self.say(describe_split("train", records, self.classes, cfg.data.use_difficult))
 
         self.resume_path, ckpt = (Path(resume[0]), resume[1]) if resume else (None, None)
         if ckpt is not None:

@@ -285,9 +285,10 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     sets = (*SGD, "data.train_scales=96", "data.max_size=128", "data.synth_train=4", "data.synth_test=2")  # fmt: skip
     assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "precision: fp16 (asked for; with a GradScaler in training)"
+    assert out[0].startswith("train: 4 images (") and " objects (circle " in out[0]  # the split's counts first
+    assert out[1] == "precision: fp16 (asked for; with a GradScaler in training)"
     # unfused SGD under the GradScaler; the preset's reference batch is 8, --bs 2 keeps --lr as given
-    assert out[1].startswith("world size 1: batch 2 per process, 2 in total; SGD lr 0.02 (solver.lr as given")
+    assert out[2].startswith("world size 1: batch 2 per process, 2 in total; SGD lr 0.02 (solver.lr as given")
     assert len(calls) == 3  # the trainer's iterations are TrainStep calls (fpn bench times the same)
     run = run_folder(tmp_path)
     first = load(run / "fpn_1_1_2.pth")
@@ -308,7 +309,7 @@ def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is
     assert train(data_dir, tmp_path, "--epochs", "2", "--exp-name", "fp32", "--amp", "none",
                  "--resume", str(run / "fpn_1_1_2.pth"), sets=sets) == 0  # fmt: skip
     out = capsys.readouterr().out.splitlines()
-    assert out[:2] == ["precision: fp32 (asked for)",
+    assert out[1:3] == ["precision: fp32 (asked for)",
                        "note: the checkpoint trained in fp16; this run continues in fp32 (its GradScaler state is "
                        "not needed)"]  # fmt: skip
     fp32 = load(run_folder(tmp_path, "fp32") / "fpn_1_2_2.pth")

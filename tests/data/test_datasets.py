@@ -43,3 +43,22 @@ def test_a_coco_only_synthetic_dataset_gets_the_voc_layout_added(tmp_path):
     ensure_synthetic(cfg, log=said.append, training=True)
     assert matches(root, 3, 2, 1, ("voc", "coco")) and (cfg.data.synth_seed, cfg.data.synth_train) == (0, 6400)
     assert said[-1].startswith(f"adding the VOC layout to the COCO-format synthetic dataset in {root} (seed 3")
+
+
+def test_a_split_is_described_by_its_counts():
+    import numpy as np
+
+    from fpn.data.datasets import describe_split
+
+    def rec(labels, difficult, crowd=None):
+        r = {"labels": np.array(labels, dtype=np.int64), "difficult": np.array(difficult, dtype=bool)}
+        if crowd is not None:
+            r["crowd"] = np.array(crowd, dtype=bool)
+        return r
+
+    records = [rec([1, 2, 2], [False, False, True]), rec([], []), rec([1], [True]), rec([2, 1], [True, False],
+                                                                                     [True, False])]  # fmt: skip
+    assert describe_split("train", records, ("cat", "dog")) == (
+        "train: 4 images (2 without objects), 3 objects (cat 2, dog 1); 2 difficult, 1 crowd regions left out")
+    assert describe_split("train", records, ("cat", "dog"), use_difficult=True) == (
+        "train: 4 images (1 without objects), 5 objects (cat 3, dog 2); 0 difficult, 1 crowd regions left out")

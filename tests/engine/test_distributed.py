@@ -60,7 +60,8 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     # linear lr scaling: 2 processes x batch 1 = 2 x the reference batch 1; cosine at iteration 4 of 4
     assert metrics[0]["lr"] == pytest.approx(2e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)
     log = (tmp_path / "rank0.log").read_text().splitlines()
-    assert log[1] == ("world size 2: batch 1 per process, 2 in total; AdamW (fused) lr 0.002 "
+    assert log[0].startswith("train: ") and log[1].startswith("precision: ")  # the split's counts, the precision
+    assert log[2] == ("world size 2: batch 1 per process, 2 in total; AdamW (fused) lr 0.002 "
                       "(solver.lr 0.001 x 2 / reference batch 1: lr_scaling=linear)")  # fmt: skip
     assert (tmp_path / "rank1.log").read_text() == ""  # only rank 0 speaks
 
