@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--thresh {args.thresh}: expected a score between 0 and 1")
     if args.model and args.overrides:
         raise UserError("--set: applies to a --checkpoint; an exported --model has its settings built in")
-    if not args.model:  # a precision the device lacks fails before anything is read (the model line names it)
+    if not args.model:  # a precision the device lacks fails before anything is read; said once, here
         device = resolve_device(args.device or "auto")
         precision = resolve_precision(args.amp or "auto", device)
+        print(f"precision: {precision}")
     paths, skipped = readable_images(collect_images(args.images))
     for reason in skipped:  # one bad file does not stop a folder
         print(f"warning: {reason}; skipped", file=sys.stderr)
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         detector = Detector.from_onnx(args.model)
     else:
         detector = Detector.from_checkpoint(args.checkpoint, str(device), precision.amp, args.overrides)
-    print(f"model: {detector.description}")
+    print(f"model: {args.model} (onnxruntime)" if args.model else f"model: {args.checkpoint} on {device}")
     classes = detector.classes
 
     out = Path(args.out)

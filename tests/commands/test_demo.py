@@ -107,5 +107,5 @@ def test_unreadable_files_in_a_folder_are_skipped_each_said_once_and_the_rest_dr
     assert len(json.loads((tmp_path / "o" / "detections.json").read_text())["images"]) == 3
     out = captured.out.strip().splitlines()
     assert out[-1] == f"wrote 3 image(s) and detections.json to {tmp_path / 'o'}; skipped 2 unreadable file(s), named above"
-    assert not any(line.startswith("precision:") for line in out)  # said once, in the model line
-    assert out[0].startswith("model: ") and ("bf16" in out[0] or "fp32" in out[0])
+    assert out[0].startswith("precision: ") and out[1] == f"model: {ckpt} on cpu"  # the precision said once
+    assert sum(("bf16" in line or "fp32" in line) for line in out) == 1
