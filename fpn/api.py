@@ -167,12 +167,14 @@ class _TorchRunner:
     """uint8 images -> outputs of the PyTorch model, batched by padded network-input size."""
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device, amp: str):
+        from fpn.structures import Staging
+
         self.model, self.cfg, self.device, self.amp = model, cfg, device, amp
+        self.staging = Staging()  # page-locked buffers reused across calls (a GPU only)
 
     @torch.inference_mode()
     def __call__(self, images: list[torch.Tensor], batch_size: int) -> list[dict[str, np.ndarray]]:
-        from fpn.structures import to_device
-        from fpn.data.transforms import batch_images, is_normalized, transform_image
+        from fpn.data.transforms import PadRule, batch_images, is_normalized, normalize_batch, transform_image
         from fpn.engine.device import autocast
 
         d = self.cfg.data
@@ -181,17 +183,21 @@ class _TorchRunner:
             for im in images
         ]
         normalization = None if is_normalized(d.resize) else d.normalization
+        pad = PadRule(d.size_divisible, d.test_pad_bucket, d.test_scale, d.test_size_limit())
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(resized):  # images padded to the same network-input size run together
-            key = tuple(math.ceil(s / d.size_divisible) for s in im.shape[-2:])
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(pad([tuple(im.shape[-2:])]), []).append(i)
         outputs: list[dict | None] = [None] * len(images)
         for members in groups.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start:start + batch_size]
-                batch, sizes = batch_images([resized[i] for i in chunk], normalization, d.size_divisible)
+                # the 0..255 pixels go to the device and are normalised there (the loader's Batch.inputs)
+                pixels, sizes = batch_images([resized[i] for i in chunk], None, pad=pad)
+                batch = self.staging.to_device(pixels, self.device)
+                if normalization is not None:
+                    batch = normalize_batch(batch, sizes, normalization, to_device=self.staging.to_device)
                 with autocast(self.device, self.amp):
-                    outs = self.model.detect_to_host(to_device(batch, self.device), sizes,
+                    outs = self.model.detect_to_host(batch, sizes,
                                                      original_sizes=[tuple(images[i].shape[-2:]) for i in chunk])
                 for i, out in zip(chunk, outs):
                     outputs[i] = {k: v.numpy() for k, v in out.items()}

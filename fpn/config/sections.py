@@ -77,6 +77,17 @@ class DataConfig:
     test_images: str = ""
     filter_empty: bool = False  # drop training images without objects (detectron2 / torchvision do); default: negatives
     flip_random: bool = False  # with flip: each image once per epoch, mirrored with probability 1/2 (1x schedules)
+    # static shapes (issue 28): a few padded input sizes and a fixed ground-truth size per run
+    pad_bucket: int = 64  # training batches: each padded side is the smallest multiple of this, or the side's
+    #   limit (the shorter side's max(train_scales) or the longer side's max_size, rounded up to size_divisible),
+    #   that holds the batch (fpn.data.transforms.PadRule); 0: the batch's largest sides rounded up to
+    #   size_divisible (one shape per size). A multiple of size_divisible. Costs 1.6-2.8% more pixels than 0 on a
+    #   VOC-like set at 600/1000 for half the shapes (128: 4.9-8.5%, a quarter); docs/PERFORMANCE.md
+    test_pad_bucket: int = 0  # the same rule for fpn test, the evaluation after training and the Python API
+    #   (0: detections as before; buckets change detections near the bottom/right border slightly)
+    max_objects: int = 0  # object slots of a training batch's ground truth: 0: the most of any training image,
+    #   rounded up to a multiple of 8 (fixed for the run); N: N slots (an image with more is an error at the
+    #   start); -1: each batch's own most (a shape per batch)
 
     def test_size_limit(self) -> int:
         """The longer-side limit of test-time inputs: ``test_max_size``, or ``max_size`` when that is 0."""
@@ -94,6 +105,15 @@ class DataConfig:
              f"config data.test_scale: expected positive integers, got {(self.test_scale,)!r}"),
             (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
             (self.size_divisible >= 1, f"config data.size_divisible: expected >= 1, got {self.size_divisible}"),
+            (self.pad_bucket >= 0 and self.pad_bucket % max(1, self.size_divisible) == 0,
+             f"config data.pad_bucket: expected 0 or a multiple of data.size_divisible ({self.size_divisible}), "
+             f"got {self.pad_bucket}"),
+            (self.test_pad_bucket >= 0 and self.test_pad_bucket % max(1, self.size_divisible) == 0,
+             f"config data.test_pad_bucket: expected 0 or a multiple of data.size_divisible ({self.size_divisible}), "
+             f"got {self.test_pad_bucket}"),
+            (self.max_objects >= -1,
+             f"config data.max_objects: expected -1 (per batch), 0 (from the training images) or a positive "
+             f"number, got {self.max_objects}"),
             (self.resize in RESIZES,
              f"config data.resize: unknown '{self.resize}', choose one of: {', '.join(RESIZES)}"),
             (self.normalization in NORMALIZATIONS,

@@ -16,7 +16,7 @@ Pieces, each replaceable:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,44 +24,70 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpn.config import Config
-from fpn.structures import GroundTruth, pad_targets
+from fpn.structures import GroundTruth, Staging, pad_targets
 from fpn.data.transforms import (
-    batch_images, is_normalized, normalize, pick_scales, read_image, transform_image,
+    PadRule, batch_images, is_normalized, normalize, normalize_batch, pick_scales, read_image, transform_image,
 )
 from fpn.errors import UserError
 
 
 @dataclass
 class Batch:
-    """What the model consumes. ``images`` float32 (N, 3, H, W) zero-padded at the bottom/right;
+    """What the model consumes. ``pixels`` (N, 3, H, W) zero-padded at the bottom/right: 0..255 values (uint8 in
+    training, float32 at test time) to normalise by ``normalization``, or (``normalization`` None) already the
+    network input; ``images``: the float32 network input (normalised on the pixels' device,
+    ``transforms.normalize_batch``: ``to(device)`` sends the pixels and normalises there);
     ``image_sizes`` (h, w) of each image before padding; ``targets`` {"boxes" float32 (K, 4) continuous
     xyxy in input pixels, "labels" int64 (K,)[, "crowd_boxes" (M, 4)]}, per image, always on the host;
     ``metas`` {"id", "image" (path), "orig_size" (h, w), "scale" (the resize factor: input size = original *
     scale, rounded or floored per axis), "flipped"}; ``gt`` the targets padded into a few tensors
-    (``fpn.structures.GroundTruth``: what training feeds the model, one copy per field to the device)."""
+    (``fpn.structures.GroundTruth``: what training feeds the model, one copy per field to the device);
+    ``staging``: the loader's reused page-locked buffers for ``to`` (``fpn.structures.Staging``), or None."""
 
-    images: torch.Tensor
+    pixels: torch.Tensor
     image_sizes: list[tuple[int, int]]
     targets: list[dict[str, torch.Tensor]]
     metas: list[dict]
     gt: GroundTruth | None = None  # None: padded from ``targets`` when needed
+    normalization: str | None = None
+    staging: Staging | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.image_sizes)
 
+    @property
+    def images(self) -> torch.Tensor:
+        """The float32 network input (N, 3, H, W), where the pixels are."""
+        if self.normalization is None:
+            return self.pixels
+        return normalize_batch(self.pixels, self.image_sizes, self.normalization)
+
     def padded_targets(self) -> GroundTruth:
         return self.gt if self.gt is not None else pad_targets(self.targets, "cpu")
 
+    def inputs(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
+        """The network input on ``device``: the pixels copied (through ``staging`` when set), then normalised."""
+        move = self._mover(device, non_blocking)
+        pixels = move(self.pixels)
+        if self.normalization is None:
+            return pixels
+        return normalize_batch(pixels, self.image_sizes, self.normalization, to_device=lambda t, _: move(t))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        """The images and the padded targets on ``device``; ``targets`` stay on the host."""
-        images = self.images.to(device, non_blocking=non_blocking)
-        gt = self.padded_targets().to(device, non_blocking=non_blocking)
+        """The network input and the padded targets on ``device``; ``targets`` stay on the host."""
+        images = self.inputs(device, non_blocking)
+        gt = self.padded_targets()._map(self._mover(device, non_blocking))
         return Batch(images, self.image_sizes, self.targets, self.metas, gt)
+
+    def _mover(self, device, non_blocking: bool):
+        if self.staging is not None:
+            return lambda t: self.staging.to_device(t, device)
+        return lambda t: t.to(device, non_blocking=non_blocking)
 
     def pin_memory(self) -> "Batch":
         """Called by ``DataLoader(pin_memory=True)`` in its pinning thread: page-locks what ``to`` copies."""
         gt = self.padded_targets().pin_memory()
-        return Batch(self.images.pin_memory(), self.image_sizes, self.targets, self.metas, gt)
+        return Batch(self.pixels.pin_memory(), self.image_sizes, self.targets, self.metas, gt, self.normalization)
 
 
 @dataclass
@@ -161,43 +187,53 @@ def training_objects(record: dict, use_difficult: bool = False) -> tuple[np.ndar
 
 
 class Collator:
-    """List of dataset samples -> :class:`Batch`: the images normalised (unless ``resize`` gives them
-    normalised already, ``transforms.is_normalized``) into one zero-padded float32 tensor by
-    :func:`fpn.data.transforms.batch_images`, the targets padded (``Batch.gt``, here in the worker rather than
-    in the training step). In a worker process the tensor is allocated in shared memory (as torch's default
-    collate does), saving a copy. Passes a :class:`LoadFailure` on."""
+    """List of dataset samples -> :class:`Batch`: the images copied into one zero-padded tensor by
+    :func:`fpn.data.transforms.batch_images` (0..255 pixels, uint8 when the dataset gives uint8, normalised later
+    by ``Batch.to`` on the device; or already normalised, ``transforms.is_normalized``), padded to ``pad``'s size
+    (default: a multiple of ``size_divisible``); the targets padded (``Batch.gt``, here in the worker rather than
+    in the training step) to ``max_objects`` slots (0: the batch's most) and crowd regions to ``max_crowd``. In a
+    worker process the tensor is allocated in shared memory (as torch's default collate does), saving a copy.
+    Passes a :class:`LoadFailure` on."""
 
-    def __init__(self, size_divisible: int = 32, normalization: str = "imagenet", resize: str = "fast") -> None:
+    def __init__(self, size_divisible: int = 32, normalization: str = "imagenet", resize: str = "fast",
+                 pad: PadRule | None = None, max_objects: int = 0, max_crowd: int = 0) -> None:  # fmt: skip
         normalize(torch.zeros(3, 1, 1, dtype=torch.uint8), normalization)  # a bad name fails here, not in a worker
-        self.size_divisible = max(1, int(size_divisible))
+        self.pad = pad if pad is not None else PadRule(size_divisible)
         self.normalization = None if is_normalized(resize) else normalization
+        self.max_objects, self.max_crowd = max_objects, max_crowd
 
     def __call__(self, samples: list) -> Batch | LoadFailure:
         for s in samples:
             if isinstance(s, LoadFailure):
                 return s
         images = [s[0] for s in samples]
-        out, sizes = batch_images(images, self.normalization, self.size_divisible, _empty_batch_tensor)
+        out, sizes = batch_images(images, None, empty=_empty_batch_tensor, pad=self.pad)
         targets = [s[1] for s in samples]
-        return Batch(out, sizes, targets, [s[2] for s in samples], pad_targets(targets, "cpu"))
+        gt = pad_targets(targets, "cpu", self.max_objects, self.max_crowd)
+        return Batch(out, sizes, targets, [s[2] for s in samples], gt, self.normalization)
 
 
-def _empty_batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    """Uninitialised float32 tensor; in shared memory inside a DataLoader worker (sent without a copy)."""
+def _empty_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uninitialised tensor; in shared memory inside a DataLoader worker (sent without a copy)."""
     if torch.utils.data.get_worker_info() is not None:
         try:
-            storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device="cpu")
-            return torch.empty(0).new(storage).resize_(shape)
+            storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+            return torch.empty(0, dtype=dtype).new(storage).resize_(shape)
         except (AttributeError, RuntimeError):  # private API of torch's default collate; fall back
             pass
-    return torch.empty(shape, dtype=torch.float32)
+    return torch.empty(shape, dtype=dtype)
 
 
 class GroupedBatchSampler(Sampler):
     """Batches of item keys ``(index, scale)``, every batch from one group (e.g. orientation).
 
-    One epoch: each group's indices, in a shuffled order, are cut into batches of ``batch_size`` (the
-    last batch of a group may be smaller); the batches are then shuffled. Without ``shuffle``, indices
+    One epoch: each group's indices, in a shuffled order, are cut into batches of ``batch_size``; the batches
+    are then shuffled. A group's last batch may be short: kept as it is without ``full_batches`` (the test loader:
+    every image once); with ``full_batches`` (training) an epoch is ``items // batch_size`` batches, all full, as
+    torchvision's GroupedBatchSampler makes them: the short leftovers, largest first, are completed with the
+    first items of their own group in this epoch's order, and the leftovers beyond that count are dropped (other
+    ones each epoch). So 6400 images in two orientations at batch 4 make 1600 iterations, not 1601, and every
+    batch has ``batch_size`` images (one batch shape per padded size). Without ``shuffle``, indices
     stay in order and batches are ordered by their first index. Everything, including the scale drawn
     per item from ``scales``, is a function of (seed, epoch) only, identical on all ranks. With
     ``world_size`` > 1 the epoch's batch list is cut to a multiple of ``world_size`` (the few leftover
@@ -221,6 +257,7 @@ class GroupedBatchSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         random_mirror: bool = False,
+        full_batches: bool = False,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -238,11 +275,17 @@ class GroupedBatchSampler(Sampler):
         self.epoch, self.start_iter = 0, 0
         seen = self.group_ids[: len(self.group_ids) // 2] if random_mirror else self.group_ids  # one epoch's items
         groups = np.unique(seen)
-        total = sum(math.ceil(int((seen == g).sum()) / self.batch_size) for g in groups)
+        self.full_batches = full_batches
+        if full_batches:
+            total = len(seen) // self.batch_size
+        else:
+            total = sum(math.ceil(int((seen == g).sum()) / self.batch_size) for g in groups)
+        self._total = total  # all ranks' batches of an epoch, before the cut to a multiple of world_size
         self._num_batches = total // world_size
         if self._num_batches == 0:
+            what = "full batches" if full_batches else "batches"
             raise UserError(
-                f"{len(self.group_ids)} images make {total} batches of {batch_size}: too few for {world_size} processes"
+                f"{len(seen)} images make {total} {what} of {batch_size}: too few for {world_size} processes"
             )
 
     def set_epoch(self, epoch: int, start_iter: int = 0) -> None:
@@ -265,10 +308,23 @@ class GroupedBatchSampler(Sampler):
         order = items[rng.permutation(len(items))] if self.shuffle else items
         scales = pick_scales(self.scales, n, rng)
         ordered_groups = self.group_ids[order]
-        batches = []
+        batches, short = [], []
+        bs = self.batch_size
         for g in np.unique(self.group_ids):
             idx = order[ordered_groups == g]
-            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+            if not self.full_batches:
+                batches += [idx[i : i + bs] for i in range(0, len(idx), bs)]
+                continue
+            cut = len(idx) // bs * bs
+            batches += [idx[i : i + bs] for i in range(0, cut, bs)]
+            if cut < len(idx):
+                short.append(idx)
+        # full batches: the leftovers (each under batch_size, so fewer than there are short groups), largest
+        # first (stable: group order on ties), completed with their group's first items, cyclically
+        short.sort(key=lambda idx: -(len(idx) % bs))
+        for idx in short[: self._total - len(batches)]:
+            rest = idx[len(idx) // bs * bs :]
+            batches.append(np.concatenate((rest, np.resize(idx, bs - len(rest)))))
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         else:
@@ -282,15 +338,20 @@ class GroupedBatchSampler(Sampler):
 
 class DetectionLoader(DataLoader):
     """A DataLoader whose iteration raises a one-line UserError for a :class:`LoadFailure` batch.
-    ``iter(loader)`` creates the underlying iterator at once, as a plain DataLoader does."""
+    ``iter(loader)`` creates the underlying iterator at once, as a plain DataLoader does. ``staging``: reused
+    page-locked buffers (``fpn.structures.Staging``, for a CUDA run) that every batch's ``to`` copies through."""
+
+    def __init__(self, *args, staging: Staging | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.staging = staging
 
     def __iter__(self) -> "_CheckedIterator":
-        return _CheckedIterator(super().__iter__())
+        return _CheckedIterator(super().__iter__(), self.staging)
 
 
 class _CheckedIterator:
-    def __init__(self, it) -> None:
-        self._it = it
+    def __init__(self, it, staging: Staging | None = None) -> None:
+        self._it, self._staging = it, staging
 
     def __iter__(self) -> "_CheckedIterator":
         return self
@@ -302,6 +363,8 @@ class _CheckedIterator:
         batch = next(self._it)
         if isinstance(batch, LoadFailure):
             raise UserError(batch.message)
+        if self._staging is not None:
+            batch.staging = self._staging
         return batch
 
 
@@ -314,17 +377,39 @@ def _check_records(records: Sequence[dict], classes: Sequence[str], what: str) -
         raise UserError(f"{what} records use label {top} but only {len(classes)} classes were given")
 
 
-def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool, pin_memory: bool) -> DetectionLoader:
+def _loader(dataset: Dataset, sampler: Sampler, cfg: Config, persistent: bool, pin_memory: bool,
+            collator: Collator) -> DetectionLoader:  # fmt: skip
+    """``pin_memory``: the batches are bound for a GPU; they are copied through the loader's reused page-locked
+    buffers (``Staging``) when ``to`` is called, rather than page-locked anew in the DataLoader's pinning thread."""
     workers = cfg.data.workers
     return DetectionLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=Collator(cfg.data.size_divisible, cfg.data.normalization, cfg.data.resize),
+        collate_fn=collator,
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
-        pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
+        staging=Staging() if pin_memory else None,
     )
+
+
+def object_capacity(records: Sequence[dict], max_objects: int, use_difficult: bool = False) -> tuple[int, int]:
+    """(object slots, crowd slots) of the training batches' ground truth under ``data.max_objects`` (0: the most
+    objects of any record rounded up to a multiple of 8; -1: 0, i.e. each batch's most); crowd slots: the most
+    crowd regions of any record, 0 when none has any. A UserError naming the image when one has more objects
+    than a fixed ``max_objects``."""
+    counts = [(int(o.sum()), int(c.sum())) for o, c in (training_objects(r, use_difficult) for r in records)]
+    most = max((k for k, _ in counts), default=0)
+    crowd = max((m for _, m in counts), default=0)
+    if max_objects < 0:
+        return 0, 0
+    if max_objects == 0:
+        return max(8, -(-most // 8) * 8), crowd
+    if most > max_objects:
+        i = next(i for i, (k, _) in enumerate(counts) if k > max_objects)
+        raise UserError(f"config data.max_objects={max_objects}: {records[i]['image']} has {counts[i][0]} objects; "
+                        f"raise it to at least {most}, or 0 (the most of any training image)")  # fmt: skip
+    return max_objects, crowd
 
 
 def build_train_loader(
@@ -350,9 +435,12 @@ def build_train_loader(
     )  # fmt: skip
     sampler = GroupedBatchSampler(
         dataset.group_ids(), cfg.solver.batch_size, d.train_scales, shuffle=True, seed=cfg.seed,
-        rank=rank, world_size=world_size, random_mirror=d.flip and d.flip_random,
+        rank=rank, world_size=world_size, random_mirror=d.flip and d.flip_random, full_batches=True,
     )  # fmt: skip
-    return _loader(dataset, sampler, cfg, persistent=True, pin_memory=pin_memory)
+    pad = PadRule(d.size_divisible, d.pad_bucket, max(d.train_scales), d.max_size)
+    objects, crowd = object_capacity(records, d.max_objects, d.use_difficult)
+    collator = Collator(d.size_divisible, d.normalization, d.resize, pad, objects, crowd)
+    return _loader(dataset, sampler, cfg, persistent=True, pin_memory=pin_memory, collator=collator)
 
 
 def build_test_loader(
@@ -370,4 +458,6 @@ def build_test_loader(
         use_difficult=d.use_difficult, resize=d.resize, normalization=d.normalization, float_resize=True,
     )  # fmt: skip
     sampler = GroupedBatchSampler(dataset.group_ids(), batch_size, (d.test_scale,), shuffle=False)
-    return _loader(dataset, sampler, cfg, persistent=False, pin_memory=pin_memory)
+    pad = PadRule(d.size_divisible, d.test_pad_bucket, d.test_scale, d.test_size_limit())
+    collator = Collator(d.size_divisible, d.normalization, d.resize, pad)
+    return _loader(dataset, sampler, cfg, persistent=False, pin_memory=pin_memory, collator=collator)

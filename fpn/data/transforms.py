@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -180,6 +181,34 @@ def normalize(image: torch.Tensor, mode: str, out: torch.Tensor | None = None) -
     return out.sub_(off)
 
 
+def normalize_batch(
+    pixels: torch.Tensor, image_sizes: Sequence[tuple[int, int]], mode: str, to_device=None
+) -> torch.Tensor:
+    """A padded batch of 0..255 pixels (N, 3, H, W), uint8 or float32 (what :func:`batch_images` gives with
+    ``normalization=None``) -> the float32 network input on the same device: :func:`normalize`'s arithmetic
+    (the same operations, so the same bits as normalising each image on the host), zeros beyond each image's
+    (h, w). What the loader's ``Batch.to`` and the Python API run after the copy: the pixels travel as uint8
+    (training) and are normalised where the model runs. ``to_device(tensor, device)`` moves the (N, 2) sizes
+    (default: :func:`fpn.structures.to_device`)."""
+    from fpn.structures import to_device as default_move
+
+    device = pixels.device
+    mul, off = (t.to(device) for t in _normalization_constants(mode))
+    if mode == "caffe":
+        pixels = pixels.flip(1)
+    out = torch.empty(pixels.shape, dtype=torch.float32, device=device)
+    out.copy_(pixels)  # the one uint8 -> float conversion
+    if mode == "imagenet":
+        out.mul_(mul)
+    out.sub_(off)
+    sizes = (to_device or default_move)(torch.tensor(list(image_sizes), dtype=torch.int64).reshape(-1, 2), device)
+    height, width = out.shape[-2:]
+    inside = (torch.arange(height, device=device) < sizes[:, :1]).view(-1, 1, height, 1) & (
+        torch.arange(width, device=device) < sizes[:, 1:]
+    ).view(-1, 1, 1, width)  # (N, 1, H, W)
+    return out.masked_fill_(~inside, 0.0)
+
+
 def normalize_like_torchvision(image: torch.Tensor, mode: str) -> torch.Tensor:
     """uint8 RGB (3, H, W) -> float32, bit for bit what torchvision's detection transform computes from
     ``image / 255`` ("imagenet": ``(x / 255 - mean) / std``; "caffe": BGR, 0..255, minus the means)."""
@@ -259,19 +288,72 @@ def prepare(
     return (image if is_normalized(resize) else normalize(image, normalization)), boxes, factor
 
 
+@dataclass(frozen=True)
+class PadRule:
+    """The padded network-input size (H, W) of a batch, from the (h, w) of its images.
+
+    ``bucket`` 0: the batch's largest height and width, each rounded up to a multiple of ``size_divisible`` (as
+    many shapes as sizes occur). ``bucket`` B > 0 (a multiple of ``size_divisible``): each side is the smallest
+    *bucket* that holds it, the buckets of a side being the multiples of B and that side's limit: the largest size
+    it can have under the resize rule, rounded up to ``size_divisible`` (the shorter side: ``min(scale,
+    max_size)``, the longer side: ``max_size``; which side is the shorter is read from the batch's largest sizes).
+    So a batch of landscape images at scale 600 / max 1000 with B=128 is padded to 608 x 640, 768, 896 or 1024
+    (a few wider images' heights 512, 384 ...): a handful of shapes per orientation instead of one per size. A
+    side over its limit (an input the rule did not make) is rounded up to a multiple of B.
+
+    Padding only adds zeros beyond each image; but the network sees more of them near its bottom/right border,
+    so detections near that border may change slightly with the padded size (docs/PERFORMANCE.md, "Padded
+    sizes")."""
+
+    size_divisible: int = 32
+    bucket: int = 0
+    scale: int = 0  # the largest shorter side an input can have (training: max(train_scales))
+    max_size: int = 0  # the largest longer side
+
+    def __post_init__(self) -> None:
+        d = max(1, int(self.size_divisible))
+        object.__setattr__(self, "size_divisible", d)
+        if self.bucket < 0 or self.bucket % d:
+            raise UserError(f"pad bucket {self.bucket}: expected 0 or a multiple of size_divisible ({d})")
+
+    def __call__(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        d, b = self.size_divisible, self.bucket
+        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        if b == 0:
+            return _round_up(height, d), _round_up(width, d)
+        long_limit = _round_up(self.max_size, d)
+        short_limit = _round_up(min(self.scale, self.max_size), d)
+        h_limit, w_limit = (short_limit, long_limit) if height <= width else (long_limit, short_limit)
+        return _bucket(height, b, h_limit), _bucket(width, b, w_limit)
+
+
+def _round_up(n: int, d: int) -> int:
+    return -(-int(n) // d) * d
+
+
+def _bucket(n: int, step: int, limit: int) -> int:
+    """The smallest of {multiples of step} and {limit} that is at least n (limit >= n), else n rounded up to step."""
+    up = _round_up(n, step)
+    return min(up, limit) if n <= limit else up
+
+
 def batch_images(
-    images: Sequence[torch.Tensor], normalization: str | None, size_divisible: int = 32, empty=torch.empty
+    images: Sequence[torch.Tensor], normalization: str | None, size_divisible: int = 32, empty=torch.empty,
+    pad: PadRule | None = None,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Resized RGB images (3, h_i, w_i), uint8 or float 0..255 -> (the float32 network input (N, 3, H, W):
     each image normalised (:func:`normalize`) straight into its corner of the batch, zero-padded at the
     bottom/right to the largest height and width rounded up to a multiple of ``size_divisible``; the (h_i, w_i)
-    of each). ``normalization=None``: the images are already the network input (:func:`is_normalized`) and
-    are only copied. ``empty(shape)`` allocates the uninitialised batch (the loader's workers use shared memory)."""
+    of each). ``normalization=None``: the images are only copied (into float32, or uint8 when all are uint8):
+    already the network input (:func:`is_normalized`), or 0..255 pixels for :func:`normalize_batch`.
+    ``empty(shape, dtype=)`` allocates the uninitialised batch (the loader's workers use shared memory).
+    ``pad``: the padded size's rule (default: ``PadRule(size_divisible)``, the largest sides rounded up)."""
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    d = max(1, int(size_divisible))
-    height = math.ceil(max(h for h, _ in sizes) / d) * d
-    width = math.ceil(max(w for _, w in sizes) / d) * d
-    out = empty((len(images), 3, height, width))
+    height, width = (pad or PadRule(size_divisible))(sizes)
+    dtype = torch.float32
+    if normalization is None and all(im.dtype == torch.uint8 for im in images):
+        dtype = torch.uint8  # pixels to normalise later (normalize_batch): a quarter of the bytes to copy
+    out = empty((len(images), 3, height, width), dtype=dtype)
     for i, (im, (h, w)) in enumerate(zip(images, sizes)):
         if normalization is None:
             out[i, :, :h, :w].copy_(im)

@@ -31,7 +31,7 @@ def predict(
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not progress or None, leave=False)
     try:
         for batch in loader:
-            images = batch.images.to(device, non_blocking=True)
+            images = batch.inputs(device, non_blocking=True)  # pixels sent, normalised on the device
             with autocast(device, amp):
                 outs = unwrap(model).detect_to_host(images, batch.image_sizes,
                                                     original_sizes=[m["orig_size"] for m in batch.metas])

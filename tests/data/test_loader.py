@@ -13,7 +13,6 @@ from fpn.data.loader import (
     build_test_loader,
     build_train_loader,
 )
-from fpn.structures import pad_targets
 from fpn.data.transforms import normalize, prepare, read_image
 from fpn.errors import UserError
 
@@ -143,9 +142,11 @@ def test_collate_pads_to_multiple_and_normalises():
     batch = Collator(32, "imagenet")([(a, ta, {"id": "a"}), (b, tb, {"id": "b"})])
     assert isinstance(batch, Batch) and len(batch) == 2
     assert batch.images.shape == (2, 3, 64, 96) and batch.images.dtype == torch.float32
+    assert batch.pixels.dtype == torch.uint8 and batch.pixels.shape == (2, 3, 64, 96)  # normalised after the copy
     assert batch.image_sizes == [(50, 70), (40, 90)]
-    torch.testing.assert_close(batch.images[0, :, :50, :70], normalize(a, "imagenet"))
-    torch.testing.assert_close(batch.images[1, :, :40, :90], normalize(b, "imagenet"))
+    # the same bits as normalising each image on the host (what the collator did before issue 28)
+    assert torch.equal(batch.images[0, :, :50, :70], normalize(a, "imagenet"))
+    assert torch.equal(batch.images[1, :, :40, :90], normalize(b, "imagenet"))
     assert (batch.images[0, :, 50:, :] == 0).all() and (batch.images[0, :, :, 70:] == 0).all()
     assert (batch.images[1, :, 40:, :] == 0).all() and (batch.images[1, :, :, 90:] == 0).all()
     assert batch.targets == [ta, tb] and [m["id"] for m in batch.metas] == ["a", "b"]
@@ -313,30 +314,47 @@ def _gt_tensors(gt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
-def test_pinned_batches_and_non_blocking_copies(voc_folder, device, pinning, workers):
-    """The loader of a CUDA run (pin_memory=True): in the pinning thread (workers > 0) or the main process
-    every tensor that ``Batch.to`` copies (the images and the padded targets) is pinned, also in a batch with
-    an image without objects ("c"), a LoadFailure passes through, and ``to(device, non_blocking=True)`` gives
-    the unpinned loader's values."""
+def test_staged_batches_and_non_blocking_copies(voc_folder, device, workers):
+    """The loader of a CUDA run (pin_memory=True) copies through its reused page-locked buffers (``Staging``)
+    rather than pinning every batch anew: ``to(device, non_blocking=True)`` gives the plain loader's values,
+    also in a batch with an image without objects ("c"); the pixels travel as uint8 and are normalised on
+    ``device``; a CPU copy is a plain one (no buffers); a LoadFailure passes through."""
     recs = _records(voc_folder)
     cfg = _cfg(workers=workers)
-    pinned_batches = list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))
+    staged = build_train_loader(cfg, recs, CLASSES, pin_memory=True)
+    assert staged.staging is not None and not staged.pin_memory
+    staged_batches = list(staged)
     plain_batches = list(build_train_loader(cfg, recs, CLASSES))
-    assert len(pinned_batches) == len(plain_batches) == 3
-    assert any(len(t["labels"]) == 0 for b in pinned_batches for t in b.targets)  # the case CUDA caught
-    for pinned, plain in zip(pinned_batches, plain_batches):
-        assert isinstance(pinned, Batch) and pinning(pinned.images)
-        assert all(pinning(v) for v in _gt_tensors(pinned.gt))
-        assert pinned.image_sizes == plain.image_sizes and pinned.metas == plain.metas
-        moved = pinned.to(device, non_blocking=True)
+    assert len(staged_batches) == len(plain_batches) == 3
+    assert any(len(t["labels"]) == 0 for b in staged_batches for t in b.targets)  # the case CUDA caught
+    for batch, plain in zip(staged_batches, plain_batches):
+        assert batch.staging is staged.staging and plain.staging is None
+        assert batch.pixels.dtype == torch.uint8 and batch.image_sizes == plain.image_sizes
+        moved = batch.to(device, non_blocking=True)
         assert moved.images.device.type == device.type and moved.gt.device.type == device.type
-        assert torch.equal(moved.images.cpu(), plain.images)
-        for t, u in zip(_gt_tensors(moved.gt), _gt_tensors(pad_targets(plain.targets, "cpu"))):
+        assert moved.images.dtype == torch.float32 and torch.equal(moved.images.cpu(), plain.images)
+        for t, u in zip(_gt_tensors(moved.gt), _gt_tensors(plain.gt)):
             assert torch.equal(t.cpu(), u)
+    if device.type == "cpu":
+        assert staged.staging.allocations == 0
+    else:  # one ring (2 buffers) per (shape, dtype) met
+        assert 0 < staged.staging.allocations <= 2 * 4 * len(staged_batches)
     bad = voc_folder / "JPEGImages" / "b.jpg"
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(UserError, match="b.jpg: cannot read image"):
         list(build_train_loader(cfg, recs, CLASSES, pin_memory=True))
+
+
+def test_batch_pin_memory_pins_what_to_copies(device, pinning):
+    """For a DataLoader of the user's own with pin_memory=True: ``Batch.pin_memory`` page-locks the pixels and
+    every padded target tensor, also with an image without objects."""
+    a = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    ta = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([1])}
+    tb = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    batch = Collator(32, "imagenet")([(a, ta, {}), (a, tb, {})])
+    pinned = batch.pin_memory()
+    assert pinning(pinned.pixels) and all(pinning(v) for v in _gt_tensors(pinned.gt))
+    assert pinned.normalization == "imagenet" and torch.equal(pinned.images, batch.images)
 
 
 def test_test_max_size_limits_test_inputs_only(voc_folder):
