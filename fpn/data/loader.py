@@ -6,9 +6,12 @@ Pieces, each replaceable:
   In training with flip, indices ``n..2n-1`` are the mirrors of images ``0..n-1`` (the seed's doubled set).
 - :class:`GroupedBatchSampler`: batches of images of one orientation (landscape or portrait) so padding
   stays small; order and per-image scales are a pure function of (seed, epoch); DDP ranks get disjoint
-  batches, the same number each.
-- :class:`Collator`: zero-pads a list of images into one tensor (bottom/right, multiple of
-  ``size_divisible``) and the targets into a ``GroundTruth``.
+  batches, the same number each; in training all full (``full_batches``).
+- :class:`Collator`: zero-pads a list of images into one tensor of 0..255 pixels (bottom/right, to a
+  ``transforms.PadRule`` size: a multiple of ``size_divisible`` or a bucket, ``data.pad_bucket``) and the
+  targets into a ``GroundTruth`` (a fixed number of slots, ``data.max_objects``).
+- :class:`Batch`: ``to(device)`` copies the pixels (uint8 in training) and the ground truth, through the
+  loader's reused page-locked buffers on a GPU (``fpn.structures.Staging``), and normalises on the device.
 - :class:`DetectionLoader`: a ``DataLoader`` that turns an unreadable image, also one met in a worker
   process, into a one-line ``UserError`` naming the file (instead of the worker's traceback text).
 """
@@ -102,7 +105,7 @@ class DetectionDataset(Dataset):
     """Records -> resized inputs. An item key is ``(index, scale)`` (what :class:`GroupedBatchSampler`
     yields) or a bare index (scale ``default_scale``). Returns ``(image, target, meta)`` with the image
     still 0..255 RGB (3, h, w) (``resize="fast"``: uint8, or float32 with ``float_resize`` (test time: resized
-    in float, ``transforms.resize_image``); the :class:`Collator` normalises it straight into the padded batch)
+    in float, ``transforms.resize_image``); normalised after the copy to the device, ``Batch.to``)
     or already normalised float32 (``resize="torchvision"``; see :func:`fpn.data.transforms.transform_image`),
     or a :class:`LoadFailure` when the image is unreadable or not the size its annotation states.
 

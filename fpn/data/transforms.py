@@ -1,8 +1,9 @@
 """Image decoding and the detector's input transforms: resize, horizontal flip, normalisation, batching.
 
 One implementation serves training, ``fpn test``, ``fpn demo``, the Python API (``fpn.Detector``) and the
-exported graph: :func:`flip_resize` (geometry), :func:`normalize` and :func:`batch_images` (the float network
-input), and :class:`GraphInputTransform`, the same steps as graph operations for ``fpn export``.
+exported graph: :func:`flip_resize` (geometry), :func:`batch_images` (zero padding to a :class:`PadRule` size)
+and :func:`normalize_batch` (the float network input, after the copy to the device; :func:`normalize` per
+image), and :class:`GraphInputTransform`, the same steps as graph operations for ``fpn export``.
 
 Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Two resize rules (``cfg.data.resize``):
 
@@ -18,8 +19,9 @@ Boxes are continuous pixel xyxy (see :mod:`fpn.data.voc`). Two resize rules (``c
 
 Speed (one CPU core, VOC image 500x375 -> 800x600): JPEGs are decoded with libjpeg-turbo
 (``torchvision.io.decode_jpeg``, 1.0 ms; PIL, 1.5 ms, is the fallback for other formats), resized in
-uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32) for training, and converted
-to float once, fused with the normalisation (0.8 ms, written straight into the padded batch by the loader).
+uint8 with ``interpolate`` (bilinear, no antialias; 1.4 ms, vs 3.4 ms in float32) for training, copied into
+the zero-padded uint8 batch (:func:`batch_images`, to a :class:`PadRule` size) and converted to float once on
+the device the model runs on, fused with the normalisation (:func:`normalize_batch`).
 At test time (test loader, demo, API, export) images are resized in float32, as an exported graph does.
 """
 
@@ -257,7 +259,7 @@ def transform_image(
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """The per-image input transform of a uint8 RGB image (3, H, W) up to batching. ``fast``:
     :func:`flip_resize` of the uint8 image, which stays 0..255 (uint8, or float32 with ``float_resize``;
-    :func:`batch_images` normalises it, fused with the copy into the padded batch); ``torchvision``:
+    :func:`batch_images` pads it, :func:`normalize_batch` normalises the batch); ``torchvision``:
     :func:`normalize_like_torchvision`, then :func:`flip_resize` of the float image (already normalised: see
     :func:`is_normalized`). Returns (image, boxes in its pixels or None, factor)."""
     if resize not in RESIZES:
