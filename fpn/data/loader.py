@@ -422,9 +422,11 @@ def build_train_loader(
     """Shuffled, aspect-grouped training batches of ``cfg.solver.batch_size`` images per process (each
     image plus its mirror when ``cfg.data.flip``; the image or its mirror with ``cfg.data.flip_random``;
     images without objects left out with ``cfg.data.filter_empty``). Call ``loader.batch_sampler.set_epoch(epoch,
-    start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch.
-    ``pin_memory``: batches arrive in page-locked memory (``Batch.pin_memory``, in the DataLoader's
-    pinning thread), so ``batch.to(cuda, non_blocking=True)`` overlaps the copy; for a CUDA run only."""
+    start_iter)`` before each epoch; ``len(loader)`` is the number of iterations per epoch, every batch full.
+    Batches are padded to ``cfg.data.pad_bucket``'s buckets, their ground truth to ``cfg.data.max_objects`` slots
+    (:func:`object_capacity`, checked here, before any training). ``pin_memory`` (a CUDA run): the loader owns
+    a ``Staging``, reused page-locked buffers, so ``batch.to(cuda, non_blocking=True)`` overlaps the copy without
+    page-locking a new batch every step."""
     cfg.data.validate()
     _check_records(records, classes, "training")
     d = cfg.data
