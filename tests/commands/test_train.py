@@ -277,15 +277,15 @@ def test_resume_restores_adamw_and_the_cosine_schedule(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_fp16_trains_with_sgd_its_scaler_state_resumes_and_a_precision_change_is_said(tmp_path, monkeypatch, capsys):
-    data_dir = tmp_path / "data"  # 4 images: 3 iterations per epoch (fp16 is slow on a CPU)
-    generate(data_dir / "synthetic", seed=0, n_train=4, n_test=2)
+    data_dir = tmp_path / "data"  # 6 images: 3 full batches of 2 per epoch (fp16 is slow on a CPU)
+    generate(data_dir / "synthetic", seed=0, n_train=6, n_test=2)
     calls = []
     real_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
-    sets = (*SGD, "data.train_scales=96", "data.max_size=128", "data.synth_train=4", "data.synth_test=2")  # fmt: skip
+    sets = (*SGD, "data.train_scales=96", "data.max_size=128", "data.synth_train=6", "data.synth_test=2")  # fmt: skip
     assert train(data_dir, tmp_path, "--epochs", "1", "--amp", "fp16", sets=sets) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("train: 4 images (") and " objects (circle " in out[0]  # the split's counts first
+    assert out[0].startswith("train: 6 images (") and " objects (circle " in out[0]  # the split's counts first
     assert out[1] == "precision: fp16 (asked for; with a GradScaler in training)"
     # unfused SGD under the GradScaler; the preset's reference batch is 8, --bs 2 keeps --lr as given
     assert out[2].startswith("world size 1: batch 2 per process, 2 in total; SGD lr 0.02 (solver.lr as given")
