@@ -152,8 +152,8 @@ def scan_voc_set(image_set: ImageSet, classes: Sequence[str]) -> tuple[list[dict
     except OSError:
         present = set()
     class_to_label = {c.lower(): i + 1 for i, c in enumerate(classes)}
-    report = BadReport(handling="refused: the VOC reader stops at the first, so fpn train does not start; "
-                                "counted here as if dropped or clipped")  # fmt: skip
+    report = BadReport(handling="refused by the VOC reader (fpn train stops at the first: fix or remove them); "
+                                "counted here as dropped or clipped")  # fmt: skip
     records = []
     for image_id in ids:
         xml = ann / f"{image_id}.xml"
@@ -516,11 +516,11 @@ def problems(summary: dict) -> list[str]:
         within = len(dup["groups"]) - len(across)
         if across:
             m = across[0]
-            out.append(f"{len(across)} images of one split are also in another (same bytes), e.g. "
+            out.append(f"{len(across)} image(s) of one split are also in another (same bytes), e.g. "
                        f"{m[0]['split']} {m[0]['id']} = {m[1]['split']} {m[1]['id']}: the test score overstates")  # fmt: skip
         if within:
             m = next(g for g in dup["groups"] if len({x["split"] for x in g}) == 1)
-            out.append(f"{within} groups of identical images within a split, e.g. {m[0]['split']} "
+            out.append(f"{within} group(s) of identical images within a split, e.g. {m[0]['split']} "
                        f"{' = '.join(x['id'] for x in m[:3])}")  # fmt: skip
     return out
 
@@ -568,9 +568,9 @@ def _format_split(role: str, s: dict) -> list[str]:
     if ws:
         lines.append(f"  image sizes {ws['min']:g}..{ws['max']:g} x {hs['min']:g}..{hs['max']:g} px (median "
                      f"{ws['p50']:g} x {hs['p50']:g}); resized to shorter side {r['scale']}, longer at most {r['max_size']}")  # fmt: skip
-    lines.append(f"  {'':<41}{'size at input (px)':^30}  {'RoI level':^24}  {'best anchor':^30}")
+    lines.append(f"  {'':<41}{'size at input (px)':^35}  {'RoI level':^24}  {'best anchor':^30}")
     lines.append(f"  {'class':<12} {'objects':>7} {'images':>6} {'diff':>5} {'crowd':>5} "
-                 + "".join(f"{k:>6}" for k in ("min", "p5", "median", "p95", "max")) + "  "
+                 + "".join(f"{k:>7}" for k in ("min", "p5", "median", "p95", "max")) + "  "
                  + "".join(f"{'P' + str(k):>6}" for k in ROI_LEVELS) + "  "
                  + "".join(f"{'P' + str(k):>6}" for k in ANCHOR_LEVELS))  # fmt: skip
     total = {"class": "(all)", "objects": s["objects"], "images": s["images"] - s["images_without_objects"],
@@ -578,7 +578,7 @@ def _format_split(role: str, s: dict) -> list[str]:
              "anchor_level": s["anchor_level"]}  # fmt: skip
     for c in [*s["classes"], total]:
         z = c["size"]
-        size = "".join(f"{z[k]:>6.1f}" if k in z else f"{'-':>6}" for k in ("min", "p5", "p50", "p95", "max"))
+        size = "".join(f"{z[k]:>7.1f}" if k in z else f"{'-':>7}" for k in ("min", "p5", "p50", "p95", "max"))
         roi = "".join(f"{v:>6}" for v in c["roi_level"].values())
         anchor = "".join(f"{v:>6}" for v in c["anchor_level"].values())
         lines.append(f"  {c['class'][:12]:<12} {c['objects']:>7} {c['images']:>6} {c['difficult']:>5} {c['crowd']:>5} "
