@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
             objects = found.objects[role]
             s = summary["splits"][role]
-            title = (f"{spec.name} {role} ({' + '.join(s['splits'])}): {s['objects']} objects, resized to shorter side "
+            title = (f"{Path(spec.name).name} {role} ({' + '.join(s['splits'])}): {s['objects']} objects, resized to shorter side "
                      f"{s['input_resize']['scale']} (longer <= {s['input_resize']['max_size']})")  # fmt: skip
             png = plot_box_sizes(objects.labels, objects.sizes, spec.classes, geometry.anchor_sizes, geometry.reach,
                                  title)  # fmt: skip

@@ -294,16 +294,15 @@ class SplitObjects:
 
 
 def _columns(records: list[dict]):
+    """(image index, boxes, labels, difficult, crowd) of every annotation, and each image's width and height."""
     n = len(records)
     counts = np.fromiter((len(r["labels"]) for r in records), np.int64, n)
-    if counts.sum():
-        def cat(key, dtype, shape=(-1,)):
-            return np.concatenate([np.asarray(r[key], dtype).reshape(shape) for r in records if len(r["labels"])])
-
-        boxes, labels = cat("boxes", np.float64, (-1, 4)), cat("labels", np.int64)
-        difficult = cat("difficult", bool)
-        crowd = np.concatenate([np.asarray(r.get("crowd", np.zeros(len(r["labels"]), bool)), bool).reshape(-1)
-                                for r in records if len(r["labels"])])  # fmt: skip
+    some = [r for r in records if len(r["labels"])]
+    if some:  # the readers' arrays as they are (K, 4) and (K,): one concatenate each, no per-record reshaping
+        boxes = np.concatenate([r["boxes"] for r in some], dtype=np.float64).reshape(-1, 4)
+        labels = np.concatenate([r["labels"] for r in some], dtype=np.int64)
+        difficult = np.concatenate([r["difficult"] for r in some], dtype=bool)
+        crowd = np.concatenate([r.get("crowd", np.zeros(len(r["labels"]), bool)) for r in some], dtype=bool)
     else:
         boxes, labels = np.zeros((0, 4)), np.zeros(0, np.int64)
         difficult = crowd = np.zeros(0, bool)
@@ -327,30 +326,35 @@ def summarize_split(role: str, names: list[str], records: list[dict], classes: S
     roi, anchor = roi_levels(t_sizes, geometry), anchor_levels(t_sizes, geometry)
     low, high = geometry.reach
 
-    def per_class(mask=None, values=None, minlength=C + 1):
-        lab = labels if mask is None else labels[mask]
-        return np.bincount(lab, minlength=minlength)[1:].tolist()
+    def per_class(values: np.ndarray) -> list[int]:
+        return np.bincount(values, minlength=C + 1)[1:].tolist()
+
+    def levels_per_class(levels: np.ndarray, names: tuple[int, ...]) -> np.ndarray:
+        n = len(names)
+        return np.bincount(t_labels * n + levels - names[0], minlength=(C + 1) * n).reshape(C + 1, n)[1:]
 
     with_objects = np.zeros(len(records), bool)
     with_objects[image[trained]] = True
-    pairs = np.unique(image[trained] * (C + 1) + t_labels)
-    images_per_class = np.bincount(pairs % (C + 1), minlength=C + 1)[1:].tolist()
+    has_class = np.zeros((len(records), C + 1), bool)  # (image, class) pairs; np.unique takes seconds on 860k
+    has_class[image[trained], t_labels] = True
+    images_per_class = has_class.sum(axis=0)[1:].tolist()
+    difficult_per_class, crowd_per_class = per_class(labels[difficult]), per_class(labels[crowd])
+    below, above = per_class(t_labels[t_sizes < low]), per_class(t_labels[t_sizes > high])
+    roi_per_class, anchor_per_class = levels_per_class(roi, ROI_LEVELS), levels_per_class(anchor, ANCHOR_LEVELS)
     order = np.argsort(t_labels, kind="stable")
     by_class = np.split(t_sizes[order], np.cumsum(np.bincount(t_labels, minlength=C + 1))[:-1])[1:]
     class_rows = []
     for c, name in enumerate(classes):
-        s = by_class[c]
-        k = t_labels == c + 1
         class_rows.append({
-            "class": name, "objects": len(s), "images": images_per_class[c],
-            "difficult": int((difficult & (labels == c + 1)).sum()), "crowd": int((crowd & (labels == c + 1)).sum()),
-            "size": _percentiles(s),
-            "roi_level": _level_counts(roi[k], ROI_LEVELS), "anchor_level": _level_counts(anchor[k], ANCHOR_LEVELS),
-            "below_anchor_reach": int((s < low).sum()), "above_anchor_reach": int((s > high).sum()),
+            "class": name, "objects": len(by_class[c]), "images": images_per_class[c],
+            "difficult": difficult_per_class[c], "crowd": crowd_per_class[c], "size": _percentiles(by_class[c]),
+            "roi_level": {f"P{k}": int(v) for k, v in zip(ROI_LEVELS, roi_per_class[c])},
+            "anchor_level": {f"P{k}": int(v) for k, v in zip(ANCHOR_LEVELS, anchor_per_class[c])},
+            "below_anchor_reach": below[c], "above_anchor_reach": above[c],
         })  # fmt: skip
     summary = {
         "role": role, "splits": names, "images": len(records), "images_without_objects": int((~with_objects).sum()),
-        "images_without_annotations": int(len(records) - len(np.unique(image))),
+        "images_without_annotations": int(len(records) - np.count_nonzero(np.bincount(image, minlength=1))),
         "objects": int(trained.sum()), "difficult": int(difficult.sum()), "crowd": int(crowd.sum()),
         "difficult_trained": geometry.use_difficult,
         "input_resize": {"scale": scale, "max_size": max_size, "rule": geometry.resize},
@@ -384,7 +388,7 @@ def duplicate_groups(paths: Sequence[str]) -> tuple[list[list[int]], int]:
     then the whole file where that matches too, so a dataset of distinct images costs one stat per file."""
     by_path: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
-        by_path.setdefault(os.path.realpath(p), []).append(i)
+        by_path.setdefault(os.path.abspath(p), []).append(i)  # not realpath: a stat per path component
     by_size: dict[int, list[str]] = {}
     for p in by_path:
         try:
@@ -444,18 +448,22 @@ class Inspection:
 def inspect_dataset(spec, geometry: Geometry, roles: Sequence[str] = ("train", "test"),
                     duplicates: bool = True) -> Inspection:  # fmt: skip
     """Count a resolved dataset (a :class:`fpn.data.catalog.DatasetSpec`): each of ``roles`` that the dataset has,
-    duplicates across them, and the warnings."""
+    duplicates across them, and the warnings. Of several roles, one whose VOC list file is missing (a folder with a
+    trainval.txt only) is left out with a note; a single one asked for must be there."""
     classes = tuple(spec.classes)
     out = Inspection(summary={
         "dataset": spec.name, "layout": spec.layout, "classes": list(classes),
         "geometry": {"anchor_sizes": list(geometry.anchor_sizes), "rpn_fg_iou": geometry.rpn_fg_iou,
                      "anchor_reach": [round(v, 1) for v in geometry.reach], "roi_canonical_size": geometry.canonical_size,
                      "roi_canonical_level": geometry.canonical_level},
-        "splits": {},
+        "splits": {}, "notes": [],
     })  # fmt: skip
     for role in roles:
         sets = spec.train_sets if role == "train" else spec.test_sets
-        if not sets:
+        missing = [s for s in sets if isinstance(s, ImageSet) and not s.list_file.is_file()]
+        if len(roles) > 1 and (missing or not sets):
+            what = f"{missing[0].list_file} not found" if missing else "the dataset defines none"
+            out.summary["notes"].append(f"no {role} split ({what})")
             continue
         records, bad = load_split(sets, classes, spec.category_ids or None)
         names = [s.split for s in sets]
@@ -552,8 +560,8 @@ def format_summary(summary: dict) -> str:
             lines.append("  " + " = ".join(f"{m['split']} {m['id']}" for m in g))
         if len(dup["groups"]) > EXAMPLES:
             lines.append(f"  ... ({len(dup['groups']) - EXAMPLES} more in the JSON)")
-    for w in summary["warnings"]:
-        lines.append(f"warning: {w}")
+    lines.extend(f"note: {n}" for n in summary.get("notes", []))
+    lines.extend(f"warning: {w}" for w in summary["warnings"])
     return "\n".join(lines)
 
 
@@ -568,19 +576,21 @@ def _format_split(role: str, s: dict) -> list[str]:
     if ws:
         lines.append(f"  image sizes {ws['min']:g}..{ws['max']:g} x {hs['min']:g}..{hs['max']:g} px (median "
                      f"{ws['p50']:g} x {hs['p50']:g}); resized to shorter side {r['scale']}, longer at most {r['max_size']}")  # fmt: skip
-    lines.append(f"  {'':<41}{'size at input (px)':^35}  {'RoI level':^24}  {'best anchor':^30}")
+    rows = [*s["classes"]]
+    w = max(6, 1 + len(str(max([*s["roi_level"].values(), *s["anchor_level"].values(), 0]))))  # level columns
+    lines.append(f"  {'':<41}{'size at input (px)':^35}  {'RoI level':^{4 * w}}  {'best anchor':^{5 * w}}")
     lines.append(f"  {'class':<12} {'objects':>7} {'images':>6} {'diff':>5} {'crowd':>5} "
                  + "".join(f"{k:>7}" for k in ("min", "p5", "median", "p95", "max")) + "  "
-                 + "".join(f"{'P' + str(k):>6}" for k in ROI_LEVELS) + "  "
-                 + "".join(f"{'P' + str(k):>6}" for k in ANCHOR_LEVELS))  # fmt: skip
+                 + "".join(f"{'P' + str(k):>{w}}" for k in ROI_LEVELS) + "  "
+                 + "".join(f"{'P' + str(k):>{w}}" for k in ANCHOR_LEVELS))  # fmt: skip
     total = {"class": "(all)", "objects": s["objects"], "images": s["images"] - s["images_without_objects"],
              "difficult": s["difficult"], "crowd": s["crowd"], "size": s["size"], "roi_level": s["roi_level"],
              "anchor_level": s["anchor_level"]}  # fmt: skip
-    for c in [*s["classes"], total]:
+    for c in [*rows, total]:
         z = c["size"]
         size = "".join(f"{z[k]:>7.1f}" if k in z else f"{'-':>7}" for k in ("min", "p5", "p50", "p95", "max"))
-        roi = "".join(f"{v:>6}" for v in c["roi_level"].values())
-        anchor = "".join(f"{v:>6}" for v in c["anchor_level"].values())
+        roi = "".join(f"{v:>{w}}" for v in c["roi_level"].values())
+        anchor = "".join(f"{v:>{w}}" for v in c["anchor_level"].values())
         lines.append(f"  {c['class'][:12]:<12} {c['objects']:>7} {c['images']:>6} {c['difficult']:>5} {c['crowd']:>5} "
                      f"{size}  {roi}  {anchor}")  # fmt: skip
     bad = s["bad_boxes"]
@@ -590,6 +600,6 @@ def _format_split(role: str, s: dict) -> list[str]:
         lines.extend(f"    {e}" for e in bad["examples"])
     else:
         lines.append("  bad boxes: none")
-    for w in bad["reader_warnings"]:
-        lines.append(f"  the reader said: {w}")
+    if not bad["reasons"]:  # else they say what the reasons say
+        lines.extend(f"  the reader said: {w}" for w in bad["reader_warnings"])
     return lines

@@ -18,6 +18,7 @@ from fpn.data.summary import (
     summarize_split,
 )
 from fpn.data.transforms import resize_factor
+from fpn.errors import UserError
 from fpn.model.level_mapper import LevelMapper
 
 
@@ -106,3 +107,15 @@ def test_a_coco_folder_with_bad_boxes(tmp_path, make_coco):
     text = format_summary(found.summary)
     assert "train (train): 3 images (2 without objects), 2 objects; 0 difficult (left out), 1 crowd regions" in text
     assert "bad boxes: 3 (2 no positive width and height, or not inside the image, 1 reaching outside the image)" in text
+
+
+def test_a_folder_without_a_test_list_is_counted_with_a_note(tmp_path, voc_folder):
+    spec = resolve_dataset(str(voc_folder))
+    found = inspect_dataset(spec, Geometry(), duplicates=False)
+    assert list(found.summary["splits"]) == ["train"] and found.summary["duplicates"] is None
+    assert found.summary["notes"] == [f"no test split ({voc_folder / 'ImageSets' / 'Main' / 'test.txt'} not found)"]
+    s = found.summary["splits"]["train"]
+    assert (s["images"], s["images_without_objects"], s["objects"], s["difficult"]) == (3, 1, 2, 1)
+    assert "note: no test split" in format_summary(found.summary)
+    with pytest.raises(UserError, match="image set 'test' not found"):  # asked for alone: it must be there
+        inspect_dataset(spec, Geometry(), roles=("test",))
