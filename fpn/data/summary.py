@@ -576,9 +576,8 @@ def _format_split(role: str, s: dict) -> list[str]:
     if ws:
         lines.append(f"  image sizes {ws['min']:g}..{ws['max']:g} x {hs['min']:g}..{hs['max']:g} px (median "
                      f"{ws['p50']:g} x {hs['p50']:g}); resized to shorter side {r['scale']}, longer at most {r['max_size']}")  # fmt: skip
-    rows = [*s["classes"]]
     w = max(6, 1 + len(str(max([*s["roi_level"].values(), *s["anchor_level"].values(), 0]))))  # level columns
-    lines.append(f"  {'':<41}{'size at input (px)':^35}  {'RoI level':^{4 * w}}  {'best anchor':^{5 * w}}")
+    lines.append(f"  {'':<41}{'size at input (px)':^35}  {'RoI level':^{4 * w}}  {'best anchor':^{5 * w}}".rstrip())
     lines.append(f"  {'class':<12} {'objects':>7} {'images':>6} {'diff':>5} {'crowd':>5} "
                  + "".join(f"{k:>7}" for k in ("min", "p5", "median", "p95", "max")) + "  "
                  + "".join(f"{'P' + str(k):>{w}}" for k in ROI_LEVELS) + "  "
@@ -586,7 +585,7 @@ def _format_split(role: str, s: dict) -> list[str]:
     total = {"class": "(all)", "objects": s["objects"], "images": s["images"] - s["images_without_objects"],
              "difficult": s["difficult"], "crowd": s["crowd"], "size": s["size"], "roi_level": s["roi_level"],
              "anchor_level": s["anchor_level"]}  # fmt: skip
-    for c in [*rows, total]:
+    for c in [*s["classes"], total]:
         z = c["size"]
         size = "".join(f"{z[k]:>7.1f}" if k in z else f"{'-':>7}" for k in ("min", "p5", "p50", "p95", "max"))
         roi = "".join(f"{v:>{w}}" for v in c["roi_level"].values())

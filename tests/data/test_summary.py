@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fpn.data.catalog import resolve_dataset
+from fpn.data.datasets import describe_split
 from fpn.data.summary import (
     BadReport,
     Geometry,
@@ -104,6 +105,10 @@ def test_a_coco_folder_with_bad_boxes(tmp_path, make_coco):
     # image 1 and image 4 are drawn with the same colour and size: the same bytes
     dup = found.summary["duplicates"]["groups"]
     assert [[(m["split"], m["id"]) for m in g] for g in dup] == [[("train", "1"), ("test", "4")]]
+    # the same counts as the line a training run starts with
+    counts = ", ".join(f"{c['class']} {c['objects']}" for c in train["classes"])
+    assert describe_split("train", found.records["train"], spec.classes) == (
+        f"train: 3 images (2 without objects), 2 objects ({counts}); 0 difficult, 1 crowd regions left out")
     text = format_summary(found.summary)
     assert "train (train): 3 images (2 without objects), 2 objects; 0 difficult (left out), 1 crowd regions" in text
     assert "bad boxes: 3 (2 no positive width and height, or not inside the image, 1 reaching outside the image)" in text
