@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def build_config(args: argparse.Namespace) -> C.Config:
 def run(args: argparse.Namespace) -> int:
     from fpn.data.datasets import resolve
     from fpn.data.summary import Geometry, format_summary, inspect_dataset
-    from fpn.io import atomic_write_bytes, atomic_write_text
+    from fpn.io import atomic_write_text
 
     if args.sheet < 0:
         raise UserError(f"--sheet {args.sheet}: expected 0 (no contact sheet) or a number of images")
@@ -73,13 +74,36 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve(cfg, generate=False, log=lambda *a, **k: None)  # the summary names the layout
     geometry = Geometry.from_config(cfg)
     roles = ("train", "test") if args.split == "all" else (args.split,)
+    out = Path(args.out) if args.out else Path(cfg.save_dir) / "inspect" / Path(spec.name).name
+    _check_writable(out)  # before the counting, not after it
     found = inspect_dataset(spec, geometry, roles, duplicates=args.duplicates)
     counted = time.perf_counter() - start
-    out = Path(args.out) if args.out else Path(cfg.save_dir) / "inspect" / Path(spec.name).name
     summary = {**found.summary, "config": {"preset": cfg.preset, "train_scales": list(cfg.data.train_scales)}}
     print(format_summary(summary))
     written = [out / "summary.json"]
-    atomic_write_text(written[0], json.dumps(summary, indent=1) + "\n")
+    try:
+        atomic_write_text(written[0], json.dumps(summary, indent=1) + "\n")
+        _pictures(args, spec, found, summary, geometry, out, written)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    print(f"counted in {counted:.1f} s; wrote {written[0]}"
+          + "".join(f", {p.name}" for p in written[1:]))  # fmt: skip
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: the folder is not writable")
+
+
+def _pictures(args, spec, found, summary: dict, geometry, out: Path, written: list) -> None:
+    """Per split, the contact sheet and the box-size plot, their paths appended to ``written``."""
+    from fpn.io import atomic_write_bytes
+
     for role, records in found.records.items():
         if args.sheet and records:
             from fpn.visualize import contact_sheet
@@ -92,15 +116,12 @@ def run(args: argparse.Namespace) -> int:
 
             objects = found.objects[role]
             s = summary["splits"][role]
-            title = (f"{Path(spec.name).name} {role} ({' + '.join(s['splits'])}): {s['objects']} objects, resized to shorter side "
-                     f"{s['input_resize']['scale']} (longer <= {s['input_resize']['max_size']})")  # fmt: skip
+            title = (f"{Path(spec.name).name} {role} ({' + '.join(s['splits'])}): {s['objects']} objects, resized to "
+                     f"shorter side {s['input_resize']['scale']} (longer <= {s['input_resize']['max_size']})")  # fmt: skip
             png = plot_box_sizes(objects.labels, objects.sizes, spec.classes, geometry.anchor_sizes, geometry.reach,
                                  title)  # fmt: skip
             written.append(out / f"box_sizes_{role}.png")
             atomic_write_bytes(written[-1], png)
-    print(f"counted in {counted:.1f} s; wrote {written[0]}"
-          + "".join(f", {p.name}" for p in written[1:]))  # fmt: skip
-    return 0
 
 
 def _save_png(image, path: Path, write) -> None:

@@ -137,3 +137,12 @@ def test_a_missing_synthetic_dataset_is_not_generated(tmp_path, capsys):
 def test_a_negative_sheet_is_a_one_line_error(tmp_path, capsys):
     assert main(["inspect", "--dataset", "synthetic", "--sheet", "-1"]) == 2
     assert capsys.readouterr().err == "error: --sheet -1: expected 0 (no contact sheet) or a number of images\n"
+
+
+def test_an_unwritable_out_is_a_one_line_error_before_counting(tmp_path, capsys):
+    root = write_planted(tmp_path / "planted")
+    (tmp_path / "file").write_text("x")
+    assert main(["inspect", "--dataset", str(root), "--out", str(tmp_path / "file" / "o")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {tmp_path / 'file' / 'o'}: cannot create the folder") and err.count("\n") == 1
+    assert out == ""  # nothing counted, nothing said
