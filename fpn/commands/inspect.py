@@ -27,7 +27,7 @@ SPLITS = ("all", "train", "test")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="pascal_voc, pascal_voc_0712, synthetic, coco, or a dataset "
+    p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH", help="pascal_voc, pascal_voc_0712, synthetic, coco, or a dataset "
                    "folder (VOC layout or COCO JSON)")  # fmt: skip
     p.add_argument("--data-dir", help="folder holding VOCdevkit2007/..., synthetic/, coco/ (default: data)")
     p.add_argument("--split", choices=SPLITS, default="all", help="which splits to count (default: all)")
