@@ -10,7 +10,8 @@ image's path replaced by ``labels``), one object per line::
 An image without a label file, or with an empty one, has no objects (a background image, as Ultralytics reads it).
 
 Records are those of :mod:`fpn.data.voc` (continuous pixel xyxy: ``x1 = (cx - w / 2) * W``, ``x2 = (cx + w / 2) *
-W``, the box a VOC file of 1-based inclusive ``xmin = x1 + 1 .. xmax = x2`` describes) with labels ``class + 1``;
+W``, the box a VOC file of 1-based inclusive ``xmin = x1 + 1 .. xmax = x2`` describes; a coordinate within 1e-6 of
+the image side of a whole pixel, the resolution of 6 decimals, is that pixel) with labels ``class + 1``;
 ``difficult`` and ``truncated`` are all False (YOLO has no such flags). Image sizes come from the image headers
 (EXIF orientation not applied, as the loader does not apply it).
 
@@ -254,6 +255,15 @@ class YoloProblems:
         return f"{where}: " + "; ".join(parts) if parts else None
 
 
+def _snap(v: float, side: int) -> float:
+    """``v`` (pixels) made a whole pixel when it is within the format's resolution of one: 6 decimals of a
+    normalised coordinate are 1e-6 of the image side, and a label tool's rounding of a box drawn on the pixel grid
+    (as VOC boxes are) moves it by at most 0.75e-6 of the side; without this it would come back a hair off, which
+    breaks the exact IoU ties of a pixel-grid box with the anchors and changes what a run trains on."""
+    r = round(v) if math.isfinite(v) else v
+    return float(r) if abs(v - r) <= 1e-6 * side else v
+
+
 def parse_yolo_lines(
     text: str, width: int, height: int, num_classes: int, name: str = "", problems: YoloProblems | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -288,6 +298,8 @@ def parse_yolo_lines(
         else:  # a polygon: its bounding box
             xs, ys = values[0::2], values[1::2]
             x1, y1, x2, y2 = min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height
+        x1, x2 = _snap(x1, width), _snap(x2, width)
+        y1, y2 = _snap(y1, height), _snap(y2, height)
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or not (x2 > x1 and y2 > y1):
             problems.add("dropped", place)
             continue

@@ -252,3 +252,14 @@ def test_bad_labels_warn_once_per_split_and_records_are_cached(tmp_path):
 def test_voc_folder_is_not_taken_for_yolo(voc_folder):
     (voc_folder / "labels").mkdir()
     assert resolve_dataset(str(voc_folder)).layout.startswith("VOC layout")
+
+
+def test_pixel_grid_boxes_come_back_exact_others_within_rounding():
+    # 6 decimals of 1/644 etc. are not exact; a coordinate within 1e-6 of the side of a whole pixel is that pixel
+    grid = [[0, 5, 12, 266], [239, 246, 251, 261], [1, 1, 321, 265]]
+    text = "".join(yolo_line(b, 1, 322, 266) + "\n" for b in grid)
+    boxes, _, _ = parse_yolo_lines(text, 322, 266, 1)
+    np.testing.assert_array_equal(boxes, np.asarray(grid, np.float32))
+    off = [10.37, 20.5, 100.25, 200.75]  # sub-pixel boxes (CVAT, a model's predictions) stay sub-pixel
+    boxes, _, _ = parse_yolo_lines(yolo_line(off, 1, 322, 266), 322, 266, 1)
+    assert np.abs(boxes[0] - off).max() < 1e-3 and boxes[0][0] != 10
