@@ -74,10 +74,10 @@ def voc_xml(file_name: str, width: int, height: int, boxes, labels, classes, sco
 
 class LabelWriter:
     """Writes one format's label files into ``out`` (module docstring). ``category_ids``: the COCO ids of labels
-    1..C (default 1..C); ``split``: the VOC list file's name."""
+    1..C (default 1..C); ``split``: the VOC list file's name (trainval: once corrected, the images train)."""
 
     def __init__(self, fmt: str, out: str | Path, classes: Sequence[str], category_ids: Sequence[int] | None = None,
-                 scores_in_yolo: bool = False, split: str = "predictions"):  # fmt: skip
+                 scores_in_yolo: bool = False, split: str = "trainval"):  # fmt: skip
         if fmt not in LABEL_FORMATS:
             raise ValueError(f"label format must be one of {LABEL_FORMATS}, got {fmt!r}")
         self.fmt, self.out, self.classes = fmt, Path(out), tuple(classes)
@@ -111,7 +111,8 @@ class LabelWriter:
             self.coco["images"].append({"id": image_id, "file_name": file_name, "width": int(width),
                                         "height": int(height)})  # fmt: skip
             for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes.tolist(), labels.tolist())):
-                x, y, w, h = round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)
+                x, y = round(x1, 2), round(y1, 2)  # corners rounded, then the size: x + w is x2 within 0.005
+                w, h = round(round(x2, 2) - x, 2), round(round(y2, 2) - y, 2)
                 ann = {"id": len(self.coco["annotations"]) + 1, "image_id": image_id,
                        "category_id": self.category_ids[label - 1], "bbox": [x, y, w, h], "area": round(w * h, 2),
                        "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}  # fmt: skip
