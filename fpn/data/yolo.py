@@ -134,7 +134,8 @@ def _flow(text: str, path: Path, n: int):
 def parse_data_yaml(text: str, path: str | Path) -> dict:
     """The top-level keys of a YOLO ``data.yaml``: the subset of YAML that Ultralytics and Roboflow write (scalars,
     ``[a, b]`` / ``{0: a}`` flow values, possibly over several lines, ``- item`` block lists and ``0: name`` block
-    mappings one level deep). Nested blocks under other keys (Roboflow's ``roboflow:``) are skipped. PyYAML is not
+    mappings one level deep, ``|`` block scalars). Deeper blocks under other keys (Roboflow's ``roboflow:``) are not
+read. PyYAML is not
     a dependency of fpn: this is all that a data.yaml needs."""
     path = Path(path)
     out: dict = {}
@@ -161,6 +162,12 @@ def parse_data_yaml(text: str, path: str | Path) -> dict:
             if not value.endswith(close):
                 raise UserError(f"{path}:{start}: '{key}' opens {value[0]} but never closes it")
             out[key] = _flow(value, path, start)
+        elif re.fullmatch(r"[|>][-+]?", value):  # a block scalar (Ultralytics' download: | script): its lines
+            block = []
+            while n < len(lines) and (not lines[n].strip() or lines[n][0].isspace()):
+                block.append(lines[n].strip())
+                n += 1
+            out[key] = "\n".join(block).strip()
         elif value:
             out[key] = _scalar(value, path, start)
         else:  # a block below: "- item" lines or "k: v" lines, indented (or "- " at the key's own indentation)

@@ -77,6 +77,11 @@ def test_data_yaml_forms():
     assert parse_data_yaml("names:\n- a\n- 'b # c'\n", "x")["names"] == ["a", "b # c"]
     assert parse_data_yaml("names: {0: a, 1: b}\n", "x")["names"] == {0: "a", 1: "b"}
     assert parse_data_yaml("names: [a,\n  b,  # two\n  c]\nnc: 3\n", "x") == {"names": ["a", "b", "c"], "nc": 3}
+    # Ultralytics' own files end with a download script; nested blocks
+    text = "names:\n  0: person\ndownload: |\n  from x import y\n\n  y('a: b')\nextra:\n  deep:\n    deeper: 1\n"
+    parsed = parse_data_yaml(text, "x")  # (deeper blocks are not read: fpn needs none)
+    assert parsed["names"] == {0: "person"} and parsed["download"] == "from x import y\n\ny('a: b')"
+    assert set(parsed) == {"names", "download", "extra"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
