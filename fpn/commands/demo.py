@@ -3,8 +3,8 @@
 For every input image (files, or folders scanned for image files) writes ``OUT/<name>.jpg`` with boxes,
 class names and scores drawn, and ``OUT/detections.json`` with the detections of score >= ``--thresh``
 (boxes continuous xyxy in the image's pixels); with ``--save-labels FORMAT`` also labels a labelling tool imports,
-in ``OUT/<format>/`` (``fpn.data.writers``: COCO JSON, VOC XML, YOLO txt). The model is a checkpoint (``--checkpoint``, PyTorch) or an
-exported ONNX file (``--model``, ONNX Runtime), run through ``fpn.Detector``.
+in ``OUT/<format>/`` (``fpn.data.writers``: COCO JSON, VOC XML, YOLO txt). The model is a checkpoint
+(``--checkpoint``, PyTorch) or an exported ONNX file (``--model``, ONNX Runtime), run through ``fpn.Detector``.
 """
 
 from __future__ import annotations
