@@ -188,11 +188,12 @@ def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConf
         if "capturable" in optimizer.defaults:  # this run's too (AdamW)
             group["capturable"] = optimizer.defaults["capturable"]
         lr = hyper["lr"] * fn(iteration)
-        if isinstance(group["lr"], torch.Tensor):  # capturable: the tensor a captured step reads stays
-            group["lr"].fill_(lr)
-        elif isinstance(optimizer.defaults["lr"], torch.Tensor):  # capturable, its rate restored as a number
-            group["lr"] = torch.tensor(lr, device=optimizer.defaults["lr"].device)
-        else:
+        tensor = optimizer.defaults["lr"]  # a tensor: this run's rates are device tensors (capturable)
+        if not isinstance(tensor, torch.Tensor):  # a number, whatever the checkpoint's run held
             group["lr"] = lr
+        elif isinstance(group["lr"], torch.Tensor) and group["lr"].device == tensor.device:
+            group["lr"].fill_(lr)  # the tensor a captured step reads stays
+        else:
+            group["lr"] = torch.tensor(lr, device=tensor.device)
     scheduler.base_lrs = base_lrs
     scheduler._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
