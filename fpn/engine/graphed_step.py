@@ -10,11 +10,12 @@ current rate; the loss values come back on the device (the trainer reads them at
 Batches key their graph by their shapes (images, ground-truth slots): the loader's padded shape buckets and
 fixed ground-truth count keep them few; past ``max_graphs`` shapes the step runs eagerly. What cannot be
 captured runs eagerly from the start, said once: a CPU device, fp16 (the GradScaler skips steps on the host's
-word), an optimiser whose step cannot be captured, several processes (DDP).
+word), an optimiser whose step cannot be captured, several processes (DDP); and from a failed capture on.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -90,6 +91,8 @@ class GraphedTrainStep:
         if self.blocker is not None:
             return self.step(images, image_sizes, gt)
         device = images.device
+        if image_sizes is None:  # the whole padded batch
+            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         if not isinstance(image_sizes, Tensor):  # (h, w) per image, copied without waiting for the GPU
             image_sizes = torch.tensor(image_sizes, dtype=torch.float32).reshape(-1, 2)
         sizes = to_device(image_sizes.float(), device)
@@ -104,7 +107,14 @@ class GraphedTrainStep:
             self.seen[key] = self.seen.get(key, 0) + 1
             if self.seen[key] <= self.warmup:
                 return self._side_stream(images, sizes, gt)
-            graph = self.graphs[key] = self._capture(images, sizes, gt)
+            try:
+                graph = self.graphs[key] = self._capture(images, sizes, gt)
+            except RuntimeError as e:  # something in the step cannot be captured: nothing ran, train eagerly
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                self.blocker = f"the capture failed ({first})"
+                self._eagerly(self.blocker, "training runs eagerly")
+                torch.cuda.synchronize(device)
+                return self.step(images, sizes, gt)
         else:
             graph.copy_in(images, sizes, gt)
         if self.step.on_update is not None:
@@ -117,7 +127,9 @@ class GraphedTrainStep:
         """An eager step on a side stream (warm-up before a capture, as PyTorch's docs do)."""
         stream = torch.cuda.Stream(images.device)
         stream.wait_stream(torch.cuda.current_stream(images.device))
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), warnings.catch_warnings():
+            # AdamW(capturable=True) warns when it steps outside a capture: these steps are meant to
+            warnings.filterwarnings("ignore", "This instance was constructed with capturable=True", UserWarning)
             out = self.step(images, sizes, gt)
         torch.cuda.current_stream(images.device).wait_stream(stream)
         return out

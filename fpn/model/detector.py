@@ -38,9 +38,9 @@ class FPNDetector(nn.Module):
       (h, w)) is given: scaled by original / input size per axis and clipped to the original image.
       ``original_sizes`` is keyword-only.
 
-    ``images``: a zero-padded (N, 3, H, W) batch (H, W multiples of 32 are best) with ``image_sizes``
-    a list of (h, w) per image before padding (None: the full H, W; or an (N, 2) tensor, never read on the host); or a list of 3 x h x w tensors,
-    padded here to a multiple of ``cfg.data.size_divisible`` (``image_sizes`` may then be None).
+    ``images``: a zero-padded (N, 3, H, W) batch (H, W multiples of 32 are best) with ``image_sizes`` a list of (h,
+    w) per image before padding (None: the full H, W; or an (N, 2) tensor, never read on the host); or a list of 3 x
+    h x w tensors, padded here to a multiple of ``cfg.data.size_divisible`` (``image_sizes`` may then be None).
     Inputs are already normalised (``cfg.data.normalization``).
 
     Works on CPU and CUDA, in float32 and under ``torch.autocast`` (bf16/fp16): logits and deltas
@@ -51,8 +51,9 @@ class FPNDetector(nn.Module):
     convolutions and the stem's max-pool are much faster in that layout (docs/PERFORMANCE.md).
 
     No host syncs on CUDA (with Triton) in a training step; an inference batch through ``forward`` reads its
-    results' counts (two small reads), through ``detect_to_host`` none but the copy of its fixed-shape tables. The small host-to-device copies (image sizes, padded targets) are non-blocking from pinned
-    memory. Details and the CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
+    results' counts (two small reads), through ``detect_to_host`` none but the copy of its fixed-shape tables. The
+    small host-to-device copies (image sizes, padded targets) are non-blocking from pinned memory. Details and the
+    CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
 
     ``compile_backend``: "" or a torch.compile backend for the training forward + losses (``losses``) and the
     inference batch (``detect_padded``, which ``detect`` compacts), one graph each (``compile_fullgraph``: no graph
@@ -145,15 +146,16 @@ class FPNDetector(nn.Module):
         if isinstance(self.roi_heads.postprocessor, SoftNMSPostProcessor):  # no fixed-shape form
             boxes, scores, labels, image = self.detect(images, sizes, original)
             # (D, 7): box, score, label, image; labels and image indices are exact in float32 (far below 2**24)
-            flat = torch.cat((boxes.float(), scores.float()[:, None], labels[:, None].float(), image[:, None].float()),
-                             1).cpu()  # fmt: skip
+            flat = torch.cat((boxes.float(), scores.float()[:, None], labels[:, None].float(),
+                              image[:, None].float()), 1).cpu()  # fmt: skip
             boxes, scores, labels, image = flat[:, :4], flat[:, 4], flat[:, 5].long(), flat[:, 6].long()
         else:  # the (N, D) tables come over whole and are compacted on the host: no wait for their count
             boxes, scores, labels, found = self.detect_padded(images, sizes, original)
             # (N, D, 7): box, score, label, found; labels are exact in float32
             table = torch.cat((boxes.float(), scores.float()[..., None], labels[..., None].float(),
                                found[..., None].float()), dim=2).cpu()  # fmt: skip
-            image, boxes, scores, labels = compact(table[..., :4], table[..., 4], table[..., 5].long(), table[..., 6] > 0)
+            image, boxes, scores, labels = compact(table[..., :4], table[..., 4], table[..., 5].long(),
+                                                   table[..., 6] > 0)
         return split_by_image(boxes, scores, labels, image, images.shape[0])
 
     def features(self, images: Tensor) -> list[Tensor]:

@@ -30,12 +30,12 @@ def test_the_option_is_off_by_default_and_validated():
         cfg.validate()
 
 
-def _setup(device, seed=0, capturable=False, amp="none"):
+def _setup(device, seed=0, capturable=False, amp="none", optimizer="sgd"):
     torch.manual_seed(seed)
     cfg = small_config()
-    cfg.solver.optimizer, cfg.solver.lr, cfg.solver.warmup_iters = "sgd", 0.01, 4  # the rate changes every step
+    cfg.solver.optimizer, cfg.solver.lr, cfg.solver.warmup_iters = optimizer, 0.01, 4  # the rate changes every step
     model = build_detector(cfg, 4, load_pretrained=False, device=device).to(device).train()
-    optimizer = build_optimizer(model, cfg.solver, capturable=capturable)
+    optimizer = build_optimizer(model, cfg.solver, grad_scaler=amp == "fp16", capturable=capturable)
     scheduler = build_scheduler(optimizer, cfg.solver, iters_per_epoch=10)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
     return model, TrainStep(model, optimizer, scaler, torch.device(device), amp), scheduler
@@ -117,13 +117,13 @@ def test_what_cannot_be_captured_is_named():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the capture runs in the GPU check")
-@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_captured_step_equals_the_eager_step_on_cuda(amp):
-    """Forward + backward + SGD step replayed from one graph: the eager step's losses, rates and weights over the
-    steps after the capture (TF32 off: both must round alike). fp16 (GradScaler) trains eagerly, said once."""
+@pytest.mark.parametrize("optimizer,amp", [("sgd", "none"), ("sgd", "bf16"), ("sgd", "fp16"), ("adamw", "none")])
+def test_captured_step_equals_the_eager_step_on_cuda(optimizer, amp):
+    """Forward + backward + optimiser step replayed from one graph: the eager step's losses, rates and weights over
+    the steps after the capture (TF32 off: both must round alike). fp16 (GradScaler) trains eagerly, said once."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    model, step, scheduler = _setup("cuda", capturable=amp != "fp16", amp=amp)
-    other, graphed_step, graphed_scheduler = _setup("cuda", capturable=amp != "fp16", amp=amp)
+    model, step, scheduler = _setup("cuda", capturable=amp != "fp16", amp=amp, optimizer=optimizer)
+    other, graphed_step, graphed_scheduler = _setup("cuda", capturable=amp != "fp16", amp=amp, optimizer=optimizer)
     said = []
     graphed = GraphedTrainStep(graphed_step, warmup=2, say=said.append)
     batch = _batch("cuda")
