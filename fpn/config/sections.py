@@ -280,6 +280,8 @@ class RuntimeConfig:
     pool_impl: str = "auto"  # auto | sparse (CPU) | packed (CUDA, no host sync) | torchvision (per level) | by_mask
     #   (per level on masked RoIs, no host sync: what an exported graph holds)
     nms_impl: str = "auto"  # auto | mask (keep masks, Triton on CUDA: no host sync) | offset | segment (CPU threads)
+    cuda_graphs: bool = False  # training steps captured as CUDA graphs, one per input shape, and replayed
+    #   (fpn.engine.graphed_step); off until measured; what cannot be captured (CPU, fp16, DDP) trains eagerly
 
     def validate(self) -> "RuntimeConfig":
         device = str(self.device).strip().lower()
@@ -291,6 +293,7 @@ class RuntimeConfig:
              f"runtime.pool_impl: must be one of {', '.join(POOL_IMPLS)}, got {self.pool_impl!r}"),
             (self.nms_impl in NMS_IMPLS,
              f"runtime.nms_impl: must be one of {', '.join(NMS_IMPLS)}, got {self.nms_impl!r}"),
+            (isinstance(self.cuda_graphs, bool), f"runtime.cuda_graphs: must be true or false, got {self.cuda_graphs!r}"),
         ])  # fmt: skip
         return self
 

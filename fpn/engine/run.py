@@ -67,6 +67,7 @@ from fpn.engine.schedule import (
     describe_optimizer,
     scaled_lr,
 )
+from fpn.engine.graphed_step import GraphedTrainStep
 from fpn.engine.step import TrainStep
 from fpn.evaluation.coco_eval import check_engine
 from fpn.engine.trainer import Trainer, TrainResult, TrainState
@@ -180,7 +181,11 @@ class _Run:
         # the solver as this run applies it: lr scaled to the total batch when solver.lr_scaling says so
         self.solver = dataclasses.replace(cfg.solver, lr=scaled_lr(cfg.solver, info.world_size))
         self.scaler = make_scaler(device, self.precision.amp)
-        self.optimizer = build_optimizer(self.model, self.solver, grad_scaler=self.scaler.is_enabled())
+        # CUDA graphs read the learning rate from a device tensor (what cannot be captured trains eagerly, said once)
+        capturable = (cfg.runtime.cuda_graphs and device.type == "cuda" and not self.scaler.is_enabled()
+                      and not info.enabled)  # fmt: skip
+        self.optimizer = build_optimizer(self.model, self.solver, grad_scaler=self.scaler.is_enabled(),
+                                         capturable=capturable)  # fmt: skip
         self.scheduler = build_scheduler(self.optimizer, self.solver, self.iters_per_epoch)
         seed_everything(cfg.seed + info.rank)  # weights are equal on all ranks; sampling differs per rank
 
@@ -193,6 +198,8 @@ class _Run:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.train_step = TrainStep(self.ddp, self.optimizer, self.scaler, device, self.precision.amp,
                                     cfg.solver.clip_grad_norm)  # fmt: skip
+        if cfg.runtime.cuda_graphs:
+            self.train_step = GraphedTrainStep(self.train_step, say=self.say)
         state.trainer = self.state
 
     def _tidy_run_dir(self, existing: list[Path]) -> None:

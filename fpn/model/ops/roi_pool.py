@@ -137,16 +137,30 @@ def sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales
     torchvision's autocast rule), else the features' dtype. ``aligned`` as in ``torchvision.ops.roi_align``."""
     if sampling_ratio <= 0:
         raise ValueError("sparse_roi_align needs a fixed sampling_ratio > 0")
-    s, g = output_size, sampling_ratio
-    n, c = features[0].shape[:2]
+    s = output_size
+    c = features[0].shape[1]
     r = rois.shape[0]
-    device = rois.device
     dtype = torch.promote_types(features[0].dtype, torch.float32)
     if r == 0:
         return features[0].new_zeros((0, c, s, s), dtype=dtype)
+    shapes = [tuple(f.shape) for f in features]
+    a, per_bin = _sparse_matrix(shapes, rois, level, scales, s, sampling_ratio, aligned, dtype)
+    # F: every level's pixels as rows, channels last: (sum N*H*W, C)
+    stacked = torch.cat([f.to(dtype).permute(0, 2, 3, 1).reshape(-1, c) for f in features])
+    pooled = _SparseProduct.apply(a, per_bin, stacked)  # (R*s*s, C)
+    return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)
+
+
+def _sparse_matrix(shapes: list[tuple[int, ...]], rois: Tensor, level: Tensor, scales: list[float], s: int, g: int,
+                   aligned: bool, dtype: torch.dtype) -> tuple[Tensor, int]:  # fmt: skip
+    """The sparse A of ``sparse_roi_align`` (CSR, R*s*s rows, one column per row of F) and its entries per row;
+    ``shapes`` the levels' (N, C, H_l, W_l)."""
+    n = shapes[0][0]
+    r = rois.shape[0]
+    device = rois.device
     rois = rois.to(dtype)
-    heights = torch.tensor([f.shape[2] for f in features], device=device)
-    widths = torch.tensor([f.shape[3] for f in features], device=device)
+    heights = torch.tensor([shape[2] for shape in shapes], device=device)
+    widths = torch.tensor([shape[3] for shape in shapes], device=device)
     level_rows = heights * widths * n  # rows of F per level
     level_start = torch.cumsum(level_rows, 0) - level_rows  # (L,) first row of each level in F
     scale = torch.tensor(scales, device=device, dtype=dtype)[level]  # (R,)
@@ -182,13 +196,68 @@ def sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales
     values = (y_wt * x_wt / (g * g)).reshape(-1)
     per_bin = 4 * g * g
     crow = torch.arange(0, r * s * s * per_bin + 1, per_bin, device=device)
-    total_rows = int(sum(f.shape[0] * f.shape[2] * f.shape[3] for f in features))
-    a = _csr(crow, columns, values, (r * s * s, total_rows))
+    total_rows = int(sum(shape[0] * shape[2] * shape[3] for shape in shapes))
+    return _csr(crow, columns, values, (r * s * s, total_rows)), per_bin
 
-    # F: every level's pixels as rows, channels last: (sum N*H*W, C)
-    stacked = torch.cat([f.to(dtype).permute(0, 2, 3, 1).reshape(-1, c) for f in features])
-    pooled = _SparseProduct.apply(a, per_bin, stacked)  # (R*s*s, C)
-    return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)
+
+def _opaque_sparse(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                   sampling_ratio: int, aligned: bool) -> Tensor:  # fmt: skip
+    return sparse_roi_align(features, rois, level, scales, output_size, sampling_ratio, aligned).clone()
+
+
+def _opaque_sparse_backward(grad: Tensor, features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float],
+                            output_size: int, sampling_ratio: int, aligned: bool) -> list[Tensor]:  # fmt: skip
+    """The features' gradients of ``sparse_roi_align``: A (built again) transposed times the gradient, each
+    level's rows back to (N, C, H_l, W_l) in its features' dtype."""
+    s, c = output_size, features[0].shape[1]
+    dtype = torch.promote_types(features[0].dtype, torch.float32)
+    shapes = [tuple(f.shape) for f in features]
+    a, per_bin = _sparse_matrix(shapes, rois, level, scales, s, sampling_ratio, aligned, dtype)
+    with torch.autocast(grad.device.type, enabled=False):
+        rows = _transpose(a, per_bin) @ grad.permute(0, 2, 3, 1).reshape(-1, c).to(dtype)  # (sum N*H*W, C)
+    sizes = [shape[0] * shape[2] * shape[3] for shape in shapes]
+    # each its own memory (outputs of an op never alias), channels-last strides as the eager gradient's
+    return [part.view(shape[0], shape[2], shape[3], c).to(f.dtype, copy=True).permute(0, 3, 1, 2)
+            for part, shape, f in zip(rows.split(sizes), shapes, features)]  # fmt: skip
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4: the sparse product is opaque to torch.compile
+    _opaque_sparse = torch.library.custom_op("fpn::sparse_roi_align", mutates_args=())(_opaque_sparse)
+    _opaque_sparse_backward = torch.library.custom_op("fpn::sparse_roi_align_backward",
+                                                      mutates_args=())(_opaque_sparse_backward)  # fmt: skip
+
+    @_opaque_sparse.register_fake
+    def _(features, rois, level, scales, output_size, sampling_ratio, aligned):
+        s, c = output_size, features[0].shape[1]
+        dtype = torch.promote_types(features[0].dtype, torch.float32)
+        return rois.new_empty((rois.shape[0], s, s, c), dtype=dtype).permute(0, 3, 1, 2)  # as the eager view
+
+    @_opaque_sparse_backward.register_fake
+    def _(grad, features, rois, level, scales, output_size, sampling_ratio, aligned):
+        return [f.new_empty((f.shape[0], f.shape[2], f.shape[3], f.shape[1])).permute(0, 3, 1, 2) for f in features]
+
+    def _setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[0], inputs[1], inputs[2])
+        ctx.levels, ctx.args = len(inputs[0]), inputs[3:]
+
+    def _backward(ctx, grad):
+        saved = ctx.saved_tensors
+        features, rois, level = list(saved[:ctx.levels]), saved[ctx.levels], saved[ctx.levels + 1]
+        grads = _opaque_sparse_backward(grad, features, rois, level, *ctx.args)
+        return grads, None, None, None, None, None, None
+
+    _opaque_sparse.register_autograd(_backward, setup_context=_setup)
+
+
+def opaque_sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float],
+                            output_size: int, sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
+    """``sparse_roi_align`` as the custom op ``torch.ops.fpn.sparse_roi_align`` (its backward another), so that
+    ``torch.compile(fullgraph=True)`` traces around the sparse matrices; the same values and gradients (A is
+    built again for the backward)."""
+    if sampling_ratio <= 0:
+        raise ValueError("sparse_roi_align needs a fixed sampling_ratio > 0")
+    return _opaque_sparse(list(features), rois, level, [float(x) for x in scales], int(output_size),
+                          int(sampling_ratio), bool(aligned))  # fmt: skip
 
 
 def pack_levels(features: list[Tensor]) -> tuple[Tensor, list[int]]:
