@@ -3,8 +3,10 @@
 For every input image (files, or folders scanned for image files) writes ``OUT/<name>.jpg`` with boxes,
 class names and scores drawn, and ``OUT/detections.json`` with the detections of score >= ``--thresh``
 (boxes continuous xyxy in the image's pixels); with ``--save-labels FORMAT`` also labels a labelling tool imports,
-in ``OUT/<format>/`` (``fpn.data.writers``: COCO JSON, VOC XML, YOLO txt). The model is a checkpoint
-(``--checkpoint``, PyTorch) or an exported ONNX file (``--model``, ONNX Runtime), run through ``fpn.Detector``.
+in ``OUT/<format>/`` (``fpn.data.writers``: COCO JSON, VOC XML, YOLO txt). A video file (``fpn.video``: .mp4, .mov,
+.avi ...; needs the ``fpn[video]`` extra) becomes ``OUT/<name>.mp4`` with every frame drawn, frames batched like
+images. The model is a checkpoint (``--checkpoint``, PyTorch) or an exported ONNX file (``--model``, ONNX Runtime),
+run through ``fpn.Detector``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 from fpn.commands import flags
 from fpn.data.writers import LABEL_FORMATS
 from fpn.errors import UserError
+from fpn.video import is_video, video_info
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 CHUNK = 64  # images decoded and predicted together
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="image files, folders of images and/or video files (.mp4, .mov ...: pip install 'fpn[video]')")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="PATH", help="a .pth file written by fpn train")
     source.add_argument("--model", metavar="PATH", help="an .onnx file written by fpn export (runs in onnxruntime)")
@@ -107,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device or "auto")
         precision = resolve_precision(args.amp or "auto", device)
         print(f"precision: {precision}")
-    paths, skipped = readable_images(collect_images(args.images))
+    found = collect_images(args.images)
+    videos = [p for p in found if is_video(p)]  # checked (PyAV, readable) before the model loads
+    for video in videos:
+        video_info(video)
+    images = [p for p in found if not is_video(p)]
+    paths, skipped = readable_images(images) if images else ([], [])
     for reason in skipped:  # one bad file does not stop a folder
         print(f"warning: {reason}; skipped", file=sys.stderr)
     if args.model:
@@ -151,12 +160,34 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint" if args.checkpoint else "model": str(args.checkpoint or args.model), "classes": list(classes),
         "thresh": args.thresh, "box_format": "xyxy, continuous pixel coordinates of the image", "images": results,
     }  # fmt: skip
+    for video, name in zip(videos, output_names(videos)):
+        _demo_video(detector, video, out / f"{Path(name).stem}.mp4", classes, args)
+    if not paths:
+        return 0
     atomic_write_text(out / "detections.json", json.dumps(info, indent=1) + "\n")
     for writer in writers:
         print(f"wrote {writer.fmt.upper()} labels of {len(writer.stems)} image(s) to {writer.close()}")
     print(f"wrote {len(results)} image(s) and detections.json to {out}"
           + (f"; skipped {len(skipped)} unreadable file(s), named above" if skipped else ""))
     return 0
+
+
+def _demo_video(detector, path: Path, dst: Path, classes, args: argparse.Namespace) -> None:
+    """Every frame of the video ``path`` drawn into ``dst`` (batches of ``--bs`` frames through ``predict``)."""
+    import numpy as np
+    from PIL import Image
+
+    from fpn.video import process_video
+    from fpn.visualize import draw_detections
+
+    def draw(frames, first):
+        dets = detector.predict(frames, batch_size=args.bs)
+        return [np.asarray(draw_detections(Image.fromarray(f), {"boxes": d.boxes, "scores": d.scores,
+                                                                "labels": d.labels}, classes, args.thresh))
+                for f, d in zip(frames, dets)]  # fmt: skip
+
+    frames, seconds = process_video(path, dst, draw, chunk=max(CHUNK // 4, args.bs), progress=args.progress)
+    print(f"{path}: {frames} frames drawn into {dst} ({frames / max(seconds, 1e-9):.1f} frames/s)")
 
 
 def _predict(detector, paths: list[Path], args: argparse.Namespace, skipped: list[str]) -> list:

@@ -51,6 +51,21 @@ def lr_factor(
     return factor
 
 
+def small_dataset_epochs(
+    epochs: int, decay_epochs: Sequence[int], iters_per_epoch: int, min_iters: int
+) -> tuple[int, tuple[int, ...]]:
+    """(epochs, lr_decay_epochs) for a run of ``iters_per_epoch`` iterations per epoch that should train at least
+    ``min_iters`` iterations (``solver.min_iters``): when ``epochs`` are too few they become the fewest that
+    reach it, and each decay epoch is scaled by the same factor (rounded half up, at least 1) so the schedule
+    keeps its shape; otherwise (or ``min_iters`` 0) both are returned as given. Applying it to its own result
+    changes nothing, so a resumed run keeps its schedule."""
+    decay = tuple(int(e) for e in decay_epochs)
+    if min_iters <= 0 or epochs * iters_per_epoch >= min_iters:
+        return epochs, decay
+    raised = -(-min_iters // iters_per_epoch)  # ceil
+    return raised, tuple(max(1, (2 * e * raised + epochs) // (2 * epochs)) for e in decay)
+
+
 def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict]:
     """Trainable parameters split into weight and bias groups; empty groups are dropped."""
     weights, biases = [], []
