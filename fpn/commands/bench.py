@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpn.perf.bench import bench_config, format_results, run_benchmarks
-    from fpn.engine.device import resolve_device, resolve_precision
+    from fpn.engine.device import prepare_for_speed, resolve_device, resolve_precision
     from fpn.io import atomic_write_text
 
     for flag, value in (("--bs", args.bs), ("--scale", args.scale), ("--max-size", args.max_size),
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrain_iters is not None and args.pretrain_iters < 0:
         raise UserError(f"--pretrain-iters {args.pretrain_iters}: must not be negative")
     device = resolve_device(cfg.runtime.device)
+    prepare_for_speed(device)
     results: dict = {}
     if args.mode != "data":
         print(f"precision: {resolve_precision(cfg.runtime.amp, device)}", flush=True)
