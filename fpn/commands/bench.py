@@ -7,8 +7,9 @@ replacing its values (and ``--set`` for any other field); ``--mode train`` runs 
 Weights and images (fpn/perf/weights.py): ``--weights`` (a torchvision Faster R-CNN state dict, loaded by
 both models, or an fpn checkpoint), else with ``--compare torchvision`` torchvision's model pretrained briefly on
 the bench images (``--pretrain-iters``) and given to both; ``--image-dir`` (a VOC/COCO dataset folder or any
-folder of pictures), else synthetic images. ``--profile``: host syncs with their source lines, and on CUDA the
-kernel time, busy fraction, launches and top kernels of each run.
+folder of pictures), else synthetic images. ``--profile``: aten operations per training step and per inference
+batch (a CPU proxy for kernel launches), host syncs with their source lines, and on CUDA the kernel time, busy
+fraction, launches and top kernels of each run.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-iters", type=int, help="with --compare torchvision and no --weights: train "
                    "torchvision's model this many iterations first (default 150 on a GPU, 60 on a CPU at scale <= 320)")
     p.add_argument("--save-weights", help="write the torchvision state dict both models ran to this file")
-    p.add_argument("--profile", action="store_true", help="host syncs per iteration with their source lines; on "
-                   "CUDA also kernel time, busy fraction, launches and top kernels")
+    p.add_argument("--profile", action="store_true", help="aten ops and host syncs (with their source lines) per "
+                   "iteration; on CUDA also kernel time, busy fraction, launches and top kernels")
     flags.add_set(p, "runtime.fuse_frozen_bn=False runtime.nms_impl=offset")
     flags.add_amp(p)
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])

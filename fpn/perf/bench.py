@@ -18,7 +18,8 @@ counts detections and proposals per image (:func:`detection_counts`) and says wh
 Each timing runs ``warmup`` untimed iterations first, then ``iters`` timed ones; on CUDA the clock is read
 between device synchronisations, so asynchronous work is counted. Results are plain dicts (images/s, ms per
 iteration, peak memory, achieved TFLOP/s from a FlopCounterMode count of one iteration; with ``profile`` the
-host syncs and, on CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
+aten operations of one iteration (``fpn.perf.op_count``: a CPU proxy for kernel launches), the host syncs and, on
+CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
 
 Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
 ``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
@@ -226,7 +227,9 @@ NOT_REPRESENTATIVE = ("NOT REPRESENTATIVE: the model returns no detections, so N
 
 def _profile(run, out: dict, device, iters: int) -> None:
     from fpn.perf.cuda_profile import host_syncs, profile_cuda
+    from fpn.perf.op_count import count_aten_ops
 
+    out["aten_ops"] = count_aten_ops(run)  # one iteration: a CPU proxy for kernel launches
     out["host_syncs"] = host_syncs(run, device)
     if device.type == "cuda":
         out["profile"] = profile_cuda(run, max(1, min(iters, 5)), device)
@@ -474,6 +477,10 @@ def format_results(results: dict) -> str:
             rows.append(f"  GPU kernels {p['gpu_ms_per_iter']:.1f} ms/iter (busy {100 * p['busy']:.0f}%), "
                         f"{p['launches_per_iter']:.0f} launches/iter, {p['syncs_per_iter']:.0f} syncs/iter; top: "
                         + ", ".join(f"{k['name'][:40]} {k['ms_per_iter']:.1f} ms" for k in p["top_kernels"][:3]))
+        if "aten_ops" in r:
+            a = r["aten_ops"]
+            rows.append(f"  aten ops per iteration: {a['ops']} (+{a['views']} views); most: "
+                        + ", ".join(f"{name} x{n}" for name, n in a["top"][:5]))
         if "host_syncs" in r:
             h = r["host_syncs"]
             sites = ", ".join(f"{site} x{n}" for site, n in list(h["sites"].items())[:8])

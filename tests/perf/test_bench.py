@@ -97,12 +97,16 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
         assert r["images_per_s"] > 0 and r["gflop_per_image"] > 0
         assert len(r["detections_per_image"]) == len(r["proposals_per_image"]) == int(key[-1])
         assert r["representative"] == (sum(r["detections_per_image"]) > 0) and r["host_syncs"]["per_iter"] >= 0
+        ops = r["aten_ops"]  # one iteration's operations: a training step runs the backward too
+        assert ops["ops"] > 100 and ops["views"] > 0 and ops["top"][0][1] >= ops["top"][-1][1] > 0
+    assert res["ours/train_bs2"]["aten_ops"]["ops"] > res["ours/infer_bs2"]["aten_ops"]["ops"]
     # the host syncs of torchvision's inference: its per-level NMS and pooling, by source line
     assert any(site.startswith("torchvision/") for site in res["torchvision/infer_bs2"]["host_syncs"]["sites"])
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
     _check_ratios(res, printed)  # train_bs2, infer_bs1, infer_bs2
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed and "host syncs:" in printed
+    assert f"aten ops per iteration: {res['ours/train_bs2']['aten_ops']['ops']} (+" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
 
