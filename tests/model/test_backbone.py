@@ -234,6 +234,30 @@ def test_folded_frozen_stages_are_kept_until_their_weights_change():
     check()
 
 
+def test_inference_folds_trainable_convolutions_until_a_step_changes_them():
+    """Without gradients (evaluation during training, inference) trainable convolutions are folded and kept too;
+    an optimiser step (an in-place update) makes the next evaluation fold the new weights."""
+    torch.manual_seed(0)
+    fused = _randomise_norms(ResNetBackbone(18, norm="frozen_bn", freeze_at=1, width=16, conv_norm=folded_conv_norm))
+    plain = copy.deepcopy(fused)
+    for module in plain.modules():
+        if hasattr(module, "conv_norm"):
+            module.conv_norm = plain_conv_norm
+    x = torch.randn(1, 3, 64, 64)
+    optimizer = torch.optim.SGD([p for p in fused.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        with torch.no_grad():
+            fused(x)
+            names = _op_names(lambda: fused(x))
+            for a, b in zip(fused(x), plain(x)):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+        assert names.count("convolution") == 20 and "mul" not in names
+        optimizer.zero_grad()
+        sum(f.sum() for f in fused(x)).backward()
+        optimizer.step()
+        plain.load_state_dict(fused.state_dict())
+
+
 @pytest.mark.skipif(not cpu_bf16_support()[0], reason="bf16 autocast on this CPU is emulated (slow)")
 def test_folded_frozen_stages_are_kept_cast_under_autocast():
     """Under bf16 autocast a frozen stage's folded weights are kept cast: no per-forward copy of them; a trainable

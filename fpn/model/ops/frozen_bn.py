@@ -8,8 +8,9 @@ The ResNet blocks (``fpn.model.backbone``) declare their (convolution, norm) pai
   ``b * scale + shift``): no activation-sized pass over the output. What does not train is computed once and kept
   (``_memo``), not in every forward: a frozen BatchNorm's ``scale, shift`` never change, so a trainable convolution
   costs one product ``W * scale`` per forward (and its gradient ``dL/dW' * scale`` backward, as unfolded); a frozen
-  convolution (a frozen stage: its weight does not train either) is folded whole, and under autocast also kept
-  cast, so it costs no operation at all besides the convolution. Before this, each pair cost ~6 small operations
+  convolution (a frozen stage: its weight does not train either), and every one where no gradient is taken
+  (inference: until an optimiser step changes the weight), is folded whole, and under autocast also kept cast, so
+  it costs no operation besides the convolution. Before this, each pair cost ~6 small operations
   per forward (``rsqrt``, products, the casts autocast makes of frozen weights): ~600 kernel launches per R101
   forward on a GPU (docs/PERFORMANCE.md, "Issue 28"). Tests compare outputs and gradients with ``plain_conv_norm``.
 
@@ -75,7 +76,8 @@ def folded_conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
         weight = conv.weight * scale.view(-1, 1, 1, 1)
         return conv._conv_forward(x, weight, shift if conv.bias is None else conv.bias * scale + shift)
     cast = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-    if not conv.weight.requires_grad and (conv.bias is None or not conv.bias.requires_grad):  # a frozen stage
+    trains = torch.is_grad_enabled() and (conv.weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad))
+    if not trains:  # a frozen stage, or inference: folded once per set of weights (an optimiser step makes a new one)
         sources = (conv.weight, *(() if conv.bias is None else (conv.bias,)), *_norm_tensors(norm))
 
         def fold():
