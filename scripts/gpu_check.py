@@ -300,8 +300,8 @@ def triton_probe(device_name: str) -> dict:
     if not interpreted and (compiler is None or not headers.is_file()):
         missing = ([] if compiler else ["a C compiler (cc, gcc or clang; or $CC)"]) + (
             [] if headers.is_file() else [f"Python's headers ({headers}; the python3-dev package)"])
-        out.update(ok=False, note=f"Triton cannot build its launcher: no {' and no '.join(missing)}; the NMS falls "
-                   "back to torchvision's (a host sync per call)")  # fmt: skip
+        out.update(ok=False, note=f"Triton cannot build its launcher: missing {' and '.join(missing)}; the NMS "
+                   "falls back to torchvision's (a host sync per call)")  # fmt: skip
         return out
     from fpn.model.ops.nms import triton_problem
 

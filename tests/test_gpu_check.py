@@ -359,3 +359,16 @@ def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_p
     assert report["steps"]["train"] == gpu_check.skipped("tv_r18.pth was not written (run the bench step first)")
     assert proc.returncode == 1  # a skipped step fails the check
     assert ran.exists() == (how == "found on PATH")  # probed and passed over; with PYTHON set, never run
+
+
+def test_triton_probe_says_when_the_toolchain_is_missing(monkeypatch):
+    """No C compiler and no Python headers: the probe says so in one line, before compiling anything."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(gpu_check.sysconfig, "get_paths", lambda: {"include": "/nonexistent/include"})
+    result = gpu_check.triton_probe("cuda")
+    assert not result["ok"] and result["toolchain"] == {"cc": None, "python_h": False}
+    assert result["note"] == ("Triton cannot build its launcher: missing a C compiler (cc, gcc or clang; or $CC) and "
+                              "Python's headers (/nonexistent/include/Python.h; the python3-dev package); the NMS "
+                              "falls back to torchvision's (a host sync per call)")  # fmt: skip
