@@ -149,7 +149,8 @@ FULL = Plan(
 )
 TINY = ["--net", "res18", "--scale", "64", "--max-size", "96", "--compare", "torchvision", "--profile", "--iters", "1",
         "--warmup", "0", "--image-size", "160x120"]  # fmt: skip
-# Planned costs: this script's dry run measured on a 2-core AMD EPYC shared with other work (docs/PERFORMANCE.md).
+# Planned costs: this script's dry run measured on a 2-core AMD EPYC shared with other work (load ~7, 2026-12-07:
+# triton 10 s, bench 178 / 39 s, synthetic 52 s, train 18 s, levers 108 s; docs/PERFORMANCE.md).
 DRY = Plan(
     device="cpu",
     synthetic_args=["--workers", "0", "--log-interval", "2", "--bs", "2", "--set", "data.synth_train=12",
@@ -172,9 +173,9 @@ DRY = Plan(
     train_images=6,  # 12 samples, 6 iterations at batch 2
     train_reference="train bs2 fp32",
     budget_s=900,
-    tasks=[Task("tests", "", 60, 600), Task("triton", "", 20, 300), Task("bench", "train bs2 fp32", 60, 300),
-           Task("bench", "infer bs2 auto", 40, 300), Task("synthetic", "", 60, 300), Task("train", "", 40, 300),
-           Task("levers", "train bs2 fp32 plain", 30, 300)],  # fmt: skip
+    tasks=[Task("tests", "", 60, 600), Task("triton", "", 15, 300), Task("bench", "train bs2 fp32", 120, 300),
+           Task("bench", "infer bs2 auto", 40, 300), Task("synthetic", "", 50, 300), Task("train", "", 20, 300),
+           Task("levers", "train bs2 fp32 plain", 60, 300)],  # fmt: skip
 )
 
 
@@ -402,7 +403,10 @@ def bench_checks(res: dict, log_text: str = "") -> list[str]:
     problems = [f"{k}: no detections" for k, v in res.items()
                 if isinstance(v, dict) and "representative" in v and not v["representative"]]  # fmt: skip
     if "agreement" in res and not res["agreement"]["ok"]:
-        problems.append(f"agreement: {res['agreement']}")
+        a = res["agreement"]
+        problems.append(f"agreement: {a['detections'][0]} vs {a['detections'][1]} detections, {a.get('matched')} "
+                        f"matched, {a.get('unmatched_confident')} confident ones unmatched, boxes within "
+                        f"{a.get('max_box_px', 0):.2g} px, scores within {a.get('max_score', 0):.2g}")  # fmt: skip
     problems += [f"fell back: {sign}" for sign in FALLBACK_SIGNS if sign in log_text]
     return problems
 

@@ -37,9 +37,12 @@ def test_training_summary_finite_falling_and_map(tmp_path):
 def test_bench_checks_fail_models_that_detect_nothing_and_disagreement():
     ok = {"ours/infer_bs8": {"representative": True}, "agreement": {"ok": True}}
     assert gpu_check.bench_checks(ok) == []
-    bad = {"ours/infer_bs8": {"representative": False}, "agreement": {"ok": False, "detections": [3, 4]}}
+    bad = {"ours/infer_bs8": {"representative": False},
+           "agreement": {"ok": False, "detections": [3, 4], "matched": 3, "unmatched_confident": 1, "max_box_px": 0.25,
+                         "max_score": 0.001}}  # fmt: skip
     problems = gpu_check.bench_checks(bad)
-    assert problems[0] == "ours/infer_bs8: no detections" and problems[1].startswith("agreement:")
+    assert problems == ["ours/infer_bs8: no detections", "agreement: 3 vs 4 detections, 3 matched, 1 confident ones "
+                        "unmatched, boxes within 0.25 px, scores within 0.001"]  # fmt: skip
 
 
 def test_clock_gives_each_command_what_is_left_and_skips_when_out_of_time():
