@@ -252,8 +252,10 @@ def test_inference_folds_trainable_convolutions_until_a_step_changes_them():
             for a, b in zip(fused(x), plain(x)):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
         assert names.count("convolution") == 20 and "mul" not in names
+        assert "_fpn_folded" in vars(fused.layer4[0].conv1)  # an evaluation's copy of a trainable weight...
         optimizer.zero_grad()
         sum(f.sum() for f in fused(x)).backward()
+        assert "_fpn_folded" not in vars(fused.layer4[0].conv1)  # ...dropped by the next training forward
         optimizer.step()
         plain.load_state_dict(fused.state_dict())
 

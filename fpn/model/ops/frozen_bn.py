@@ -51,16 +51,16 @@ def _same(a: tuple, b: tuple) -> bool:
                                     for (s1, *rest1), (s2, *rest2) in zip(a, b))  # fmt: skip
 
 
-def _memo(owner: nn.Module, name: str, sources: tuple, make):
-    """``make()`` (no autograd) for the current values of ``sources``, computed once and kept on ``owner`` (outside
-    its state dict) until one of them changes."""
+def _memo(owner: nn.Module, name: str, sources: tuple, make, variant=None):
+    """``make()`` (no autograd) for the current values of ``sources`` and ``variant`` (e.g. the autocast dtype),
+    computed once and kept on ``owner`` (outside its state dict) until one of them changes."""
     kept = owner.__dict__.get(name)
     inference = torch.is_inference_mode_enabled()
-    if kept is not None and (inference or not kept[1]) and _same(kept[0], _state(sources)):
-        return kept[2]
+    if kept is not None and kept[1] == variant and (inference or not kept[2]) and _same(kept[0], _state(sources)):
+        return kept[3]
     with torch.no_grad():
         value = make()
-    owner.__dict__[name] = (_state(sources), inference, value)  # inference tensors serve inference mode only
+    owner.__dict__[name] = (_state(sources), variant, inference, value)  # inference tensors: inference mode only
     return value
 
 
@@ -86,13 +86,15 @@ def folded_conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
             bias = shift if conv.bias is None else conv.bias * scale + shift
             return (weight, bias) if cast is None else (weight.to(cast), bias.to(cast))  # autocast finds them cast
 
-        weight, bias = _memo(conv, f"_fpn_folded_{cast}", sources, fold)
+        weight, bias = _memo(conv, "_fpn_folded", sources, fold, cast)
         return conv._conv_forward(x, weight, bias)
+    conv.__dict__.pop("_fpn_folded", None)  # training: an evaluation's folded copy is stale, free its memory
+
     def affine():
         scale, shift = scale_and_shift(norm)
         return scale.view(-1, 1, 1, 1), shift if cast is None else shift.to(cast)
 
-    scale, shift = _memo(norm, f"_fpn_scale_shift_{cast}", _norm_tensors(norm), affine)
+    scale, shift = _memo(norm, "_fpn_scale_shift", _norm_tensors(norm), affine, cast)
     weight = conv.weight * scale  # (C_out, C_in, k, k) * (C_out, 1, 1, 1): the one operation, and its gradient
     bias = shift if conv.bias is None else conv.bias * scale.view(-1) + shift
     return conv._conv_forward(x, weight, bias)
