@@ -327,8 +327,6 @@ class Config:
         m, r = self.model, self.runtime
         _check([
             (self.log_interval >= 1, f"log_interval {self.log_interval}: must be at least 1"),
-            (not (r.pool_impl == "packed" and not m.pool_aligned),
-             "runtime.pool_impl=packed needs model.pool_aligned=True (torchvision's convention pools per level)"),
             (not (r.pool_impl == "sparse" and m.pool_sampling_ratio <= 0),
              "runtime.pool_impl=sparse needs model.pool_sampling_ratio > 0"),
         ])  # fmt: skip

@@ -48,7 +48,7 @@ from fpn.checkpoint import (
 )
 from fpn.checkpoint import run_dir as make_run_dir
 from fpn.data.datasets import describe_split, resolve, split_records
-from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, resolve_precision
+from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, prepare_for_speed, resolve_precision
 from fpn.engine.hooks import (
     SCHEDULER,
     Checkpointer,
@@ -109,6 +109,7 @@ def train(
     cfg.validate()
     check_from_scratch(cfg, resuming=resume is not None)
     info, device = distributed.setup(cfg.runtime.device)
+    prepare_for_speed(device)  # cuDNN's autotuner: training sizes repeat
     try:
         return _Run(cfg, info, device, session, resume, log, asked, state or RunState(), tensorboard, progress).run()
     finally:

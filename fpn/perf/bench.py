@@ -18,7 +18,8 @@ counts detections and proposals per image (:func:`detection_counts`) and says wh
 Each timing runs ``warmup`` untimed iterations first, then ``iters`` timed ones; on CUDA the clock is read
 between device synchronisations, so asynchronous work is counted. Results are plain dicts (images/s, ms per
 iteration, peak memory, achieved TFLOP/s from a FlopCounterMode count of one iteration; with ``profile`` the
-host syncs and, on CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
+aten operations of one iteration (``fpn.perf.op_count``: a CPU proxy for kernel launches), the host syncs and, on
+CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
 
 Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
 ``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
@@ -226,7 +227,9 @@ NOT_REPRESENTATIVE = ("NOT REPRESENTATIVE: the model returns no detections, so N
 
 def _profile(run, out: dict, device, iters: int) -> None:
     from fpn.perf.cuda_profile import host_syncs, profile_cuda
+    from fpn.perf.op_count import count_aten_ops
 
+    out["aten_ops"] = count_aten_ops(run)  # one iteration: a CPU proxy for kernel launches
     out["host_syncs"] = host_syncs(run, device)
     if device.type == "cuda":
         out["profile"] = profile_cuda(run, max(1, min(iters, 5)), device)
@@ -295,25 +298,77 @@ def _dense_pooling(model):
         pooler.pool = pool
 
 
+AGREE_IOU = 0.9  # a detection of ours and one of torchvision's are the same object: this IoU, the same label
+AGREE_MARGIN = 0.05  # detections scoring under the threshold + this may be on one side only (rounding there)
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """fp32 convolutions and matrix products in full fp32 on CUDA (TF32 off), restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def match_detections(ours: dict, ref: dict, score_thresh: float) -> dict:
+    """Ours and torchvision's detections of one image ({"boxes" (n, 4), "scores", "labels"} CPU tensors) matched
+    one to one, greedily in torchvision's score order, to the unmatched detection of ours with the same label and
+    the highest IoU >= ``AGREE_IOU``. Returns the spread of the matched pairs ("max_box_px", "median_box_px",
+    "max_score", "median_score"), "matched", "unmatched" [ours, torchvision], and "unmatched_confident": the
+    unmatched ones scoring at least ``score_thresh + AGREE_MARGIN`` (near the threshold, float rounding may put a
+    detection on either side; above it, a missing detection is a disagreement). Independent of order."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(ref["boxes"], ours["boxes"]) if len(ref["boxes"]) and len(ours["boxes"]) else torch.zeros(
+        (len(ref["boxes"]), len(ours["boxes"])))  # fmt: skip
+    iou = iou * (ref["labels"][:, None] == ours["labels"][None, :])
+    taken = torch.zeros(len(ours["boxes"]), dtype=torch.bool)
+    pairs = []
+    for i in torch.argsort(ref["scores"], descending=True, stable=True).tolist():
+        row = iou[i].masked_fill(taken, -1.0)
+        if row.numel() and row.max() >= AGREE_IOU:
+            j = int(row.argmax())
+            taken[j] = True
+            pairs.append((i, j))
+    mi = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    mj = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    box_px = (ours["boxes"][mj] - ref["boxes"][mi]).abs().amax(1) if pairs else torch.zeros(0)
+    score = (ours["scores"][mj] - ref["scores"][mi]).abs() if pairs else torch.zeros(0)
+    left_ref = torch.ones(len(ref["boxes"]), dtype=torch.bool)
+    left_ref[mi] = False
+    confident = score_thresh + AGREE_MARGIN
+    return {"matched": len(pairs), "unmatched": [int((~taken).sum()), int(left_ref.sum())],
+            "unmatched_confident": int((ours["scores"][~taken] >= confident).sum() + (ref["scores"][left_ref] >= confident).sum()),
+            "max_box_px": float(box_px.max()) if pairs else 0.0,
+            "median_box_px": float(box_px.median()) if pairs else 0.0,
+            "max_score": float(score.max()) if pairs else 0.0,
+            "median_score": float(score.median()) if pairs else 0.0}  # fmt: skip
+
+
 def agreement(models: BenchModels, image: torch.Tensor, device) -> dict:
-    """Ours and torchvision's detections of ``image`` (uint8 (3, H, W)) with the same weights, in fp32, at their
-    score threshold, in score order: {"detections": [ours, torchvision], "max_box_px", "max_score",
-    "labels_equal", "ok"} (ok: the same non-zero count, labels equal, boxes within 0.5 px, scores within 0.01)."""
+    """Ours and torchvision's detections of ``image`` (uint8 (3, H, W)) with the same weights, in fp32 (TF32 off
+    on CUDA: its 10-bit products would reorder a briefly trained model's many near-equal scores), at their score
+    threshold, matched by IoU and label (``match_detections``): {"detections": [ours, torchvision], the match's
+    spread and counts, "labels_equal" (of the matched pairs: true by construction), "ok"}. ok: something detected,
+    every detection above the threshold's margin matched, matched boxes within 0.5 px and scores within 0.01."""
     from fpn.api import Detector
 
     tv = models.torchvision.to(device).eval()
     detector = Detector.from_model(models.ours, models.cfg, models.classes, str(device), "none")
-    with torch.inference_mode():
-        ref = tv([image.to(device).float() / 255])[0]
-    ours = detector.predict(image)
-    n = min(len(ours), len(ref["scores"]))
-    boxes, scores = torch.from_numpy(ours.boxes[:n]), torch.from_numpy(ours.scores[:n])
-    out = {"detections": [len(ours), len(ref["scores"])],
-           "max_box_px": float((boxes - ref["boxes"][:n].cpu()).abs().max()) if n else 0.0,
-           "max_score": float((scores - ref["scores"][:n].cpu()).abs().max()) if n else 0.0,
-           "labels_equal": bool(torch.equal(torch.from_numpy(ours.labels[:n]), ref["labels"][:n].cpu()))}  # fmt: skip
-    out["ok"] = (out["detections"][0] == out["detections"][1] > 0 and out["labels_equal"]
-                 and out["max_box_px"] <= 0.5 and out["max_score"] <= 0.01)  # fmt: skip
+    with _exact_fp32():
+        with torch.inference_mode():
+            ref = {k: v.cpu() for k, v in tv([image.to(device).float() / 255])[0].items()}
+        ours = detector.predict(image)
+    mine = {"boxes": torch.from_numpy(ours.boxes).float(), "scores": torch.from_numpy(ours.scores).float(),
+            "labels": torch.from_numpy(ours.labels).long()}  # fmt: skip
+    out = {"detections": [len(ours), len(ref["scores"])], "tf32": False,
+           **match_detections(mine, {**ref, "labels": ref["labels"].long()}, models.cfg.model.score_thresh),
+           "labels_equal": True}  # fmt: skip
+    out["ok"] = (out["matched"] > 0 and out["unmatched_confident"] == 0 and out["max_box_px"] <= 0.5
+                 and out["max_score"] <= 0.01)  # fmt: skip
     return out
 
 
@@ -474,6 +529,10 @@ def format_results(results: dict) -> str:
             rows.append(f"  GPU kernels {p['gpu_ms_per_iter']:.1f} ms/iter (busy {100 * p['busy']:.0f}%), "
                         f"{p['launches_per_iter']:.0f} launches/iter, {p['syncs_per_iter']:.0f} syncs/iter; top: "
                         + ", ".join(f"{k['name'][:40]} {k['ms_per_iter']:.1f} ms" for k in p["top_kernels"][:3]))
+        if "aten_ops" in r:
+            a = r["aten_ops"]
+            rows.append(f"  aten ops per iteration: {a['ops']} (+{a['views']} views); most: "
+                        + ", ".join(f"{name} x{n}" for name, n in a["top"][:5]))
         if "host_syncs" in r:
             h = r["host_syncs"]
             sites = ", ".join(f"{site} x{n}" for site, n in list(h["sites"].items())[:8])
@@ -492,9 +551,10 @@ def format_results(results: dict) -> str:
     if "agreement" in results:
         a = results["agreement"]
         rows.append(f"same weights, ours vs torchvision (fp32, one image): {a['detections'][0]} vs "
-                    f"{a['detections'][1]} "
-                    f"detections, boxes within {a['max_box_px']:.1e} px, scores within {a['max_score']:.1e}, labels "
-                    f"{'equal' if a['labels_equal'] else 'DIFFER'}: "
+                    f"{a['detections'][1]} detections, {a['matched']} matched by IoU and label, boxes within "
+                    f"{a['max_box_px']:.1e} px (median {a['median_box_px']:.1e}), scores within {a['max_score']:.1e}, "
+                    f"unmatched {a['unmatched'][0]} / {a['unmatched'][1]} ({a['unmatched_confident']} above the "
+                    f"threshold's margin): "
                     f"{'agree' if a['ok'] else 'nothing to compare' if not max(a['detections']) else 'DISAGREE'}")
     if notes:
         rows.append(f"{', '.join(notes)}: {NOT_REPRESENTATIVE}")

@@ -267,8 +267,7 @@ def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
     assert fast.roi_heads.pooler.pool is packed_roi_align and isinstance(fast.rpn.nms, (TritonNMS, OffsetNMS))
     assert type(for_inference(model).rpn.nms) is ThreadedNMS
     for key, value, message in [("pool_impl", "fast", "runtime.pool_impl: must be one of auto, torchvision"),
-                                ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment"),
-                                ("pool_aligned", False, "runtime.pool_impl=packed needs model.pool_aligned=True")]:
+                                ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment")]:
         small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "packed", "auto"
         setattr(small_cfg.runtime if key in vars(small_cfg.runtime) else small_cfg.model, key, value)
         with pytest.raises(UserError, match=message):

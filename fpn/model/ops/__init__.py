@@ -53,7 +53,7 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
 
     "auto" rules: a CPU takes NMS in threads per group for proposals, ``batched_nms`` on the gathered candidates
     for detections, and the sparse pooler (with a fixed ``sampling_ratio``); CUDA takes the Triton keep masks (when
-    the kernel runs here; else offset NMS) and the packed pooler (``aligned``; else per level). An exported graph
+    the kernel runs here; else offset NMS) and the packed pooler (either alignment). An exported graph
     takes one offset NMS call each, the by-mask pooler, no anchor cache and no torch.compile. ``triton``: None
     asks the machine (once per process, on CUDA only); True / False force it (tests: Triton's interpreter on a
     CPU). ``compile`` (a torch.compile backend): the NMS with data-dependent sizes (every one but Triton's) and the
@@ -67,8 +67,6 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
         raise ValueError(f"pool must be one of {', '.join(POOL_CHOICES)}, got {pool!r}")
     if nms not in NMS_CHOICES:
         raise ValueError(f"nms must be one of {', '.join(NMS_CHOICES)}, got {nms!r}")
-    if pool == "packed" and not aligned:
-        raise ValueError("pool=packed needs aligned RoIs (torchvision's convention pools per level)")
     if pool == "sparse" and sampling_ratio <= 0:
         raise ValueError("pool=sparse needs a fixed sampling ratio > 0")
     if purpose == "export":  # one graph for any number of boxes and any RoI distribution; nothing cached
@@ -80,7 +78,7 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
     if pool == "auto":
         if device_type == "cpu" and sampling_ratio > 0:
             pool = "sparse"
-        elif cuda and aligned:
+        elif cuda:  # either alignment (converted torchvision weights pool unaligned)
             pool = "packed"
         else:
             pool = "torchvision"
