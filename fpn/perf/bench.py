@@ -142,23 +142,28 @@ def _count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _time(fn, warmup: int, iters: int, device: torch.device) -> list[float]:
+def _time(fn, warmup: int, iters: int, device: torch.device) -> tuple[list[float], float]:
+    """Seconds of each timed iteration, and of the untimed warm-up in all (torch.compile traces there)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     _sync(device)
+    warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, warmup_s
 
 
-def _summary(times: list[float], images_per_iter: int, flops: float, device: torch.device) -> dict:
+def _summary(timed: tuple[list[float], float], images_per_iter: int, flops: float, device: torch.device) -> dict:
+    times, warmup_s = timed
     median = statistics.median(times)
     out = {
         "iters": len(times),
+        "warmup_s": warmup_s,  # the warm-up iterations in all: with runtime.compile, mostly compiling
         "ms_per_iter": median * 1e3,
         "images_per_s": images_per_iter / median,
         "gflop_per_image": flops / images_per_iter / 1e9,
@@ -524,6 +529,9 @@ def format_results(results: dict) -> str:
                     f"{r['tflops']:>9.2f}{mem:>10}{_counts(r)}")
         if "note" in r:
             notes.append(key)
+        if results["config"].get("compile") and key.startswith("ours") and "warmup_s" in r:
+            rows.append(f"  warm-up {r['warmup_s']:.1f} s in all (torch.compile {results['config']['compile']} "
+                        "compiles there)")
         if "profile" in r:
             p = r["profile"]
             rows.append(f"  GPU kernels {p['gpu_ms_per_iter']:.1f} ms/iter (busy {100 * p['busy']:.0f}%), "
