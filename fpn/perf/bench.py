@@ -245,7 +245,8 @@ def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device
     """Median time of one training step, ``TrainStep``: forward, loss sum, backward, optimiser step (on a copy of
     ``model``: its weights are left as they are). Detections are counted before, in eval mode."""
     model = copy.deepcopy(model).to(device)
-    counts = detection_counts(model, inp, impl, amp, device)
+    with _eager(model):
+        counts = detection_counts(model, inp, impl, amp, device)
     model.train()
     step = make_train_step(model, cfg, amp, device, warmup + iters + 1 + (7 if profile else 0))
     inputs = (inp.images, inp.image_sizes, inp.targets) if impl == "ours" else (inp.originals, inp.original_targets)
@@ -255,12 +256,14 @@ def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = _count_flops(run)
+    with _eager(model):
+        flops = _count_flops(run)
     out = _summary(_time(run, warmup, iters, device), len(inp.image_sizes), flops, device)
     out["optimizer"] = describe_optimizer(step.optimizer)
     out.update(counts)
     if profile:
-        _profile(run, out, device, iters)
+        with _eager(model):
+            _profile(run, out, device, iters)
     return out
 
 
@@ -280,13 +283,29 @@ def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
+    with _eager(model), _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
         flops = _count_flops(forward)
     out = _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
-    out.update(detection_counts(model, inp, impl, amp, device))
-    if profile:
-        _profile(forward, out, device, iters)
+    with _eager(model):
+        out.update(detection_counts(model, inp, impl, amp, device))
+        if profile:
+            _profile(forward, out, device, iters)
     return out
+
+
+@contextlib.contextmanager
+def _eager(model):
+    """Our model without its ``torch.compile`` functions (``runtime.compile``) while the FLOP and aten-op counters
+    watch it: a compiled graph runs under no dispatch mode, and the counters count what eager runs (the same
+    operations before fusion)."""
+    compiled = getattr(model, "_compiled", None)
+    if compiled is not None:
+        model._compiled = None
+    try:
+        yield
+    finally:
+        if compiled is not None:
+            model._compiled = compiled
 
 
 @contextlib.contextmanager
