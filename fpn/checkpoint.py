@@ -26,7 +26,8 @@ with epoch, step, iteration and session 0 and no optimiser, scheduler, scaler or
 File name: ``fpn_{session}_{epoch}_{step}.pth`` inside the run folder
 ``{save_dir}/{net}/{dataset}/{exp_name}/``; :func:`checkpoint_files` lists a folder's in the order a run writes
 them, :func:`newest_checkpoint` finds the one ``--resume auto`` continues, :func:`prune_mid_epoch` keeps the
-newest ``solver.keep_checkpoints`` mid-epoch ones (epoch-end checkpoints are never removed).
+newest ``solver.keep_checkpoints`` mid-epoch ones (epoch-end ones: ``solver.keep_epoch_checkpoints``, in
+``fpn.engine.hooks.Checkpointer``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: ``fpn train|test|demo|export|synth|voc-eval|coco-eval|bench|convert``.
+"""The ``fpn`` command line: ``fpn train|test|demo|export|synth|voc-eval|coco-eval|bench|convert|inspect``.
 
 Each subcommand lives in ``fpn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only dispatches. A ``UserError`` becomes one line on stderr and its exit code (2; 3 a diverged
@@ -26,6 +26,7 @@ COMMANDS = {
     "coco-eval": ("fpn.commands.coco_eval", "evaluate a COCO results file against COCO annotations"),
     "bench": ("fpn.commands.bench", "time training, inference and data loading"),
     "convert": ("fpn.commands.convert", "convert torchvision Faster R-CNN weights into an fpn checkpoint"),
+    "inspect": ("fpn.commands.inspect", "summarise a dataset and draw its boxes before training"),
 }
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# GPU acceptance check, one call under 8 minutes on one H100/H200: device-parametrized tests on CUDA, the synthetic
-# preset end to end in bf16, fpn bench with the same trained weights as torchvision's (R101 600/1000 and R50
-# 800/1333, with the GPU profile; the issue-20 levers off and on), fpn train with the real loader; one
-# report.json + report.md in --out, exit code 0 when every check passed.
+# GPU acceptance check, one call under 8 minutes on one H100/H200, its tasks in order of value (the plan printed
+# first): device-parametrized tests on CUDA, the Triton kernel (toolchain, compile, kept sets), fpn bench with the
+# same trained weights as torchvision's (R101 600/1000 first, then R50 800/1333, with the GPU profile), the
+# synthetic preset end to end in bf16, fpn train with the real loader (issue 20's levers when asked for);
+# report.md + report.json + details.tar.gz in --out (small), weights and datasets in --scratch (outside the repo);
+# exit code 0 when every check passed.
 #
-#   scripts/gpu_check.sh [--out DIR] [--steps tests,synthetic,bench,train,levers] [--budget SECONDS]
+#   scripts/gpu_check.sh [--out DIR] [--scratch DIR] [--steps tests,triton,synthetic,bench,train[,levers]]
+#                        [--budget SECONDS]
 #   scripts/gpu_check.sh --dry-run      # or DRY=1: the same on the CPU with tiny sizes (no CUDA needed)
 #   PYTHON=/path/to/venv/bin/python scripts/gpu_check.sh ...
 #

@@ -170,7 +170,9 @@ def test_each_section_checks_its_own_fields(section, field, value, words):
 
 
 def test_rules_across_sections():
-    cfg = C.get_preset("torchvision")  # pool_aligned=False
+    cfg = C.get_preset("torchvision")  # pool_aligned=False: the packed pooler takes either alignment (issue 28)
     cfg.runtime.pool_impl = "packed"
-    with pytest.raises(UserError, match="runtime.pool_impl=packed needs model.pool_aligned=True"):
+    cfg.validate()
+    cfg.runtime.pool_impl, cfg.model.pool_sampling_ratio = "sparse", 0
+    with pytest.raises(UserError, match="runtime.pool_impl=sparse needs model.pool_sampling_ratio > 0"):
         cfg.validate()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,13 @@ def test_training_summary_finite_falling_and_map(tmp_path):
 def test_bench_checks_fail_models_that_detect_nothing_and_disagreement():
     ok = {"ours/infer_bs8": {"representative": True}, "agreement": {"ok": True}}
     assert gpu_check.bench_checks(ok) == []
-    bad = {"ours/infer_bs8": {"representative": False}, "agreement": {"ok": False, "detections": [3, 4]}}
+    bad = {"ours/infer_bs8": {"representative": False},
+           "agreement": {"ok": False, "detections": [3, 4], "matched": 3, "unmatched_confident": 1, "max_box_px": 0.25,
+                         "max_score": 0.001}}  # fmt: skip
     problems = gpu_check.bench_checks(bad)
-    assert problems[0] == "ours/infer_bs8: no detections" and problems[1].startswith("agreement:")
+    disagreement = ("agreement: 3 vs 4 detections, 3 matched, 1 confident ones unmatched, boxes within 0.25 px, "
+                    "scores within 0.001")
+    assert problems == ["ours/infer_bs8: no detections", disagreement]
 
 
 def test_clock_gives_each_command_what_is_left_and_skips_when_out_of_time():
@@ -162,7 +167,7 @@ def test_markdown_report_shows_every_run_its_numbers_and_skips():
 def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--steps", "train,lint", "--out", str(tmp_path)])
-    assert "--steps train,lint: choose from tests, synthetic, bench, train, levers" in capsys.readouterr().err
+    assert "--steps train,lint: choose from tests, triton, synthetic, bench, train, levers" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path)]) == 2
         assert "no CUDA device visible; run with --dry-run" in capsys.readouterr().err
@@ -170,20 +175,35 @@ def test_needs_cuda_unless_dry_and_checks_steps(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_dry_run_passes_on_a_cpu(tmp_path):
-    """The script end to end on the CPU (about a minute): synthetic preset, same-weights bench runs (pretrained,
-    saved, reloaded), the real-loader training on the saved backbone, a levers-off run. The device tests run
-    elsewhere."""
-    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "synthetic,bench,train,levers",
-           "--out", str(tmp_path)]  # fmt: skip
+    """The script end to end on the CPU (about two minutes): the Triton probe (interpreted), same-weights bench
+    runs (pretrained, saved, reloaded), the synthetic preset, the real-loader training on the saved backbone, a
+    levers-off run. The device tests run elsewhere. What is kept is three small files; the bulk is in scratch."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps",
+           "triton,synthetic,bench,train,levers", "--out", str(out), "--scratch", str(scratch)]  # fmt: skip
     env = {**os.environ, "PYTHON": sys.executable}  # the tests' interpreter, whatever python3 is on PATH
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["ok"] and set(report["steps"]) == {"synthetic", "bench", "train", "levers"}
+    assert proc.stdout.startswith("gpu_check: plan, in order of value: ")  # the plan, up front
+    # the kept folder: the reports and the details' archive, nothing bulky; weights and datasets in scratch
+    assert sorted(p.name for p in out.iterdir()) == sorted(gpu_check.KEPT)
+    assert sum(p.stat().st_size for p in out.iterdir()) < 2 * 2**20  # a dry run's; a GPU run's stays < 20 MB
+    assert (scratch / "tv_r18.pth").is_file() and (scratch / "data" / "synthetic").is_dir()
+    with tarfile.open(out / "details.tar.gz") as tar:
+        names = tar.getnames()
+    assert "details/logs/bench_train_bs2_fp32.log" in names and "details/bench_infer_bs2_auto.json" in names
+    assert "details/metrics_real_loader.jsonl" in names and not any(n.endswith((".pth", ".jpg")) for n in names)
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] and set(report["steps"]) == {"triton", "synthetic", "bench", "train", "levers"}
+    assert [t["step"] for t in report["plan"]] == ["triton", "bench", "bench", "synthetic", "train", "levers"]
+    assert all(t["result"] == "ok" and t["seconds"] > 0 for t in report["plan"])
+    triton = report["steps"]["triton"]
+    assert triton["mismatched_groups"] == 0 and triton["groups"] == 16 and triton["near_threshold_pairs"] > 100
     runs = report["steps"]["bench"]["runs"]
     assert set(runs) == set(gpu_check.DRY.bench_runs) and all(r["ok"] for r in runs.values())
     first = runs["train bs2 fp32"]["results"]
     assert first["weights"]["pretrain"]["iterations"] == 20 and first["ours/train_bs2"]["representative"]
+    assert first["ours/train_bs2"]["aten_ops"]["ops"] > 0
     assert runs["infer bs2 auto"]["results"]["weights"]["kind"] == "torchvision state dict"
     assert runs["infer bs2 auto"]["results"]["agreement"]["ok"]
     plain = report["steps"]["levers"]["runs"]["train bs2 fp32 plain"]["results"]
@@ -195,10 +215,26 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     assert first["ratio/train_bs2"] == pytest.approx(
         first["ours/train_bs2"]["images_per_s"] / first["torchvision/train_bs2"]["images_per_s"])
     train = report["steps"]["train"]
+    assert train["iterations"] == train["planned_iterations"] == gpu_check.DRY.train_iterations == 6
     assert train["images_per_s"] > 0 and train["bench_images_per_s"] == first["ours/train_bs2"]["images_per_s"]
     assert train["vs_bench"] == pytest.approx(train["images_per_s"] / train["bench_images_per_s"])
     assert report["seconds"] <= gpu_check.DRY.budget_s
-    _check_markdown_shows_the_report(report, (tmp_path / "report.md").read_text())
+    _check_markdown_shows_the_report(report, (out / "report.md").read_text())
+
+
+def test_scratch_is_outside_the_repository_and_only_ours_is_emptied(tmp_path):
+    with pytest.raises(SystemExit, match="inside the repository"):
+        gpu_check.prepare_scratch(ROOT / "runs" / "bulk")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("someone's")
+    with pytest.raises(SystemExit, match="not empty and not made by gpu_check"):
+        gpu_check.prepare_scratch(foreign)
+    ours = tmp_path / "ours"
+    gpu_check.prepare_scratch(ours)
+    (ours / "tv_r101.pth").write_bytes(b"stale weights of an earlier call")
+    gpu_check.prepare_scratch(ours)
+    assert sorted(p.name for p in ours.iterdir()) == [gpu_check.SCRATCH_MARK]
 
 
 @pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
@@ -223,11 +259,12 @@ def test_planned_steps_fit_the_budget(plan, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "run", run)
     monkeypatch.setattr(gpu_check, "environment", lambda device: {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    argv = ["--out", str(tmp_path)] + (["--dry-run"] if plan is gpu_check.DRY else [])
+    argv = ["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--steps", ",".join(gpu_check.STEPS)]
+    argv += ["--dry-run"] if plan is gpu_check.DRY else []
     assert gpu_check.main(argv) == 1  # every command timed out
     assert started and now[0] <= plan.budget_s
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert list(report["steps"]) == list(gpu_check.STEPS) and report["seconds"] <= plan.budget_s
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["steps"]) == set(gpu_check.STEPS) and report["seconds"] <= plan.budget_s
     for step, runs in [("bench", plan.bench_runs), ("levers", plan.lever_runs)]:
         assert set(report["steps"][step]["runs"]) == set(runs)
     for name, step in report["steps"].items():
@@ -236,7 +273,60 @@ def test_planned_steps_fit_the_budget(plan, tmp_path, monkeypatch, capsys):
     assert any(r.get("note") == "out of time" for r in report["steps"]["levers"]["runs"].values())
     if plan is gpu_check.FULL:
         assert plan.budget_s + 30 <= 8 * 60  # start-up (CUDA, imports) within the rest
-    _check_markdown_shows_the_report(report, (tmp_path / "report.md").read_text())
+    _check_markdown_shows_the_report(report, (tmp_path / "out" / "report.md").read_text())
+
+
+@pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
+def test_planned_costs_add_up_within_the_budget_most_valuable_first(plan):
+    """The default tasks' planned seconds fit the budget (the levers, asked for separately, may not); every task of
+    the plan is one the steps define, once; tests first, then the Triton probe, then the same-weights R101 runs."""
+    default = [t for t in plan.tasks if t.step in gpu_check.DEFAULT_STEPS]
+    assert sum(t.planned_s for t in default) <= plan.budget_s
+    assert all(15 <= t.planned_s <= t.timeout_s for t in plan.tasks)
+    named = [(t.step, t.name) for t in plan.tasks]
+    assert len(set(named)) == len(named)
+    assert {n for s, n in named if s == "bench"} == set(plan.bench_runs)
+    assert {n for s, n in named if s == "levers"} == set(plan.lever_runs)
+    assert [s for s, _ in named[:3]] == ["tests", "triton", "bench"] and named[-1][0] == "levers"
+    assert named.index(("train", "")) > named.index(("bench", plan.train_reference))  # its weights come first
+    if plan is gpu_check.FULL:
+        assert [n for _, n in named[2:4]] == ["r101 train bs8 bf16", "r101 infer bs8 bf16"]
+        # the real loader: 600 images and their mirrors (data.flip) at batch 8, the bench's pooler and sizes
+        assert plan.train_iterations == 150 and "model.pool_aligned=False" in plan.train_args
+        assert "data.max_size=800" in plan.train_args and "solver.clip_grad_norm=10" in plan.train_args
+
+
+def test_a_run_whose_weights_were_not_written_pretrains_them_and_the_rest_go_on(tmp_path, monkeypatch):
+    """The first bench run fails before saving its weights: the next run that would load them pretrains and saves
+    them itself (as many iterations), and the runs after it load them."""
+    commands = []
+
+    def run(cmd, log, timeout, env=None):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("failed\n" if not commands else "ran\n")
+        rc = 1 if not commands else 0
+        if rc == 0 and "--save-weights" in cmd:
+            torch.save({}, cmd[cmd.index("--save-weights") + 1])
+        commands.append(cmd)
+        return {"cmd": " ".join(cmd), "rc": rc, "seconds": 1.0, "timed_out": False, "log": str(log)}
+
+    monkeypatch.setattr(gpu_check, "run", run)
+    paths = gpu_check.Paths(tmp_path / "out", tmp_path / "scratch")
+    plan = gpu_check.FULL
+    results = [gpu_check.step_bench_run(plan, paths, 100, name) for name in
+               ["r101 train bs8 bf16", "r101 infer bs8 bf16", "r101 train bs2 fp32"]]  # fmt: skip
+    assert [r["rc"] for r in results] == [1, 0, 0] and not results[0]["ok"]
+    second, third = commands[1], commands[2]
+    assert second[second.index("--pretrain-iters") + 1] == "100" and "--save-weights" in second
+    assert results[1]["note"] == "tv_r101.pth was not written before: pretrained here"
+    assert "--weights" in third and "--save-weights" not in third
+
+
+def test_a_bench_run_whose_fast_path_fell_back_fails():
+    res = {"ours/train_bs8": {"representative": True}}
+    log = "RuntimeWarning: fpn: the Triton NMS kernel cannot run here (CalledProcessError: cc); using torchvision's"
+    assert gpu_check.bench_checks(res, log) == ["fell back: the Triton NMS kernel cannot run here"]
+    assert gpu_check.bench_checks(res, "all good") == []
 
 
 @pytest.mark.parametrize("plan", [gpu_check.FULL, gpu_check.DRY], ids=["full", "dry"])
@@ -265,7 +355,7 @@ def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_p
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--steps", "train", "--out",
-           str(tmp_path / "out")]  # fmt: skip
+           str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert (tmp_path / "out" / "report.json").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -273,3 +363,16 @@ def test_the_shell_script_runs_the_tests_interpreter_not_the_first_python3(tmp_p
     assert report["steps"]["train"] == gpu_check.skipped("tv_r18.pth was not written (run the bench step first)")
     assert proc.returncode == 1  # a skipped step fails the check
     assert ran.exists() == (how == "found on PATH")  # probed and passed over; with PYTHON set, never run
+
+
+def test_triton_probe_says_when_the_toolchain_is_missing(monkeypatch):
+    """No C compiler and no Python headers: the probe says so in one line, before compiling anything."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(gpu_check.sysconfig, "get_paths", lambda: {"include": "/nonexistent/include"})
+    result = gpu_check.triton_probe("cuda")
+    assert not result["ok"] and result["toolchain"] == {"cc": None, "python_h": False}
+    assert result["note"] == ("Triton cannot build its launcher: missing a C compiler (cc, gcc or clang; or $CC) and "
+                              "Python's headers (/nonexistent/include/Python.h; the python3-dev package); the NMS "
+                              "falls back to torchvision's (a host sync per call)")  # fmt: skip

@@ -16,7 +16,7 @@ LAYERS = [
     ("fpn.checkpoint",),
     ("fpn.interop",),
     ("fpn.engine",),
-    ("fpn.export", "fpn.visualize"),
+    ("fpn.export", "fpn.visualize", "fpn.video"),
     ("fpn.api",),
     ("fpn.perf",),
     ("fpn.commands",),

@@ -7,8 +7,9 @@ replacing its values (and ``--set`` for any other field); ``--mode train`` runs 
 Weights and images (fpn/perf/weights.py): ``--weights`` (a torchvision Faster R-CNN state dict, loaded by
 both models, or an fpn checkpoint), else with ``--compare torchvision`` torchvision's model pretrained briefly on
 the bench images (``--pretrain-iters``) and given to both; ``--image-dir`` (a VOC/COCO dataset folder or any
-folder of pictures), else synthetic images. ``--profile``: host syncs with their source lines, and on CUDA the
-kernel time, busy fraction, launches and top kernels of each run.
+folder of pictures), else synthetic images. ``--profile``: aten operations per training step and per inference
+batch (a CPU proxy for kernel launches), host syncs with their source lines, and on CUDA the kernel time, busy
+fraction, launches and top kernels of each run.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-iters", type=int, help="with --compare torchvision and no --weights: train "
                    "torchvision's model this many iterations first (default 150 on a GPU, 60 on a CPU at scale <= 320)")
     p.add_argument("--save-weights", help="write the torchvision state dict both models ran to this file")
-    p.add_argument("--profile", action="store_true", help="host syncs per iteration with their source lines; on "
-                   "CUDA also kernel time, busy fraction, launches and top kernels")
+    p.add_argument("--profile", action="store_true", help="aten ops and host syncs (with their source lines) per "
+                   "iteration; on CUDA also kernel time, busy fraction, launches and top kernels")
     flags.add_set(p, "runtime.fuse_frozen_bn=False runtime.nms_impl=offset")
     flags.add_amp(p)
     p.add_argument("--mode", default="train", choices=["train", "infer", "data", "all"])
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpn.perf.bench import bench_config, format_results, run_benchmarks
-    from fpn.engine.device import resolve_device, resolve_precision
+    from fpn.engine.device import prepare_for_speed, resolve_device, resolve_precision
     from fpn.io import atomic_write_text
 
     for flag, value in (("--bs", args.bs), ("--scale", args.scale), ("--max-size", args.max_size),
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrain_iters is not None and args.pretrain_iters < 0:
         raise UserError(f"--pretrain-iters {args.pretrain_iters}: must not be negative")
     device = resolve_device(cfg.runtime.device)
+    prepare_for_speed(device)
     results: dict = {}
     if args.mode != "data":
         print(f"precision: {resolve_precision(cfg.runtime.amp, device)}", flush=True)

@@ -145,6 +145,12 @@ def _resume_auto(args: argparse.Namespace, log) -> tuple[C.Config, tuple | None]
         log(f"--resume auto: no checkpoint in {folder}; training from the start")
         return cfg, None
     path, ckpt = found
+    ipe = (ckpt.get("run") or {}).get("iters_per_epoch")
+    if ipe:  # the epochs a small dataset's run raised (solver.min_iters), as the run will raise them again
+        from fpn.engine.schedule import small_dataset_epochs
+
+        s = cfg.solver
+        s.epochs, s.lr_decay_epochs = small_dataset_epochs(s.epochs, s.lr_decay_epochs, int(ipe), s.min_iters)
     log(f"--resume auto: {path} (epoch {ckpt['epoch']}, step {ckpt['step']}, iteration {ckpt['iteration']})"
         + (f": all {cfg.solver.epochs} epochs are done, nothing to train" if _finished(ckpt, cfg) else ""))  # fmt: skip
     differ = _differences(C.to_dict(cfg, runtime=False), C.to_dict(checkpoint_config(ckpt, path), runtime=False))

@@ -229,13 +229,17 @@ class SolverConfig:
     lr_decay_epochs: tuple[int, ...] = (10,)  # lr *= gamma after each of these epochs
     lr_decay_gamma: float = 0.1
     lr_schedule: str = "step"  # step (lr_decay_epochs, lr_decay_gamma) | cosine (to 0 at the last iteration)
+    # small datasets (fpn.engine.schedule.small_dataset_epochs): epochs raised so a run trains at least this many
+    # iterations, lr_decay_epochs scaled with them; 0: epochs as given
+    min_iters: int = 0
     warmup_iters: int = 100
     warmup_factor: float = 0.1
     clip_grad_norm: float = 0.0  # 0 disables
     # long runs (fpn.engine.hooks.Checkpointer): mid-epoch checkpoints every N iterations ("500") or every so long
     # ("30m", "2h", "90s"); "" only at epoch ends (and on a stop signal)
     checkpoint_every: str = ""
-    keep_checkpoints: int = 2  # mid-epoch checkpoints (interval and interrupted) kept, newest; 0: all. Epoch ends: all
+    keep_checkpoints: int = 2  # mid-epoch checkpoints (interval and interrupted) kept, newest; 0: all
+    keep_epoch_checkpoints: int = 0  # epoch-end checkpoints kept, newest (the final one always); 0: all
     stop_signal: str = ""  # besides SIGTERM, this signal (USR1 | USR2) also stops, saves and exits 75 (SLURM --signal)
 
     def validate(self) -> "SolverConfig":
@@ -251,9 +255,12 @@ class SolverConfig:
             (self.reference_batch >= 1, f"solver.reference_batch {self.reference_batch}: must be at least 1"),
             (all(e >= 1 for e in self.lr_decay_epochs), f"--lr-decay-step {self.lr_decay_epochs}: epochs are 1-based"),
             (self.warmup_iters >= 0, f"solver.warmup_iters {self.warmup_iters}: must be 0 or more"),
+            (self.min_iters >= 0, f"solver.min_iters {self.min_iters}: must be 0 (epochs as given) or more"),
             (self.momentum >= 0 and self.weight_decay >= 0, "solver.momentum and solver.weight_decay must be >= 0"),
             (self.keep_checkpoints >= 0,
              f"solver.keep_checkpoints {self.keep_checkpoints}: must be 0 (keep all) or more"),
+            (self.keep_epoch_checkpoints >= 0,
+             f"solver.keep_epoch_checkpoints {self.keep_epoch_checkpoints}: must be 0 (keep all) or more"),
         ])  # fmt: skip
         self.checkpoint_interval()
         self.stop_signal_name()
@@ -300,6 +307,8 @@ class RuntimeConfig:
     pool_impl: str = "auto"  # auto | sparse (CPU) | packed (CUDA, no host sync) | torchvision (per level) | by_mask
     #   (per level on masked RoIs, no host sync: what an exported graph holds)
     nms_impl: str = "auto"  # auto | mask (keep masks, Triton on CUDA: no host sync) | offset | segment (CPU threads)
+    cuda_graphs: bool = False  # training steps captured as CUDA graphs, one per input shape, and replayed
+    #   (fpn.engine.graphed_step); off until measured; what cannot be captured (CPU, fp16, DDP) trains eagerly
 
     def validate(self) -> "RuntimeConfig":
         device = str(self.device).strip().lower()
@@ -311,6 +320,7 @@ class RuntimeConfig:
              f"runtime.pool_impl: must be one of {', '.join(POOL_IMPLS)}, got {self.pool_impl!r}"),
             (self.nms_impl in NMS_IMPLS,
              f"runtime.nms_impl: must be one of {', '.join(NMS_IMPLS)}, got {self.nms_impl!r}"),
+            (isinstance(self.cuda_graphs, bool), f"runtime.cuda_graphs: must be true or false, got {self.cuda_graphs!r}"),
         ])  # fmt: skip
         return self
 
@@ -337,8 +347,6 @@ class Config:
         m, r = self.model, self.runtime
         _check([
             (self.log_interval >= 1, f"log_interval {self.log_interval}: must be at least 1"),
-            (not (r.pool_impl == "packed" and not m.pool_aligned),
-             "runtime.pool_impl=packed needs model.pool_aligned=True (torchvision's convention pools per level)"),
             (not (r.pool_impl == "sparse" and m.pool_sampling_ratio <= 0),
              "runtime.pool_impl=sparse needs model.pool_sampling_ratio > 0"),
         ])  # fmt: skip

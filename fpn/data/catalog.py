@@ -6,7 +6,8 @@ testing, the VOC year and the AP metric). :func:`resolve_dataset` maps a name to
 - ``synthetic``: the folder ``{data_dir}/synthetic`` written by ``fpn synth`` (classes from its classes.txt);
 - ``coco``: COCO 2017, ``{data_dir}/coco/annotations/instances_{train,val}2017.json`` with the images in
   ``{data_dir}/coco/{train,val}2017/`` (train2017 / val2017);
-- any other value: a path to a dataset folder, VOC or COCO JSON, its layout detected (:mod:`fpn.data.layouts`);
+- any other value: a path to a dataset folder, VOC, COCO JSON or YOLO txt, its layout detected
+  (:mod:`fpn.data.layouts`);
 - ``train_json`` / ``test_json`` (``data.train_json`` ...) given: those COCO files; the name only names the run.
 
 The splits' records are read by :mod:`fpn.data.records`.
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from fpn.data.layouts import COCO_FILE, find_coco_layout
+from fpn.data.layouts import COCO_FILE, find_coco_layout, find_yolo_layout
 from fpn.data.records import CocoSplit, ImageSet, coco_categories
 from fpn.data.voc import VOC_CLASSES
+from fpn.data.yolo import YoloSplit
 from fpn.errors import UserError
 
 VOC_URLS = {
@@ -44,8 +46,8 @@ class DatasetSpec:
 
     name: str
     classes: tuple[str, ...]
-    train_sets: list[ImageSet | CocoSplit] = field(default_factory=list)
-    test_sets: list[ImageSet | CocoSplit] = field(default_factory=list)
+    train_sets: list[ImageSet | CocoSplit | YoloSplit] = field(default_factory=list)
+    test_sets: list[ImageSet | CocoSplit | YoloSplit] = field(default_factory=list)
     year: str = "2007"
     metric: str = "voc07"
     category_ids: tuple[int, ...] = ()
@@ -170,15 +172,22 @@ def resolve_dataset(
 
 
 def _folder_dataset(name: str, classes_from: str) -> DatasetSpec:
-    """A dataset folder: COCO JSON when it has no VOC files and a COCO layout, else VOC."""
+    """A dataset folder: VOC when it has VOC's folders; else YOLO txt when it has a YOLO layout; else COCO JSON
+    when it has no classes.txt and a COCO layout; else VOC (whose errors say what is missing)."""
     root = Path(name)
     if not root.is_dir():
         raise UserError(
             f"unknown dataset '{name}': use {', '.join(DATASET_NAMES)}, or the path of a dataset folder "
             "(VOC: JPEGImages/, Annotations/, ImageSets/Main/<split>.txt, classes.txt; or COCO JSON: "
             "annotations/instances_<split>.json beside image folders, or train/, valid/, test/ folders each "
-            "with one .json and its images)"
+            "with one .json and its images; or YOLO txt: data.yaml with images/<split>/ and labels/<split>/, or "
+            "<split>/images/ and <split>/labels/)"
         )
+    if not _is_voc_folder(root):
+        found_yolo = find_yolo_layout(root)
+        if found_yolo is not None:
+            layout, classes, train, test = found_yolo
+            return DatasetSpec(str(root), classes, train, test, "custom", "voc07", layout=layout)
     if not ((root / "classes.txt").is_file() or _is_voc_folder(root)):
         found = find_coco_layout(root)
         if found is not None:
@@ -192,7 +201,8 @@ def _custom_dataset(root: Path) -> DatasetSpec:
         raise UserError(
             f"{root}: neither a VOC-layout folder (JPEGImages/, Annotations/, ImageSets/Main/<split>.txt, "
             "classes.txt) nor COCO JSON (annotations/instances_<split>.json beside image folders, or train/, "
-            "valid/, test/ folders each with one .json and its images); COCO files named otherwise: "
+            "valid/, test/ folders each with one .json and its images) nor YOLO txt (data.yaml with images/<split>/ "
+            "and labels/<split>/, or <split>/images/ and <split>/labels/); COCO files named otherwise: "
             "--set data.train_json=FILE data.test_json=FILE"
         )
     if not (root / "classes.txt").is_file() and _folder_year(root):

@@ -1,10 +1,12 @@
-"""The records of a dataset's splits, read from VOC XML or COCO JSON and cached.
+"""The records of a dataset's splits, read from VOC XML, COCO JSON or YOLO txt and cached.
 
-A split is an :class:`ImageSet` (a VOC list file) or a :class:`CocoSplit` (a COCO JSON file + its image folder).
+A split is an :class:`ImageSet` (a VOC list file), a :class:`CocoSplit` (a COCO JSON file + its image folder) or a
+:class:`~fpn.data.yolo.YoloSplit` (an image folder + its label folder).
 :func:`load_records` reads splits into records (see :mod:`fpn.data.voc` and :mod:`fpn.data.coco` for the
 record format). Parsing 16k XML files or a COCO train2017 file takes seconds, so the records are pickled in a
 cache file that is used only while a cheap signature (VOC: the split file's bytes, each XML file's mtime and
-size; COCO: the JSON file's mtime and size) still matches.
+size; COCO: the JSON file's mtime and size; YOLO: each image's and label file's mtime and size, as the image sizes
+come from the image headers) still matches.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import numpy as np
 
 from fpn.data.coco import CocoAnnotations, parse_coco, read_coco_json
 from fpn.data.voc import parse_voc_xml
+from fpn.data.yolo import YoloSplit, list_images, read_split
 from fpn.errors import DataWarning, UserError
 from fpn.io import atomic_open
 
 CACHE_VERSION = 1  # bump when the record format or the parser changes: old cache files are then ignored
 COCO_CACHE_VERSION = 1  # the same for COCO files (fpn.data.coco)
+YOLO_CACHE_VERSION = 1  # the same for YOLO splits (fpn.data.yolo)
 CACHE_SUBDIR = "annotations_cache"
 
 
@@ -57,7 +61,7 @@ class CocoSplit:
 
 
 def load_records(
-    image_sets: Sequence[ImageSet | CocoSplit],
+    image_sets: Sequence[ImageSet | CocoSplit | YoloSplit],
     classes: Sequence[str],
     cache_dir: str | Path | None = None,
     category_ids: Sequence[int] | None = None,
@@ -77,6 +81,8 @@ def load_records(
     for image_set in image_sets:
         if isinstance(image_set, CocoSplit):
             records += _load_coco_split(image_set, classes, category_ids, cache_dir)
+        elif isinstance(image_set, YoloSplit):
+            records += _load_yolo_split(image_set, classes, cache_dir)
         else:
             records += _load_image_set(ImageSet(Path(image_set.root), image_set.split), classes, cache_dir)
     return records
@@ -331,3 +337,47 @@ def _check_coco_images(split: CocoSplit, coco: CocoAnnotations) -> None:
         more = f" ({len(missing) - 1} more images are missing)" if len(missing) > 1 else ""
         image = folder / coco.file_names[i]
         raise UserError(f"{split.json}: image {int(coco.image_ids[i])} is listed but {image} does not exist{more}")
+
+
+# --- YOLO splits --------------------------------------------------------------------------------------------
+
+
+def _stats(folder: Path, names: Sequence[str], suffix: str = "") -> np.ndarray:
+    """(mtime_ns, size) of each ``folder/name`` (with ``suffix`` replacing the extension when given), (-1, -1) for
+    a missing file."""
+    stats = np.full((len(names), 2), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        try:
+            st = os.stat(folder / (name.rsplit(".", 1)[0] + suffix if suffix else name))
+        except FileNotFoundError:
+            continue
+        stats[i] = (st.st_mtime_ns, st.st_size)
+    return stats
+
+
+def _load_yolo_split(split: YoloSplit, classes: tuple[str, ...], cache_dir: str | Path | None) -> list[dict]:
+    images, labels = Path(split.images), Path(split.labels)
+    if not images.is_dir():
+        raise UserError(f"{images}: image folder not found")
+    names = list_images(images)
+    if not names:
+        raise UserError(f"{images}: holds no image files")
+    h = hashlib.sha1(f"yolo v{YOLO_CACHE_VERSION}\0{images.resolve()}\0{labels.resolve()}\0".encode())
+    h.update("\n".join(classes).encode() + b"\0" + "\n".join(names).encode() + b"\0")
+    h.update(_stats(images, names).tobytes())
+    h.update(_stats(labels, names, ".txt").tobytes())
+    signature = h.hexdigest()
+    key = hashlib.sha1(f"{images.resolve()}".encode()).hexdigest()[:12]
+    files = [d / f"yolo_{split.split}_{key}.pkl" for d in _cache_dirs(labels.parent, cache_dir)]
+    cached = _read_cache(files, signature)
+    if cached is None:
+        records, problems = read_split(split, names, len(classes))
+        cached = {"records": records, "warning": problems.message(labels)}
+        _write_cache(files, signature, cached)
+    if cached["warning"]:  # said on every load, as a COCO file's bad boxes are
+        warnings.warn(cached["warning"], DataWarning, stacklevel=3)
+    records = cached["records"]
+    # image paths are set here, not cached, so they follow the folder as the caller spelled it
+    for rec in records:
+        rec["image"] = str(images / rec["image"])  # relative in the cache (fresh objects on every load)
+    return records

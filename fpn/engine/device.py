@@ -1,6 +1,9 @@
 """Device selection and mixed precision.
 
-``resolve_device("auto")`` is CUDA when available, else the CPU.
+``resolve_device("auto")`` is CUDA when available, else the CPU; ``cuda:N`` also makes N the current device (outside
+torchrun nothing else would: Triton kernels and ``torch.cuda`` calls without a device would run on device 0).
+``prepare_for_speed(device)`` turns on cuDNN's autotuner for training and the bench (their inputs come in a few
+padded sizes, each tuned once); inference on images of every size leaves it off.
 
 Precision (``--amp`` / ``runtime.amp``): ``auto`` | ``none`` (fp32) | ``bf16`` | ``fp16``.
 ``resolve_precision(amp, device)`` turns a request into the precision a run uses, with the reason:
@@ -48,7 +51,16 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
             raise UserError(f"{flag} {name}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        if device.index is not None:
+            torch.cuda.set_device(device)
     return device
+
+
+def prepare_for_speed(device: torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest convolution algorithm per input shape (timed on first use of a shape), for
+    runs whose shapes repeat (training, the bench). Nothing on a CPU."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def check_amp(amp: str, flag: str = "--amp") -> str:

@@ -26,6 +26,7 @@ rank 0 saves. The checkpointer also writes a checkpoint after every epoch and, w
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import time
@@ -37,7 +38,9 @@ from tqdm import tqdm
 
 from fpn.engine import distributed
 from fpn.checkpoint import (
+    checkpoint_files,
     checkpoint_name,
+    is_mid_epoch,
     prune_mid_epoch,
     rng_state,
     save_checkpoint,
@@ -290,14 +293,16 @@ class Checkpointer(HookBase):
     """Every rank decides, rank 0 writes ``make(epoch, step, iteration, interrupted, mid_epoch, rng)`` as
     ``{run_dir}/fpn_{session}_{epoch}_{step}.pth`` (``step`` 0-based, the last one done) after every epoch; at
     a boundary every ``every_iters`` iterations or, by rank 0's clock (agreed by ``distributed.Vote``), every
-    ``every_s`` seconds (mid-epoch: the newest ``keep`` of those stay); at a stop (``interrupted``). It calls
+    ``every_s`` seconds (mid-epoch: the newest ``keep`` of those stay); at a stop (``interrupted``). Of the
+    epoch-end checkpoints the newest ``keep_epochs`` stay (0: all; the one just written always). It calls
     ``check_finite`` (the guard's) before every checkpoint: a diverged model is never saved."""
 
     def __init__(self, make: Callable[..., dict], run_dir: str | Path, session: int, info: distributed.DistInfo, *,
-                 every_iters: int = 0, every_s: float = 0.0, keep: int = 2, check_finite=lambda collective=True: None,
-                 say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 every_iters: int = 0, every_s: float = 0.0, keep: int = 2, keep_epochs: int = 0,
+                 check_finite=lambda collective=True: None, say: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
         self.make, self.run_dir, self.session, self.info = make, Path(run_dir), session, info
-        self.every_iters, self.every_s, self.keep = every_iters, every_s, keep
+        self.every_iters, self.every_s, self.keep, self.keep_epochs = every_iters, every_s, keep, keep_epochs
         self.check_finite, self.say, self.clock = check_finite, say, clock
         self.vote = distributed.Vote(info, 1) if every_s else None  # rank 0's clock, agreed per iteration
         self.saved_iteration = 0  # the iteration the newest checkpoint holds
@@ -327,7 +332,9 @@ class Checkpointer(HookBase):
         if t.completed:
             if self.vote is not None:
                 self.vote.finish()
-            self.say(f"training done: {t.state.iteration} iterations; last checkpoint {t.state.last_checkpoint}")
+            kept = (f"; the newest {self.keep_epochs} epoch checkpoints are kept (solver.keep_epoch_checkpoints, 0 "
+                    "keeps all)" if self.keep_epochs else "")  # fmt: skip
+            self.say(f"training done: {t.state.iteration} iterations; last checkpoint {t.state.last_checkpoint}{kept}")
 
     def _clock_due(self) -> bool:
         """Rank 0's clock for a time interval ("30m"); having said "due" it restarts, the save follows when the
@@ -350,7 +357,8 @@ class Checkpointer(HookBase):
         self.saved_iteration, self.last_save = s.iteration, self.clock()
 
     def _write(self, path: Path, interrupted: bool, mid_epoch: bool, rng: list[dict]) -> None:
-        """Rank 0: write atomically; after a mid-epoch one, only the newest ``keep`` stay."""
+        """Rank 0: write atomically; after a mid-epoch one, only the newest ``keep`` of those stay, after an
+        epoch-end one the newest ``keep_epochs`` of those."""
         s = self.trainer.state
         save_checkpoint(self.make(s.epoch, s.step - 1, s.iteration, interrupted, mid_epoch, rng), path)
         s.last_checkpoint = path
@@ -359,6 +367,27 @@ class Checkpointer(HookBase):
             if removed:
                 self.say(f"removed {', '.join(p.name for p in removed)} (solver.keep_checkpoints={self.keep} "
                          "mid-epoch checkpoints are kept)")  # fmt: skip
+        elif self.keep_epochs:
+            removed = self._prune_epoch_ends(path)
+            if removed:
+                self.say(f"removed {', '.join(p.name for p in removed)} (solver.keep_epoch_checkpoints="
+                         f"{self.keep_epochs} epoch checkpoints are kept)")  # fmt: skip
+
+    def _prune_epoch_ends(self, written: Path) -> list[Path]:
+        """Delete all but the newest ``keep_epochs`` epoch-end checkpoints of this session, never ``written`` (a
+        resumed run may have stale later files beside it); unreadable files stay, as in ``prune_mid_epoch``."""
+        ends = []
+        for path in checkpoint_files(self.run_dir, self.session):
+            try:  # only the small entries are read: the tensors are memory-mapped
+                ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+                continue  # unreadable (truncated, foreign): not ours to delete
+            if isinstance(ckpt, dict) and not is_mid_epoch(ckpt):
+                ends.append(path)
+        removed = [p for p in ends[:-self.keep_epochs] if p != written]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
 
     def on_stop(self, stop: StopTraining) -> None:
         if stop.cut:

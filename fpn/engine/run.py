@@ -48,7 +48,7 @@ from fpn.checkpoint import (
 )
 from fpn.checkpoint import run_dir as make_run_dir
 from fpn.data.datasets import describe_split, resolve, split_records
-from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, resolve_precision
+from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, prepare_for_speed, resolve_precision
 from fpn.engine.hooks import (
     SCHEDULER,
     Checkpointer,
@@ -66,7 +66,9 @@ from fpn.engine.schedule import (
     build_scheduler,
     describe_optimizer,
     scaled_lr,
+    small_dataset_epochs,
 )
+from fpn.engine.graphed_step import GraphedTrainStep
 from fpn.engine.step import TrainStep
 from fpn.evaluation.coco_eval import check_engine
 from fpn.engine.trainer import Trainer, TrainResult, TrainState
@@ -107,6 +109,7 @@ def train(
     cfg.validate()
     check_from_scratch(cfg, resuming=resume is not None)
     info, device = distributed.setup(cfg.runtime.device)
+    prepare_for_speed(device)  # cuDNN's autotuner: training sizes repeat
     try:
         return _Run(cfg, info, device, session, resume, log, asked, state or RunState(), tensorboard, progress).run()
     finally:
@@ -177,10 +180,15 @@ class _Run:
                 f"--bs {cfg.solver.batch_size}: larger than the {len(records)} training images "
                 f"({info.world_size} process(es))"
             )
+        self._fit_epochs_to_dataset()
         # the solver as this run applies it: lr scaled to the total batch when solver.lr_scaling says so
         self.solver = dataclasses.replace(cfg.solver, lr=scaled_lr(cfg.solver, info.world_size))
         self.scaler = make_scaler(device, self.precision.amp)
-        self.optimizer = build_optimizer(self.model, self.solver, grad_scaler=self.scaler.is_enabled())
+        # CUDA graphs read the learning rate from a device tensor (what cannot be captured trains eagerly, said once)
+        capturable = (cfg.runtime.cuda_graphs and device.type == "cuda" and not self.scaler.is_enabled()
+                      and not info.enabled)  # fmt: skip
+        self.optimizer = build_optimizer(self.model, self.solver, grad_scaler=self.scaler.is_enabled(),
+                                         capturable=capturable)  # fmt: skip
         self.scheduler = build_scheduler(self.optimizer, self.solver, self.iters_per_epoch)
         seed_everything(cfg.seed + info.rank)  # weights are equal on all ranks; sampling differs per rank
 
@@ -193,6 +201,8 @@ class _Run:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.train_step = TrainStep(self.ddp, self.optimizer, self.scaler, device, self.precision.amp,
                                     cfg.solver.clip_grad_norm)  # fmt: skip
+        if cfg.runtime.cuda_graphs:
+            self.train_step = GraphedTrainStep(self.train_step, say=self.say)
         state.trainer = self.state
 
     def _tidy_run_dir(self, existing: list[Path]) -> None:
@@ -207,6 +217,22 @@ class _Run:
         if later:
             self.notes.append(f"note: {self.run_dir} holds later checkpoints of session {self.session} "
                               f"({', '.join(later)}): --resume auto would continue from the newest")  # fmt: skip
+
+    def _fit_epochs_to_dataset(self) -> None:
+        """A small dataset trains at least ``solver.min_iters`` iterations: more epochs, the decay epochs scaled
+        (``small_dataset_epochs``). Set in the config, so config.json and the checkpoints hold what runs."""
+        s, ipe = self.cfg.solver, self.iters_per_epoch
+        epochs, decay = small_dataset_epochs(s.epochs, s.lr_decay_epochs, ipe, s.min_iters)
+        if epochs == s.epochs:
+            if self.cfg.preset == "synthetic" and self.cfg.data.dataset != "synthetic" and epochs * ipe < 1600:
+                self.notes.append(f"note: {epochs * ipe} iterations in all; the synthetic recipe needs about 1600 to "
+                                  "learn: --preset small trains at least that many on a small dataset")  # fmt: skip
+            return
+        decayed = f", lr decay after epochs {', '.join(map(str, decay))}" if decay and s.lr_schedule == "step" else ""
+        self.notes.append(f"small dataset: {ipe} iterations/epoch x {s.epochs} epochs is under solver.min_iters="
+                          f"{s.min_iters}: training {epochs} epochs ({epochs * ipe} iterations){decayed}; "
+                          "--set solver.min_iters=0 trains --epochs as given")  # fmt: skip
+        s.epochs, s.lr_decay_epochs = epochs, decay
 
     # --- resume, --init ---------------------------------------------------------------------------------------
 
@@ -303,6 +329,19 @@ class _Run:
             f"({len(self.classes)} classes), {self.iters_per_epoch} iterations/epoch x {cfg.solver.epochs} "
             f"epochs, device {self.device}; run folder {self.run_dir}"
         )
+        self.say(self._checkpoint_line())
+
+    def _checkpoint_line(self) -> str:
+        """When checkpoints are written and how many stay (solver.keep_epoch_checkpoints, solver.keep_checkpoints)."""
+        s = self.cfg.solver
+        kept = (f"the newest {s.keep_epoch_checkpoints} stay" if s.keep_epoch_checkpoints else "all stay")
+        line = (f"checkpoints: after every epoch ({kept}: solver.keep_epoch_checkpoints="
+                f"{s.keep_epoch_checkpoints}, 0 keeps all)")  # fmt: skip
+        if self.every_iters or self.every_s:
+            every = f"{self.every_iters} iterations" if self.every_iters else s.checkpoint_every
+            line += (f" and every {every} (the newest {s.keep_checkpoints or 'all'} of those stay: "
+                     "solver.keep_checkpoints)")  # fmt: skip
+        return line
 
     def _hooks(self) -> list:
         """The policies, in the order they run at every event (see fpn.engine.hooks)."""
@@ -311,7 +350,8 @@ class _Run:
         writer = MetricsWriter(self.logger, info, session=self.session, log_interval=cfg.log_interval,
                                epochs=cfg.solver.epochs, say=say, progress=self.progress)  # fmt: skip
         checkpointer = Checkpointer(self._checkpoint, self.run_dir, self.session, info, every_iters=self.every_iters,
-                                    every_s=self.every_s, keep=cfg.solver.keep_checkpoints, check_finite=guard.check,
+                                    every_s=self.every_s, keep=cfg.solver.keep_checkpoints,
+                                    keep_epochs=cfg.solver.keep_epoch_checkpoints, check_finite=guard.check,
                                     say=say)  # fmt: skip
         stop = StopOnSignal(info, stop_signals(cfg.solver), say)
         hooks = [LRSchedule(self.scheduler), guard, stop, writer, checkpointer]
@@ -335,7 +375,7 @@ class _Run:
         return {
             "precision": self.precision.amp, "precision_reason": self.precision.reason, "device": str(self.device),
             "world_size": self.info.world_size, "runtime": C.to_dict(self.cfg)["runtime"],
-            "data_generator": self.spec.generator,
+            "data_generator": self.spec.generator, "iters_per_epoch": self.iters_per_epoch,
         }  # fmt: skip
 
     def _batch_line(self) -> str:

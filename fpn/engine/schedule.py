@@ -51,6 +51,21 @@ def lr_factor(
     return factor
 
 
+def small_dataset_epochs(
+    epochs: int, decay_epochs: Sequence[int], iters_per_epoch: int, min_iters: int
+) -> tuple[int, tuple[int, ...]]:
+    """(epochs, lr_decay_epochs) for a run of ``iters_per_epoch`` iterations per epoch that should train at least
+    ``min_iters`` iterations (``solver.min_iters``): when ``epochs`` are too few they become the fewest that
+    reach it, and each decay epoch is scaled by the same factor (rounded half up, at least 1) so the schedule
+    keeps its shape; otherwise (or ``min_iters`` 0) both are returned as given. Applying it to its own result
+    changes nothing, so a resumed run keeps its schedule."""
+    decay = tuple(int(e) for e in decay_epochs)
+    if min_iters <= 0 or epochs * iters_per_epoch >= min_iters:
+        return epochs, decay
+    raised = -(-min_iters // iters_per_epoch)  # ceil
+    return raised, tuple(max(1, (2 * e * raised + epochs) // (2 * epochs)) for e in decay)
+
+
 def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict]:
     """Trainable parameters split into weight and bias groups; empty groups are dropped."""
     weights, biases = [], []
@@ -76,7 +91,8 @@ def _group_hyper(name: str, solver: SolverConfig) -> dict:
 _FUSED_DEVICES = ("cpu", "cuda")  # devices with fused SGD / AdamW kernels used here
 
 
-def build_optimizer(model: nn.Module, solver: SolverConfig, grad_scaler: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, solver: SolverConfig, grad_scaler: bool = False,
+                    capturable: bool = False) -> torch.optim.Optimizer:  # fmt: skip
     """SGD or AdamW over ``param_groups``; build it after moving the model to its device: the fused
     (one kernel for all parameters) implementation is used where the device has one (CPU and CUDA).
 
@@ -85,15 +101,50 @@ def build_optimizer(model: nn.Module, solver: SolverConfig, grad_scaler: bool = 
     fused SGD kernel (torch 2.14) has already allocated the momentum buffers uninitialised, and the next
     step reads them as if they held momentum (weights of ~1e23; tests/engine/test_schedule.py). SGD then
     runs the default multi-tensor loop. Fused AdamW zero-fills its moments, so it stays fused (tested too).
+
+    ``capturable`` (CUDA graphs, ``fpn.engine.graphed_step``; CUDA parameters only): each group's learning rate
+    is a device tensor, which the schedule overwrites in place, so that a captured step reads the current rate
+    without being captured again; SGD fused (its kernel takes the rate as a tensor), AdamW fused and
+    ``capturable``. Otherwise the rate is a Python float (the same numbers as ever on a CPU).
     """
     groups = param_groups(model, solver)
     fused = all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
+    if capturable:
+        devices = {p.device for g in groups for p in g["params"]}
+        if len(devices) != 1 or next(iter(devices)).type != "cuda" or grad_scaler:
+            raise ValueError("a capturable optimiser needs all parameters on one CUDA device and no GradScaler")
+        device = next(iter(devices))
+        for g in groups:
+            g["lr"] = torch.tensor(float(g["lr"]), device=device)
+    lr = torch.tensor(solver.lr, device=device) if capturable else solver.lr
     if solver.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=solver.lr, fused=fused or None)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None, capturable=capturable)
     if solver.optimizer != "sgd":
         raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose one of {OPTIMIZERS}")
     fused = fused and not grad_scaler
-    return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum, fused=fused or None)
+    return torch.optim.SGD(groups, lr=lr, momentum=solver.momentum, fused=fused or None)
+
+
+def capture_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why a CUDA graph could not hold ``optimizer.step()`` (None: it can): the rate must be a device tensor
+    (``build_optimizer(capturable=True)``), SGD fused, AdamW capturable."""
+    groups = optimizer.param_groups
+    if not all(isinstance(g["lr"], torch.Tensor) and g["lr"].device.type == "cuda" for g in groups):
+        return "its learning rate is a Python number (build_optimizer(capturable=True) makes it a device tensor)"
+    if isinstance(optimizer, torch.optim.SGD) and not optimizer.defaults.get("fused"):
+        return "SGD is not fused"
+    if isinstance(optimizer, torch.optim.AdamW) and not all(g.get("capturable") for g in groups):
+        return "AdamW is not capturable"
+    if not isinstance(optimizer, (torch.optim.SGD, torch.optim.AdamW)):
+        return f"{type(optimizer).__name__} is not known to be capturable"
+    return None
+
+
+def learning_rate(optimizer: torch.optim.Optimizer) -> float | torch.Tensor:
+    """Group 0's rate as it is now: a float, or a copy of the device tensor (the schedule overwrites that one in
+    place; reading it on the host would wait for the GPU, so it is read at log time)."""
+    lr = optimizer.param_groups[0]["lr"]
+    return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
 
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
@@ -149,6 +200,15 @@ def apply_solver(optimizer: torch.optim.Optimizer, scheduler, solver: SolverConf
         group["initial_lr"] = hyper["lr"]
         group.update({k: v for k, v in hyper.items() if k != "lr"})  # weight decay (and SGD momentum)
         group["fused"] = optimizer.defaults.get("fused")  # this run's implementation, not the checkpoint's
-        group["lr"] = hyper["lr"] * fn(iteration)
+        if "capturable" in optimizer.defaults:  # this run's too (AdamW)
+            group["capturable"] = optimizer.defaults["capturable"]
+        lr = hyper["lr"] * fn(iteration)
+        tensor = optimizer.defaults["lr"]  # a tensor: this run's rates are device tensors (capturable)
+        if not isinstance(tensor, torch.Tensor):  # a number, whatever the checkpoint's run held
+            group["lr"] = lr
+        elif isinstance(group["lr"], torch.Tensor) and group["lr"].device == tensor.device:
+            group["lr"].fill_(lr)  # the tensor a captured step reads stays
+        else:
+            group["lr"] = torch.tensor(lr, device=tensor.device)
     scheduler.base_lrs = base_lrs
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    scheduler._last_lr = [float(g["lr"]) for g in optimizer.param_groups]

@@ -15,12 +15,14 @@ is torch's GradScaler, not this code.)
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from fpn.engine.device import autocast
+from fpn.engine.schedule import learning_rate
 
 
 class TrainStep:
@@ -38,8 +40,9 @@ class TrainStep:
             raise ValueError("TrainStep needs a resolved precision (resolve_precision)")
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.device, self.amp, self.clip_grad_norm = device, amp, clip_grad_norm
-        self.lr = optimizer.param_groups[0]["lr"]
+        self.lr = learning_rate(optimizer)
         self.on_update: Callable[[], None] | None = None
+        self.autocast_cache = True  # False while a CUDA graph captures (autocast's weight casts are not kept)
 
     def __call__(self, *inputs) -> tuple[tuple[str, ...], Tensor]:
         names, values = self.forward_backward(*inputs)
@@ -48,7 +51,7 @@ class TrainStep:
 
     def forward_backward(self, *inputs) -> tuple[tuple[str, ...], Tensor]:
         """Forward, loss sum, backward (and clipping): the gradients, parameters untouched."""
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp), self._no_cast_cache():
             losses = self.model(*inputs)
         values = torch.stack([v.detach().float() for v in losses.values()])  # (L,)
         loss = sum(v.float() for v in losses.values())
@@ -65,4 +68,12 @@ class TrainStep:
             self.on_update()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this iteration used
+        self.lr = learning_rate(self.optimizer)  # the rate this iteration used
+
+    def _no_cast_cache(self):
+        """Inside ``autocast``: the same precision without its cache of cast weights (a graph capture's casts
+        must be made in the graph), when ``autocast_cache`` is off."""
+        kind = torch.device(self.device).type
+        if self.autocast_cache or not torch.is_autocast_enabled(kind):
+            return contextlib.nullcontext()
+        return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)

@@ -15,7 +15,7 @@ from fpn.errors import UserError
 from fpn.model.backbone import ResNetBackbone, build_backbone, fold_batchnorm, uses_caffe_weights
 from fpn.model.fpn_neck import FPNNeck
 from fpn.model.ops import Ops, choose_ops
-from fpn.model.postprocess import split_by_image
+from fpn.model.postprocess import SoftNMSPostProcessor, compact, split_by_image
 from fpn.model.roi_heads import RoIHeads, build_roi_heads
 from fpn.model.rpn import RegionProposalNetwork, build_rpn
 
@@ -38,9 +38,9 @@ class FPNDetector(nn.Module):
       (h, w)) is given: scaled by original / input size per axis and clipped to the original image.
       ``original_sizes`` is keyword-only.
 
-    ``images``: a zero-padded (N, 3, H, W) batch (H, W multiples of 32 are best) with ``image_sizes``
-    a list of (h, w) per image before padding (None: the full H, W); or a list of 3 x h x w tensors,
-    padded here to a multiple of ``cfg.data.size_divisible`` (``image_sizes`` may then be None).
+    ``images``: a zero-padded (N, 3, H, W) batch (H, W multiples of 32 are best) with ``image_sizes`` a list of (h,
+    w) per image before padding (None: the full H, W; or an (N, 2) tensor, never read on the host); or a list of 3 x
+    h x w tensors, padded here to a multiple of ``cfg.data.size_divisible`` (``image_sizes`` may then be None).
     Inputs are already normalised (``cfg.data.normalization``).
 
     Works on CPU and CUDA, in float32 and under ``torch.autocast`` (bf16/fp16): logits and deltas
@@ -50,11 +50,14 @@ class FPNDetector(nn.Module):
     the input batch is converted in ``forward``. Same arithmetic up to rounding; on the CPU oneDNN's
     convolutions and the stem's max-pool are much faster in that layout (docs/PERFORMANCE.md).
 
-    No host syncs on CUDA (with Triton) in a training step; an inference batch reads its results' counts (two
-    small reads). The small host-to-device copies (image sizes, padded targets) are non-blocking from pinned
-    memory. Details and the CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
+    No host syncs on CUDA (with Triton) in a training step; an inference batch through ``forward`` reads its
+    results' counts (two small reads), through ``detect_to_host`` none but the copy of its fixed-shape tables. The
+    small host-to-device copies (image sizes, padded targets) are non-blocking from pinned memory. Details and the
+    CPU fallbacks: docs/ARCHITECTURE.md, "Conventions".
 
-    ``compile_backend``: "" or a torch.compile backend for backbone + FPN (``features``); the compiled function is
+    ``compile_backend``: "" or a torch.compile backend for the training forward + losses (``losses``) and the
+    inference batch (``detect_padded``, which ``detect`` compacts), one graph each (``compile_fullgraph``: no graph
+    breaks allowed, where the chosen ops allow it: ``fpn.model.ops.choose_ops``); the compiled functions are
     the model's own, made here and again for each copy (a deep copy or a pickle never carries it).
     ``choices``: the keyword arguments of ``fpn.model.ops.choose_ops`` the model was built with (``for_inference``
     chooses its copy's ops with them).
@@ -62,7 +65,7 @@ class FPNDetector(nn.Module):
 
     def __init__(self, backbone: ResNetBackbone, neck: FPNNeck, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
                  size_divisible: int = 32, channels_last: bool = False, compile_backend: str = "",
-                 choices: dict | None = None):  # fmt: skip
+                 choices: dict | None = None, compile_fullgraph: bool = True):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -72,20 +75,25 @@ class FPNDetector(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)  # 4-D weights; a later .to(device) keeps the layout
-        self.compile_backend = compile_backend
-        self._compiled_features = self._compile()
+        self.compile_backend, self.compile_fullgraph = compile_backend, compile_fullgraph
+        self._compiled = self._compile()
         self.choices = dict(choices or {})
 
-    def _compile(self):
-        # lazy: torch.compile traces on the first call (a second input size compiles once more, for any size)
-        return torch.compile(self._plain_features, backend=self.compile_backend) if self.compile_backend else None
+    def _compile(self) -> dict | None:
+        # lazy: torch.compile traces on the first call, again for a new input shape (ground-truth slots included;
+        # after the second, dynamic sizes), once per mode; a few padded sizes keep that rare
+        if not self.compile_backend:
+            return None
+        options = {"backend": self.compile_backend, "fullgraph": self.compile_fullgraph}
+        return {"losses": torch.compile(self._plain_losses, **options),
+                "detect": torch.compile(self._plain_detect_padded, **options)}  # fmt: skip
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_compiled_features": None}  # bound to this model: never copied
+        return {**self.__dict__, "_compiled": None}  # bound to this model: never copied
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._compiled_features = self._compile()
+        self._compiled = self._compile()
 
     def forward(
         self,
@@ -107,11 +115,22 @@ class FPNDetector(nn.Module):
                 gt = targets.to(images.device, non_blocking=True)
             else:
                 gt = pad_targets(targets, images.device)
-            features = self.features(images)
-            proposals, valid, rpn_losses = self.rpn(features, sizes, gt, input_size=images.shape[-2:])
-            return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, sizes, gt)}
+            return self.losses(images, sizes, gt)
         original = None if original_sizes is None else _sizes_tensor(original_sizes, images.device)
         return split_by_image(*self.detect(images, sizes, original), images.shape[0])
+
+    def losses(self, images: Tensor, image_sizes: Tensor, gt: GroundTruth) -> dict[str, Tensor]:
+        """Training mode on a padded batch, its sizes (N, 2) float (h, w) and its ground truth, all on the model's
+        device: the loss dict of ``forward``. Fixed shapes in, nothing read on the host: what ``torch.compile``
+        (fullgraph) and a CUDA graph (``fpn.engine.graphed_step``) hold."""
+        if self._compiled is not None:
+            return self._compiled["losses"](images, image_sizes, gt)
+        return self._plain_losses(images, image_sizes, gt)
+
+    def _plain_losses(self, images: Tensor, image_sizes: Tensor, gt: GroundTruth) -> dict[str, Tensor]:
+        features = self.features(images)
+        proposals, valid, rpn_losses = self.rpn(features, image_sizes, gt, input_size=images.shape[-2:])
+        return {**rpn_losses, **self.roi_heads(features[:4], proposals, valid, image_sizes, gt)}
 
     @torch.no_grad()
     def detect_to_host(
@@ -123,20 +142,25 @@ class FPNDetector(nn.Module):
         tensor)."""
         images, image_sizes = self._batch(images, image_sizes)
         original = None if original_sizes is None else _sizes_tensor(original_sizes, images.device)
-        boxes, scores, labels, image = self.detect(images, _sizes_tensor(image_sizes, images.device), original)
-        # (D, 7): box, score, label, image; labels and image indices are exact in float32 (far below 2**24)
-        flat = torch.cat((boxes.float(), scores.float()[:, None], labels[:, None].float(), image[:, None].float()), 1)
-        flat = flat.cpu()
-        return split_by_image(flat[:, :4], flat[:, 4], flat[:, 5].long(), flat[:, 6].long(), images.shape[0])
+        sizes = _sizes_tensor(image_sizes, images.device)
+        if isinstance(self.roi_heads.postprocessor, SoftNMSPostProcessor):  # no fixed-shape form
+            boxes, scores, labels, image = self.detect(images, sizes, original)
+            # (D, 7): box, score, label, image; labels and image indices are exact in float32 (far below 2**24)
+            flat = torch.cat((boxes.float(), scores.float()[:, None], labels[:, None].float(),
+                              image[:, None].float()), 1).cpu()  # fmt: skip
+            boxes, scores, labels, image = flat[:, :4], flat[:, 4], flat[:, 5].long(), flat[:, 6].long()
+        else:  # the (N, D) tables come over whole and are compacted on the host: no wait for their count
+            boxes, scores, labels, found = self.detect_padded(images, sizes, original)
+            # (N, D, 7): box, score, label, found; labels are exact in float32
+            table = torch.cat((boxes.float(), scores.float()[..., None], labels[..., None].float(),
+                               found[..., None].float()), dim=2).cpu()  # fmt: skip
+            image, boxes, scores, labels = compact(table[..., :4], table[..., 4], table[..., 5].long(),
+                                                   table[..., 6] > 0)
+        return split_by_image(boxes, scores, labels, image, images.shape[0])
 
     def features(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]; through ``torch.compile`` with ``compile_backend``."""
+        """(N, 3, H, W) -> [P2, P3, P4, P5, P6]."""
         images = images.contiguous(memory_format=self.memory_format)
-        if self._compiled_features is not None:
-            return self._compiled_features(images)
-        return self._plain_features(images)
-
-    def _plain_features(self, images: Tensor) -> list[Tensor]:
         return self.neck(self.backbone(images))
 
     def detect(
@@ -145,12 +169,35 @@ class FPNDetector(nn.Module):
         """Eval mode on a padded batch with its sizes as tensors (N, 2) float (h, w): the detections of all
         images flat, boxes (D, 4), scores (D,), labels (D,), image (D,) int64 index of each one's image (grouped
         by image, best first). What ``forward`` splits per image, and what an exported graph computes."""
+        if self._compiled is not None and not isinstance(self.roi_heads.postprocessor, SoftNMSPostProcessor):
+            image, boxes, scores, labels = compact(*self.detect_padded(images, image_sizes, original_sizes))
+            return boxes, scores, labels, image
         features = self.features(images)
         proposals, valid, _ = self.rpn(features, image_sizes, input_size=images.shape[-2:])
         return self.roi_heads.detect(features[:4], proposals, valid, image_sizes, original_sizes)
 
-    def _batch(self, images: Tensor | list[Tensor], image_sizes: list[Size] | None) -> tuple[Tensor, list[tuple]]:
-        """A padded (N, 3, H, W) batch and the (h, w) of each image in it."""
+    def detect_padded(
+        self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``detect`` as fixed-shape tables, nothing read on the host (``torch.compile`` fullgraph, CUDA graphs):
+        boxes (N, D, 4), scores (N, D), labels (N, D), found (N, D) bool, D = ``detections_per_image``
+        (``fpn.model.postprocess.compact`` makes them ``detect``'s output). Not with soft-NMS."""
+        if self._compiled is not None:
+            return self._compiled["detect"](images, image_sizes, original_sizes)
+        return self._plain_detect_padded(images, image_sizes, original_sizes)
+
+    def _plain_detect_padded(self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None):
+        features = self.features(images)
+        proposals, valid, _ = self.rpn(features, image_sizes, input_size=images.shape[-2:])
+        return self.roi_heads.detect_padded(features[:4], proposals, valid, image_sizes, original_sizes)
+
+    def _batch(self, images: Tensor | list[Tensor], image_sizes: list[Size] | Tensor | None) -> tuple[Tensor, list]:
+        """A padded (N, 3, H, W) batch and the (h, w) of each image in it (an (N, 2) tensor stays one)."""
+        if isinstance(image_sizes, Tensor):  # read nowhere on the host (torch.compile, CUDA graphs)
+            if images.dim() != 4 or image_sizes.shape != (images.shape[0], 2):
+                raise ValueError(f"images (N, 3, H, W) with image_sizes (N, 2), got shapes {tuple(images.shape)} "
+                                 f"and {tuple(image_sizes.shape)}")  # fmt: skip
+            return images, image_sizes
         if isinstance(images, Tensor):
             if images.dim() != 4:
                 raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
@@ -169,8 +216,10 @@ class FPNDetector(nn.Module):
         return images, [tuple(int(v) for v in s) for s in image_sizes]
 
 
-def _sizes_tensor(sizes: list[Size], device: torch.device) -> Tensor:
+def _sizes_tensor(sizes: list[Size] | Tensor, device: torch.device) -> Tensor:
     """(h, w) per image -> (N, 2) float32 on ``device``, copied without a host sync."""
+    if isinstance(sizes, Tensor):
+        return sizes.to(device=device, dtype=torch.float32)
     return to_device(torch.tensor(sizes, dtype=torch.float32).reshape(-1, 2), device)
 
 
@@ -208,7 +257,7 @@ def build_detector(cfg: Config, num_classes: int, load_pretrained: bool = True, 
     return FPNDetector(
         backbone, neck, build_rpn(cfg, m.fpn_channels, ops), build_roi_heads(cfg, m.fpn_channels, num_classes, ops),
         size_divisible=cfg.data.size_divisible, channels_last=channels_last, compile_backend=ops.compile_backend,
-        choices=choices,
+        choices=choices, compile_fullgraph=ops.compile_fullgraph,
     )
 
 
@@ -227,8 +276,8 @@ def for_inference(model: FPNDetector, device: torch.device | str | None = None, 
     model.roi_heads.pooler.pool = ops.pool
     model.roi_heads.postprocessor.nms = ops.detection_nms
     model.rpn.stable_sort = model.roi_heads.postprocessor.stable_sort = ops.stable_sort
-    model.compile_backend = ops.compile_backend
-    model._compiled_features = model._compile()
+    model.compile_backend, model.compile_fullgraph = ops.compile_backend, ops.compile_fullgraph
+    model._compiled = model._compile()
     model.memory_format = torch.channels_last  # the input batch is converted in forward
     return model.to(memory_format=torch.channels_last)
 

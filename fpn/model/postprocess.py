@@ -103,13 +103,7 @@ class PostProcessor:
         image_sizes / original_sizes (N, 2) float (h, w) -> flat detections of all images: boxes (D, 4),
         scores (D,), labels (D,) int64 in 1..C, image (D,) int64 index of each one's image; grouped by image,
         best score first within an image."""
-        n, p, num_classes = pred_class_logits.shape
-        c = num_classes - 1
-        scores = F.softmax(pred_class_logits.float(), dim=-1)[..., 1:]  # (N, P, C), background dropped
-        # (N, P, K, 4) -> (N, P, C, 4): class-specific deltas without the background's, or the agnostic one
-        deltas = pred_deltas[:, :, 1:] if pred_deltas.shape[2] > 1 else pred_deltas.expand(n, p, c, 4)
-        boxes = clip_boxes(self.box_coder.decode(deltas, proposals.unsqueeze(2)), image_sizes)  # (N, P, C, 4)
-        candidate = valid.unsqueeze(2) & (scores > self.score_thresh) & boxes_big_enough(boxes, MIN_DETECTION_SIZE)
+        boxes, scores, candidate = self.candidates(pred_class_logits, pred_deltas, proposals, valid, image_sizes)
         image, boxes, scores, labels = self.select(boxes, scores, candidate, image_sizes.max())
         if original_sizes is not None:
             factor = (original_sizes / image_sizes)[image]  # (D, 2) (h, w) factors
@@ -118,23 +112,62 @@ class PostProcessor:
             boxes = clip_boxes((boxes * factor[:, [1, 0, 1, 0]]).unsqueeze(1), original_sizes[image]).squeeze(1)
         return boxes, scores, labels, image
 
-    def select(self, boxes: Tensor, scores: Tensor, candidate: Tensor, max_coordinate: Tensor):
-        """boxes (N, P, C, 4), scores / candidate (N, P, C) -> the kept detections, flat (image, boxes, scores,
-        labels): NMS per (image, class) group as a keep mask, each image's best ``detections_per_image``."""
+    @torch.no_grad()
+    def padded(
+        self, pred_class_logits: Tensor, pred_deltas: Tensor, proposals: Tensor, valid: Tensor,
+        image_sizes: Tensor, original_sizes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``__call__``'s detections as fixed-shape tables, nothing read on the host (a graph can hold it):
+        boxes (N, D, 4), scores (N, D), labels (N, D), found (N, D) bool with D = ``detections_per_image``; each
+        image's best first, its found ones ahead of the padding. ``compact`` makes them ``__call__``'s output."""
+        boxes, scores, candidate = self.candidates(pred_class_logits, pred_deltas, proposals, valid, image_sizes)
+        boxes, scores, labels, found = self.select_padded(boxes, scores, candidate, image_sizes.max())
+        if original_sizes is not None:
+            factor = original_sizes / image_sizes  # (N, 2) (h, w) factors
+            boxes = clip_boxes(boxes * factor[:, None, [1, 0, 1, 0]], original_sizes)  # (N, D, 4)
+        return boxes, scores, labels, found
+
+    def candidates(self, pred_class_logits: Tensor, pred_deltas: Tensor, proposals: Tensor, valid: Tensor,
+                   image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """-> boxes (N, P, C, 4) decoded per class and clipped, scores (N, P, C), candidate (N, P, C) bool."""
+        n, p, num_classes = pred_class_logits.shape
+        c = num_classes - 1
+        scores = F.softmax(pred_class_logits.float(), dim=-1)[..., 1:]  # (N, P, C), background dropped
+        # (N, P, K, 4) -> (N, P, C, 4): class-specific deltas without the background's, or the agnostic one
+        deltas = pred_deltas[:, :, 1:] if pred_deltas.shape[2] > 1 else pred_deltas.expand(n, p, c, 4)
+        boxes = clip_boxes(self.box_coder.decode(deltas, proposals.unsqueeze(2)), image_sizes)  # (N, P, C, 4)
+        candidate = valid.unsqueeze(2) & (scores > self.score_thresh) & boxes_big_enough(boxes, MIN_DETECTION_SIZE)
+        return boxes, scores, candidate
+
+    def select_padded(self, boxes: Tensor, scores: Tensor, candidate: Tensor, max_coordinate: Tensor):
+        """boxes (N, P, C, 4), scores / candidate (N, P, C) -> each image's kept detections as (N, D) tables
+        (boxes, scores, labels, found): NMS per (image, class) group as a keep mask, each image's best
+        ``detections_per_image``."""
         n, p, c = scores.shape
         # (N, P, C, ...) -> (N, C*P, ...): the classes as groups one after the other
         keep = self.nms(boxes.transpose(1, 2).reshape(n, c * p, 4), scores.transpose(1, 2).reshape(n, c * p),
                         candidate.transpose(1, 2).reshape(n, c * p), [p] * c, self.nms_thresh, max_coordinate)
         # (N, C*P) -> (N, P*C): proposal-major again, so that equal scores rank by proposal, then class
         keep = keep.view(n, c, p).transpose(1, 2).reshape(n, p * c)
-        # (N, D) each
+        # (N, D) each; best: position in the image's (P*C) proposal-major candidates
         best, found = best_kept(scores.reshape(n, p * c), keep, self.detections_per_image, self.stable_sort)
-        # data-dependent: the host waits for the number of detections
-        flat = found.reshape(-1).nonzero().squeeze(1)  # (D_all,) positions in the (N, D) table, image after image
-        image = flat // best.shape[1]
-        index = best.reshape(-1)[flat]  # (D_all,) position in the image's (P*C) proposal-major candidates
-        prop, cls = index // c, index % c
-        return image, boxes[image, prop, cls], scores[image, prop, cls], cls + 1
+        image = torch.arange(n, device=best.device)[:, None]  # (N, 1)
+        prop, cls = best // c, best % c
+        return boxes[image, prop, cls], scores[image, prop, cls], cls + 1, found
+
+    def select(self, boxes: Tensor, scores: Tensor, candidate: Tensor, max_coordinate: Tensor):
+        """``select_padded``'s tables, flat (image, boxes, scores, labels)."""
+        boxes, scores, labels, found = self.select_padded(boxes, scores, candidate, max_coordinate)
+        return compact(boxes, scores, labels, found)
+
+
+def compact(boxes: Tensor, scores: Tensor, labels: Tensor, found: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``PostProcessor.padded``'s (N, D) tables -> the found detections flat, image after image: (image (D_all,),
+    boxes, scores, labels). Data-dependent: on a GPU the host waits for their number (read the tables on the host
+    first to avoid it, as ``FPNDetector.detect_to_host`` does)."""
+    flat = found.reshape(-1).nonzero().squeeze(1)  # (D_all,) positions in the (N, D) tables, image after image
+    image = flat // found.shape[1]
+    return image, boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], labels.reshape(-1)[flat]
 
 
 class SoftNMSPostProcessor(PostProcessor):
@@ -148,6 +181,9 @@ class SoftNMSPostProcessor(PostProcessor):
         if method not in ("linear", "gaussian"):
             raise ValueError(f"soft-NMS method must be linear or gaussian, got {method!r}")
         self.method, self.sigma, self.min_score = method, sigma, min_score
+
+    def padded(self, *args, **kwargs):
+        raise NotImplementedError("soft-NMS reads the number of candidates on the host: no fixed-shape form")
 
     def select(self, boxes: Tensor, scores: Tensor, candidate: Tensor, max_coordinate: Tensor):
         n, _, c = scores.shape

@@ -128,6 +128,16 @@ class RoIHeads(nn.Module):
             proposals, proposal_valid, image_sizes, original_sizes,
         )
 
+    def detect_padded(
+        self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,
+        original_sizes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Inference as fixed-shape tables (``PostProcessor.padded``): boxes (N, D, 4), scores, labels, found (N, D)."""
+        n, p, _ = proposals.shape
+        pred_class_logits, pred_deltas = self.box_head(self.pooler(features, proposals))
+        return self.postprocessor.padded(pred_class_logits.view(n, p, -1), pred_deltas.view(n, p, -1, 4), proposals,
+                                         proposal_valid, image_sizes, original_sizes)  # fmt: skip
+
     def label_candidates(self, proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor, Tensor]:
         """The ground truth joins the proposals -> (candidates (N, P+G, 4), matched (N, P+G) ground-truth
         index, labels (N, P+G) in {1, 0, -1}; padding slots are -1)."""

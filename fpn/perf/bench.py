@@ -18,7 +18,8 @@ counts detections and proposals per image (:func:`detection_counts`) and says wh
 Each timing runs ``warmup`` untimed iterations first, then ``iters`` timed ones; on CUDA the clock is read
 between device synchronisations, so asynchronous work is counted. Results are plain dicts (images/s, ms per
 iteration, peak memory, achieved TFLOP/s from a FlopCounterMode count of one iteration; with ``profile`` the
-host syncs and, on CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
+aten operations of one iteration (``fpn.perf.op_count``: a CPU proxy for kernel launches), the host syncs and, on
+CUDA, the kernel profile of ``fpn.perf.cuda_profile``).
 
 Inference also reports batch-1 latency (:func:`bench_latency`): one uint8 image to its detections, through
 ``fpn.Detector`` (ours: preprocessing, the inference copy of the model), our model exported to ONNX in ONNX
@@ -141,23 +142,28 @@ def _count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _time(fn, warmup: int, iters: int, device: torch.device) -> list[float]:
+def _time(fn, warmup: int, iters: int, device: torch.device) -> tuple[list[float], float]:
+    """Seconds of each timed iteration, and of the untimed warm-up in all (torch.compile traces there)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     _sync(device)
+    warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, warmup_s
 
 
-def _summary(times: list[float], images_per_iter: int, flops: float, device: torch.device) -> dict:
+def _summary(timed: tuple[list[float], float], images_per_iter: int, flops: float, device: torch.device) -> dict:
+    times, warmup_s = timed
     median = statistics.median(times)
     out = {
         "iters": len(times),
+        "warmup_s": warmup_s,  # the warm-up iterations in all: with runtime.compile, mostly compiling
         "ms_per_iter": median * 1e3,
         "images_per_s": images_per_iter / median,
         "gflop_per_image": flops / images_per_iter / 1e9,
@@ -226,7 +232,9 @@ NOT_REPRESENTATIVE = ("NOT REPRESENTATIVE: the model returns no detections, so N
 
 def _profile(run, out: dict, device, iters: int) -> None:
     from fpn.perf.cuda_profile import host_syncs, profile_cuda
+    from fpn.perf.op_count import count_aten_ops
 
+    out["aten_ops"] = count_aten_ops(run)  # one iteration: a CPU proxy for kernel launches
     out["host_syncs"] = host_syncs(run, device)
     if device.type == "cuda":
         out["profile"] = profile_cuda(run, max(1, min(iters, 5)), device)
@@ -237,7 +245,8 @@ def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device
     """Median time of one training step, ``TrainStep``: forward, loss sum, backward, optimiser step (on a copy of
     ``model``: its weights are left as they are). Detections are counted before, in eval mode."""
     model = copy.deepcopy(model).to(device)
-    counts = detection_counts(model, inp, impl, amp, device)
+    with _eager(model):
+        counts = detection_counts(model, inp, impl, amp, device)
     model.train()
     step = make_train_step(model, cfg, amp, device, warmup + iters + 1 + (7 if profile else 0))
     inputs = (inp.images, inp.image_sizes, inp.targets) if impl == "ours" else (inp.originals, inp.original_targets)
@@ -247,12 +256,14 @@ def bench_train(model, inp: BenchInput, impl: str, cfg: Config, amp: str, device
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = _count_flops(run)
+    with _eager(model):
+        flops = _count_flops(run)
     out = _summary(_time(run, warmup, iters, device), len(inp.image_sizes), flops, device)
     out["optimizer"] = describe_optimizer(step.optimizer)
     out.update(counts)
     if profile:
-        _profile(run, out, device, iters)
+        with _eager(model):
+            _profile(run, out, device, iters)
     return out
 
 
@@ -272,13 +283,29 @@ def bench_infer(model, inp: BenchInput, impl: str, amp: str, device, warmup: int
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
+    with _eager(model), _dense_pooling(model) if impl == "ours" else contextlib.nullcontext():
         flops = _count_flops(forward)
     out = _summary(_time(forward, warmup, iters, device), len(inp.image_sizes), flops, device)
-    out.update(detection_counts(model, inp, impl, amp, device))
-    if profile:
-        _profile(forward, out, device, iters)
+    with _eager(model):
+        out.update(detection_counts(model, inp, impl, amp, device))
+        if profile:
+            _profile(forward, out, device, iters)
     return out
+
+
+@contextlib.contextmanager
+def _eager(model):
+    """Our model without its ``torch.compile`` functions (``runtime.compile``) while the FLOP and aten-op counters
+    watch it: a compiled graph runs under no dispatch mode, and the counters count what eager runs (the same
+    operations before fusion)."""
+    compiled = getattr(model, "_compiled", None)
+    if compiled is not None:
+        model._compiled = None
+    try:
+        yield
+    finally:
+        if compiled is not None:
+            model._compiled = compiled
 
 
 @contextlib.contextmanager
@@ -295,25 +322,77 @@ def _dense_pooling(model):
         pooler.pool = pool
 
 
+AGREE_IOU = 0.9  # a detection of ours and one of torchvision's are the same object: this IoU, the same label
+AGREE_MARGIN = 0.05  # detections scoring under the threshold + this may be on one side only (rounding there)
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """fp32 convolutions and matrix products in full fp32 on CUDA (TF32 off), restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def match_detections(ours: dict, ref: dict, score_thresh: float) -> dict:
+    """Ours and torchvision's detections of one image ({"boxes" (n, 4), "scores", "labels"} CPU tensors) matched
+    one to one, greedily in torchvision's score order, to the unmatched detection of ours with the same label and
+    the highest IoU >= ``AGREE_IOU``. Returns the spread of the matched pairs ("max_box_px", "median_box_px",
+    "max_score", "median_score"), "matched", "unmatched" [ours, torchvision], and "unmatched_confident": the
+    unmatched ones scoring at least ``score_thresh + AGREE_MARGIN`` (near the threshold, float rounding may put a
+    detection on either side; above it, a missing detection is a disagreement). Independent of order."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(ref["boxes"], ours["boxes"]) if len(ref["boxes"]) and len(ours["boxes"]) else torch.zeros(
+        (len(ref["boxes"]), len(ours["boxes"])))  # fmt: skip
+    iou = iou * (ref["labels"][:, None] == ours["labels"][None, :])
+    taken = torch.zeros(len(ours["boxes"]), dtype=torch.bool)
+    pairs = []
+    for i in torch.argsort(ref["scores"], descending=True, stable=True).tolist():
+        row = iou[i].masked_fill(taken, -1.0)
+        if row.numel() and row.max() >= AGREE_IOU:
+            j = int(row.argmax())
+            taken[j] = True
+            pairs.append((i, j))
+    mi = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    mj = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    box_px = (ours["boxes"][mj] - ref["boxes"][mi]).abs().amax(1) if pairs else torch.zeros(0)
+    score = (ours["scores"][mj] - ref["scores"][mi]).abs() if pairs else torch.zeros(0)
+    left_ref = torch.ones(len(ref["boxes"]), dtype=torch.bool)
+    left_ref[mi] = False
+    confident = score_thresh + AGREE_MARGIN
+    return {"matched": len(pairs), "unmatched": [int((~taken).sum()), int(left_ref.sum())],
+            "unmatched_confident": int((ours["scores"][~taken] >= confident).sum() + (ref["scores"][left_ref] >= confident).sum()),
+            "max_box_px": float(box_px.max()) if pairs else 0.0,
+            "median_box_px": float(box_px.median()) if pairs else 0.0,
+            "max_score": float(score.max()) if pairs else 0.0,
+            "median_score": float(score.median()) if pairs else 0.0}  # fmt: skip
+
+
 def agreement(models: BenchModels, image: torch.Tensor, device) -> dict:
-    """Ours and torchvision's detections of ``image`` (uint8 (3, H, W)) with the same weights, in fp32, at their
-    score threshold, in score order: {"detections": [ours, torchvision], "max_box_px", "max_score",
-    "labels_equal", "ok"} (ok: the same non-zero count, labels equal, boxes within 0.5 px, scores within 0.01)."""
+    """Ours and torchvision's detections of ``image`` (uint8 (3, H, W)) with the same weights, in fp32 (TF32 off
+    on CUDA: its 10-bit products would reorder a briefly trained model's many near-equal scores), at their score
+    threshold, matched by IoU and label (``match_detections``): {"detections": [ours, torchvision], the match's
+    spread and counts, "labels_equal" (of the matched pairs: true by construction), "ok"}. ok: something detected,
+    every detection above the threshold's margin matched, matched boxes within 0.5 px and scores within 0.01."""
     from fpn.api import Detector
 
     tv = models.torchvision.to(device).eval()
     detector = Detector.from_model(models.ours, models.cfg, models.classes, str(device), "none")
-    with torch.inference_mode():
-        ref = tv([image.to(device).float() / 255])[0]
-    ours = detector.predict(image)
-    n = min(len(ours), len(ref["scores"]))
-    boxes, scores = torch.from_numpy(ours.boxes[:n]), torch.from_numpy(ours.scores[:n])
-    out = {"detections": [len(ours), len(ref["scores"])],
-           "max_box_px": float((boxes - ref["boxes"][:n].cpu()).abs().max()) if n else 0.0,
-           "max_score": float((scores - ref["scores"][:n].cpu()).abs().max()) if n else 0.0,
-           "labels_equal": bool(torch.equal(torch.from_numpy(ours.labels[:n]), ref["labels"][:n].cpu()))}  # fmt: skip
-    out["ok"] = (out["detections"][0] == out["detections"][1] > 0 and out["labels_equal"]
-                 and out["max_box_px"] <= 0.5 and out["max_score"] <= 0.01)  # fmt: skip
+    with _exact_fp32():
+        with torch.inference_mode():
+            ref = {k: v.cpu() for k, v in tv([image.to(device).float() / 255])[0].items()}
+        ours = detector.predict(image)
+    mine = {"boxes": torch.from_numpy(ours.boxes).float(), "scores": torch.from_numpy(ours.scores).float(),
+            "labels": torch.from_numpy(ours.labels).long()}  # fmt: skip
+    out = {"detections": [len(ours), len(ref["scores"])], "tf32": False,
+           **match_detections(mine, {**ref, "labels": ref["labels"].long()}, models.cfg.model.score_thresh),
+           "labels_equal": True}  # fmt: skip
+    out["ok"] = (out["matched"] > 0 and out["unmatched_confident"] == 0 and out["max_box_px"] <= 0.5
+                 and out["max_score"] <= 0.01)  # fmt: skip
     return out
 
 
@@ -469,11 +548,18 @@ def format_results(results: dict) -> str:
                     f"{r['tflops']:>9.2f}{mem:>10}{_counts(r)}")
         if "note" in r:
             notes.append(key)
+        if results["config"].get("compile") and key.startswith("ours") and "warmup_s" in r:
+            rows.append(f"  warm-up {r['warmup_s']:.1f} s in all (torch.compile {results['config']['compile']} "
+                        "compiles there)")
         if "profile" in r:
             p = r["profile"]
             rows.append(f"  GPU kernels {p['gpu_ms_per_iter']:.1f} ms/iter (busy {100 * p['busy']:.0f}%), "
                         f"{p['launches_per_iter']:.0f} launches/iter, {p['syncs_per_iter']:.0f} syncs/iter; top: "
                         + ", ".join(f"{k['name'][:40]} {k['ms_per_iter']:.1f} ms" for k in p["top_kernels"][:3]))
+        if "aten_ops" in r:
+            a = r["aten_ops"]
+            rows.append(f"  aten ops per iteration: {a['ops']} (+{a['views']} views); most: "
+                        + ", ".join(f"{name} x{n}" for name, n in a["top"][:5]))
         if "host_syncs" in r:
             h = r["host_syncs"]
             sites = ", ".join(f"{site} x{n}" for site, n in list(h["sites"].items())[:8])
@@ -492,9 +578,10 @@ def format_results(results: dict) -> str:
     if "agreement" in results:
         a = results["agreement"]
         rows.append(f"same weights, ours vs torchvision (fp32, one image): {a['detections'][0]} vs "
-                    f"{a['detections'][1]} "
-                    f"detections, boxes within {a['max_box_px']:.1e} px, scores within {a['max_score']:.1e}, labels "
-                    f"{'equal' if a['labels_equal'] else 'DIFFER'}: "
+                    f"{a['detections'][1]} detections, {a['matched']} matched by IoU and label, boxes within "
+                    f"{a['max_box_px']:.1e} px (median {a['median_box_px']:.1e}), scores within {a['max_score']:.1e}, "
+                    f"unmatched {a['unmatched'][0]} / {a['unmatched'][1]} ({a['unmatched_confident']} above the "
+                    f"threshold's margin): "
                     f"{'agree' if a['ok'] else 'nothing to compare' if not max(a['detections']) else 'DISAGREE'}")
     if notes:
         rows.append(f"{', '.join(notes)}: {NOT_REPRESENTATIVE}")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fpn.engine.device import autocast, make_scaler, resolve_device
+from fpn.engine.device import autocast, make_scaler, prepare_for_speed, resolve_device
 from fpn.errors import UserError
 
 
@@ -67,3 +67,19 @@ def test_cpu_bf16_probe_respects_isa_caps(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert D.cpu_bf16_support() == (False, "CPU has AMX but torch runs AVX2 kernels")
     D.cpu_bf16_support.cache_clear()
+
+
+def test_cuda_n_becomes_the_current_device_and_training_tunes_cudnn(monkeypatch):
+    """``--device cuda:1`` outside torchrun makes device 1 current (Triton and device-less torch.cuda calls follow
+    it); ``prepare_for_speed`` turns cuDNN's autotuner on for CUDA only."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(torch.device(d)))
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert resolve_device("cuda") == torch.device("cuda") and len(chosen) == 1  # no index: the current one stays
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    prepare_for_speed(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    prepare_for_speed(torch.device("cuda", 1))
+    assert torch.backends.cudnn.benchmark is True

@@ -274,6 +274,37 @@ def test_checkpoints_every_n_iterations_and_epoch_end_keeping_the_newest_mid_epo
     assert said[-1] == f"training done: 8 iterations; last checkpoint {tmp_path / 'fpn_1_2_3.pth'}"
 
 
+def test_only_the_newest_epoch_checkpoints_stay_mid_epoch_ones_by_their_own_count(tmp_path):
+    said = []
+    ckpt = Checkpointer(make, tmp_path, 1, ONE, every_iters=3, keep=1, keep_epochs=2, say=said.append)
+    (tmp_path / "fpn_1_9_0.pth").write_bytes(b"truncated")  # unreadable: not ours to delete
+    (tmp_path / "fpn_2_1_1.pth").write_bytes(b"another session")
+    t = trainer([ckpt], ipe=2, epochs=4)
+    t.train()
+    # epoch ends after iterations 2, 4, 6, 8: the newest two stay; the mid-epoch one after iteration 3 counts
+    # against solver.keep_checkpoints only; another session's files and unreadable ones are left alone
+    assert saved_names(tmp_path) == ["fpn_1_2_0.pth", "fpn_1_3_1.pth", "fpn_1_4_1.pth", "fpn_1_9_0.pth",
+                                     "fpn_2_1_1.pth"]  # fmt: skip
+    assert load(tmp_path / "fpn_1_2_0.pth")["mid_epoch"] is True
+    assert [s for s in said if s.startswith("removed")] == [
+        f"removed fpn_1_{e}_1.pth (solver.keep_epoch_checkpoints=2 epoch checkpoints are kept)" for e in (1, 2)
+    ]
+    assert said[-1] == (f"training done: 8 iterations; last checkpoint {tmp_path / 'fpn_1_4_1.pth'}; the newest 2 "
+                        "epoch checkpoints are kept (solver.keep_epoch_checkpoints, 0 keeps all)")  # fmt: skip
+
+
+def test_the_checkpoint_just_written_stays_beside_later_stale_ones(tmp_path):
+    for name in ("fpn_1_5_1.pth", "fpn_1_6_1.pth"):  # epoch ends of an abandoned longer run
+        torch.save(make(0, 1, 0, False, False, None), tmp_path / name)
+    ckpt = Checkpointer(make, tmp_path, 1, ONE, keep_epochs=1, say=lambda s: None)
+    trainer([ckpt], ipe=2, epochs=1).train()
+    assert saved_names(tmp_path) == ["fpn_1_1_1.pth", "fpn_1_6_1.pth"]  # the run's own and the newest
+
+
+def saved_names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
 def test_checkpoints_by_the_clock_and_not_again_for_a_resumed_state(tmp_path):
     now = [0.0]
     step = Step({k: (lambda phase: now.__setitem__(0, now[0] + 2) if phase == "forward" else None) for k in range(9)})

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import synthetic
+from fpn.engine.device import cpu_bf16_support
 from fpn.errors import UserError
 from fpn.model import build_detector, uses_caffe_weights
 from fpn.model.ops.frozen_bn import folded_conv_norm
@@ -185,6 +186,98 @@ def test_fused_frozen_batchnorm_equals_the_plain_backbone_outputs_and_gradients(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     twin = copy.deepcopy(fused)
     assert twin.layer1[0].conv_norm is folded_conv_norm and isinstance(twin.layer1[0].bn1, FrozenBatchNorm2d)
+
+
+def _op_names(fn) -> list[str]:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    names: list[str] = []
+    with Names():
+        fn()
+    return names
+
+
+def test_folded_frozen_stages_are_kept_until_their_weights_change():
+    """A frozen stage is folded once and kept (outside the state dict): a later forward runs only the convolutions
+    there; a checkpoint loaded, an in-place edit, another dtype or a forward under inference mode followed by
+    training all recompute it, and the outputs stay the plain backbone's (fp32, within 1e-4 relative)."""
+    torch.manual_seed(0)
+    plain = _randomise_norms(ResNetBackbone(18, norm="frozen_bn", freeze_at=4, width=16))  # everything frozen
+    fused = ResNetBackbone(18, norm="frozen_bn", freeze_at=4, width=16, conv_norm=folded_conv_norm)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+
+    def check():
+        for a, b in zip(fused(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+    with torch.inference_mode():
+        check()  # kept as inference tensors...
+    check()  # ...recomputed for use outside inference mode (autograd refuses inference tensors)
+    names = _op_names(lambda: fused(x))
+    assert names.count("convolution") == 20 and "mul" not in names and "rsqrt" not in names  # nothing but the net
+    assert list(fused.state_dict()) == list(plain.state_dict())  # nothing kept in checkpoints
+    _randomise_norms(plain)  # new statistics, loaded in place: the folded weights follow
+    fused.load_state_dict(plain.state_dict())
+    check()
+    with torch.no_grad():
+        for model in (plain, fused):
+            model.layer3[0].conv2.weight.mul_(-2.0)  # an in-place edit bumps the version counter
+    check()
+    fused.double(), plain.double()
+    x = x.double()
+    check()
+
+
+def test_inference_folds_trainable_convolutions_until_a_step_changes_them():
+    """Without gradients (evaluation during training, inference) trainable convolutions are folded and kept too;
+    an optimiser step (an in-place update) makes the next evaluation fold the new weights."""
+    torch.manual_seed(0)
+    fused = _randomise_norms(ResNetBackbone(18, norm="frozen_bn", freeze_at=1, width=16, conv_norm=folded_conv_norm))
+    plain = copy.deepcopy(fused)
+    for module in plain.modules():
+        if hasattr(module, "conv_norm"):
+            module.conv_norm = plain_conv_norm
+    x = torch.randn(1, 3, 64, 64)
+    optimizer = torch.optim.SGD([p for p in fused.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        with torch.no_grad():
+            fused(x)
+            names = _op_names(lambda: fused(x))
+            for a, b in zip(fused(x), plain(x)):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+        assert names.count("convolution") == 20 and "mul" not in names
+        assert "_fpn_folded" in vars(fused.layer4[0].conv1)  # an evaluation's copy of a trainable weight...
+        optimizer.zero_grad()
+        sum(f.sum() for f in fused(x)).backward()
+        assert "_fpn_folded" not in vars(fused.layer4[0].conv1)  # ...dropped by the next training forward
+        optimizer.step()
+        plain.load_state_dict(fused.state_dict())
+
+
+@pytest.mark.skipif(not cpu_bf16_support()[0], reason="bf16 autocast on this CPU is emulated (slow)")
+def test_folded_frozen_stages_are_kept_cast_under_autocast():
+    """Under bf16 autocast a frozen stage's folded weights are kept cast: no per-forward copy of them; a trainable
+    convolution costs one product for its weight (its cast is autocast's)."""
+    torch.manual_seed(0)
+    fused = _randomise_norms(ResNetBackbone(18, norm="frozen_bn", freeze_at=1, width=16, conv_norm=folded_conv_norm))
+    plain = ResNetBackbone(18, norm="frozen_bn", freeze_at=1, width=16)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(x)
+        names = _op_names(lambda: fused(x))
+        for a, b in zip(fused(x), plain(x)):
+            torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05 * b.abs().max().item())
+    frozen_convs, trainable_convs = 5, 15  # stem + layer1 (2 blocks x 2), the rest
+    assert names.count("convolution") == frozen_convs + trainable_convs
+    assert names.count("mul") == trainable_convs  # W * scale
+    assert names.count("_to_copy") == 1 + trainable_convs  # the input, each trainable W * scale
 
 
 def test_build_backbone_fuses_frozen_batchnorm_unless_told_not_to():

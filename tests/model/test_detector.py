@@ -204,14 +204,16 @@ def test_for_inference_gives_the_same_detections(small_cfg):
 
 
 @pytest.mark.slow
-def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
-    """``model.compile``: backbone + FPN through torch.compile (here its ``aot_eager`` backend, which traces and
-    splits forward and backward as inductor does, without inductor's minutes of C++ compilation on a CPU): the
-    same losses and gradients as a separately built eager model with the same weights; a copy (deep copy, pickle,
-    ``for_inference``) compiles its own, equal to the eager model's inference copy, never the original's."""
+def test_compiled_model_equals_eager_and_stays_out_of_copies(small_cfg):
+    """``runtime.compile``: the training forward + losses and the inference batch through torch.compile, one graph
+    each (here its ``aot_eager`` backend, which traces and splits forward and backward as inductor does, without
+    inductor's minutes of C++ compilation on a CPU): the same losses and gradients as a separately built eager
+    model with the same weights; a copy (deep copy, pickle, ``for_inference``) compiles its own, equal to the eager
+    model's inference copy, never the original's."""
     torch.manual_seed(0)
     small_cfg.runtime.compile = "aot_eager"
     compiled = build_detector(small_cfg, num_classes=4, load_pretrained=False)
+    assert compiled.compile_fullgraph  # the CPU's ops trace without graph breaks
     small_cfg.runtime.compile = ""
     eager = build_detector(small_cfg, num_classes=4, load_pretrained=False)
     eager.load_state_dict(compiled.state_dict())
@@ -228,18 +230,24 @@ def test_compiled_features_equal_eager_and_stay_out_of_copies(small_cfg):
         torch.testing.assert_close(losses_compiled[k], losses_eager[k], rtol=1e-4, atol=1e-5)
     for a, b in zip(grads_compiled, grads_eager):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-    assert eager._compiled_features is None and compiled._compiled_features is not None
+    assert eager._compiled is None and compiled._compiled is not None
     for twin in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled)), for_inference(compiled)):
-        # each copy compiles its own: never the original's function, bound to the original's weights
-        assert twin._compiled_features is not None and twin._compiled_features is not compiled._compiled_features
+        # each copy compiles its own: never the original's functions, bound to the original's weights
+        assert twin._compiled is not None and twin._compiled["detect"] is not compiled._compiled["detect"]
     fast_eager = for_inference(eager)
+    sizes = torch.tensor([[128.0, 128.0]] * 2)
     with torch.no_grad():
         for m in (twin, fast_eager):  # if the copy ran the original's compiled code, it would not see this
             m.backbone.conv1.weight.zero_()
-        torch.testing.assert_close(twin.features(images)[0], fast_eager.features(images)[0], rtol=1e-4, atol=1e-5)
-        assert not torch.allclose(twin.features(images)[0], compiled.eval().features(images)[0], atol=1e-3)
+        scores = twin.detect_padded(images, sizes)[1]
+        torch.testing.assert_close(scores, fast_eager.detect_padded(images, sizes)[1], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(scores, compiled.eval().detect_padded(images, sizes)[1], atol=1e-3)
+        from_forward = twin(images)  # eval forward: the compiled tables, compacted
+        assert [len(d["scores"]) for d in from_forward] == twin.detect_padded(images, sizes)[3].sum(1).tolist()
     small_cfg.runtime.compile = "aot_eager"
-    assert build_detector(small_cfg, 4, load_pretrained=False, purpose="export")._compiled_features is None
+    assert build_detector(small_cfg, 4, load_pretrained=False, purpose="export")._compiled is None
+    small_cfg.runtime.pool_impl = "torchvision"  # reads its counts on the host: compiled with graph breaks
+    assert not build_detector(small_cfg, 4, load_pretrained=False).compile_fullgraph
 
 
 def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
@@ -259,9 +267,32 @@ def test_implementation_fields_pick_the_paths_and_refuse_bad_values(small_cfg):
     assert fast.roi_heads.pooler.pool is packed_roi_align and isinstance(fast.rpn.nms, (TritonNMS, OffsetNMS))
     assert type(for_inference(model).rpn.nms) is ThreadedNMS
     for key, value, message in [("pool_impl", "fast", "runtime.pool_impl: must be one of auto, torchvision"),
-                                ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment"),
-                                ("pool_aligned", False, "runtime.pool_impl=packed needs model.pool_aligned=True")]:
+                                ("nms_impl", "cuda", "runtime.nms_impl: must be one of auto, segment")]:
         small_cfg.runtime.pool_impl, small_cfg.runtime.nms_impl = "packed", "auto"
         setattr(small_cfg.runtime if key in vars(small_cfg.runtime) else small_cfg.model, key, value)
         with pytest.raises(UserError, match=message):
             build_detector(small_cfg, num_classes=4, load_pretrained=False)
+
+
+@pytest.mark.slow
+def test_detect_to_host_waits_only_for_its_one_copy(device):
+    """With the CUDA branches (here in Triton's interpreter on a CPU), the inference batch's fixed-shape tables
+    come to the host in one copy and are compacted there: no read of the number of detections before it."""
+    from tiny_model import small_config
+
+    from fpn.perf.host_sync import count_host_syncs
+
+    if not triton_runs_on(device):
+        pytest.skip("the CUDA branches need Triton (on a CPU: its interpreter, TRITON_INTERPRET=1)")
+    torch.manual_seed(0)
+    model = build_detector(small_config(), 4, load_pretrained=False, ops=branch_ops(True, device=device))
+    model = model.to(device).eval()
+    images = rectangles_batch()[0].to(device)
+    with torch.no_grad():
+        flat = model(images, None)
+    with count_host_syncs() as syncs:
+        on_host = model.detect_to_host(images, None)
+    assert syncs.total == 1 and all(".cpu()" in site for site in syncs.by_site), syncs.describe()
+    assert sum(len(d["labels"]) for d in on_host) > 0
+    for a, b in zip(flat, on_host):
+        assert all(torch.equal(a[k].cpu(), b[k]) for k in ("boxes", "scores", "labels"))

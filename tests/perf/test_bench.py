@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from fpn.perf.bench import bench_config, bench_latency, build_ours, make_input, make_train_step
+from fpn.perf.bench import bench_config, bench_latency, build_ours, make_input, make_train_step, match_detections
 from fpn.perf.weights import BenchModels, build_torchvision, pretrain_torchvision
 from fpn.cli import main
 from fpn.perf.images import resize_samples, synthetic_samples
@@ -68,7 +68,8 @@ def test_same_weights_detect_and_agree_with_torchvision(trained_tv_weights, tmp_
         assert min(r["detections_per_image"]) > 0 and min(r["proposals_per_image"]) > 0
     assert res["ours/infer_bs2"]["detections_per_image"] == res["torchvision/infer_bs2"]["detections_per_image"]
     a = res["agreement"]
-    assert a["ok"] and a["detections"][0] == a["detections"][1] > 0 and a["labels_equal"], a
+    assert a["ok"] and a["matched"] == a["detections"][0] == a["detections"][1] > 0 and a["labels_equal"], a
+    assert a["unmatched"] == [0, 0] and a["unmatched_confident"] == 0 and a["tf32"] is False
     assert a["max_box_px"] < 1e-2 and a["max_score"] < 1e-4
     assert res["latency_bs1"]["ours"]["detections"] == res["latency_bs1"]["torchvision"]["detections"] > 0
     printed = capsys.readouterr().out
@@ -97,12 +98,16 @@ def test_bench_cli_runs_every_mode_on_cpu_and_compares(tmp_path, capsys):
         assert r["images_per_s"] > 0 and r["gflop_per_image"] > 0
         assert len(r["detections_per_image"]) == len(r["proposals_per_image"]) == int(key[-1])
         assert r["representative"] == (sum(r["detections_per_image"]) > 0) and r["host_syncs"]["per_iter"] >= 0
+        ops = r["aten_ops"]  # one iteration's operations: a training step runs the backward too
+        assert ops["ops"] > 100 and ops["views"] > 0 and ops["top"][0][1] >= ops["top"][-1][1] > 0
+    assert res["ours/train_bs2"]["aten_ops"]["ops"] > res["ours/infer_bs2"]["aten_ops"]["ops"]
     # the host syncs of torchvision's inference: its per-level NMS and pooling, by source line
     assert any(site.startswith("torchvision/") for site in res["torchvision/infer_bs2"]["host_syncs"]["sites"])
     assert res["data"]["images"] == 8 - 2  # 4 images + mirrors, the first batch of 2 untimed
     printed = capsys.readouterr().out
     _check_ratios(res, printed)  # train_bs2, infer_bs1, infer_bs2
     assert "ours / torchvision, train_bs2" in printed and "data loader:" in printed and "host syncs:" in printed
+    assert f"aten ops per iteration: {res['ours/train_bs2']['aten_ops']['ops']} (+" in printed
     assert "batch-1 latency" in printed and "torchvision's speed" in printed
 
 
@@ -182,3 +187,28 @@ def test_bench_latency_times_the_onnx_model_in_turn(tiny_onnx, monkeypatch):
     res = bench_latency(models, image, torch.device("cpu"), "none", True, warmup=0, iters=2)
     assert set(res) == {"ours", "ours_onnx"} and res["ours_onnx"]["iters"] == 2 and res["ours_onnx"]["ms"] > 0
     assert "vs_torchvision" not in res["ours"]
+
+
+def _dets(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels)}  # fmt: skip
+
+
+def test_agreement_matches_by_iou_and_label_whatever_the_order_and_the_count_at_the_threshold():
+    """Two near-equal scores in swapped order, a detection of ours just above the threshold that torchvision's
+    rounding put under it: they agree, with the spread reported. A confident detection on one side only, or a label
+    that differs, does not match."""
+    ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], [0.30, 0.31, 0.9], [1, 2, 3])
+    ours = _dets([[20.2, 20, 40, 40], [0, 0, 10, 10.1], [50, 50, 60, 70], [5, 60, 15, 80]], [0.312, 0.30, 0.9, 0.051],
+                 [2, 1, 3, 4])  # fmt: skip
+    m = match_detections(ours, ref, score_thresh=0.05)
+    assert (m["matched"], m["unmatched"], m["unmatched_confident"]) == (3, [1, 0], 0)
+    assert m["max_box_px"] == pytest.approx(0.2, abs=1e-6) and m["median_box_px"] == pytest.approx(0.1, abs=1e-6)
+    assert m["max_score"] == pytest.approx(0.002, abs=1e-6) and m["median_score"] == pytest.approx(0.0, abs=1e-6)
+    ours["scores"][3] = 0.5  # no longer at the threshold: torchvision missed a confident detection
+    assert match_detections(ours, ref, 0.05)["unmatched_confident"] == 1
+    ours["labels"][2] = 5  # same box, another class: not the same detection
+    m = match_detections(ours, ref, 0.05)
+    assert m["matched"] == 2 and m["unmatched"] == [2, 1] and m["unmatched_confident"] == 3
+    empty = _dets(torch.zeros(0, 4).tolist(), [], [])
+    assert match_detections(empty, ref, 0.05)["unmatched"] == [0, 3]

@@ -17,7 +17,7 @@ import torch
 
 from fpn.config import NMS_IMPLS, POOL_IMPLS
 from fpn.model.ops import frozen_bn, roi_pool
-from fpn.model.ops.nms import NMS, BatchedNMS, OffsetNMS, ThreadedNMS, TritonNMS, triton_problem
+from fpn.model.ops.nms import NMS, BatchedNMS, OffsetNMS, OpaqueNMS, ThreadedNMS, TritonNMS, triton_problem
 
 PURPOSES = ("train", "infer", "export")
 # the names runtime.pool_impl / runtime.nms_impl take, declared with the config ("auto": by device, below);
@@ -33,7 +33,8 @@ class Ops:
     """The chosen implementations: NMS of the RPN's proposals and of the detections (``fpn.model.ops.nms``
     interface), the multi-level RoIAlign (``fpn.model.ops.roi_pool``), a backbone convolution and its frozen
     BatchNorm (``fpn.model.ops.frozen_bn``), whether anchors are cached per input size, the torch.compile
-    backend for backbone + FPN ("" eager), and whether the selection after NMS sorts stably."""
+    backend for the training forward + losses and the inference batch ("" eager) and whether they compile as one
+    graph each, and whether the selection after NMS sorts stably."""
 
     proposal_nms: NMS
     detection_nms: NMS
@@ -41,6 +42,7 @@ class Ops:
     conv_norm: Callable
     cache_anchors: bool = True
     compile_backend: str = ""
+    compile_fullgraph: bool = True  # the chosen ops trace without graph breaks (not so the poolers reading counts)
     stable_sort: bool = True  # the selection after NMS (``best_kept``); ONNX has none (its TopK keeps index order)
 
 
@@ -51,10 +53,13 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
 
     "auto" rules: a CPU takes NMS in threads per group for proposals, ``batched_nms`` on the gathered candidates
     for detections, and the sparse pooler (with a fixed ``sampling_ratio``); CUDA takes the Triton keep masks (when
-    the kernel runs here; else offset NMS) and the packed pooler (``aligned``; else per level). An exported graph
+    the kernel runs here; else offset NMS) and the packed pooler (either alignment). An exported graph
     takes one offset NMS call each, the by-mask pooler, no anchor cache and no torch.compile. ``triton``: None
     asks the machine (once per process, on CUDA only); True / False force it (tests: Triton's interpreter on a
-    CPU). ValueError for a name not among ``POOL_CHOICES`` / ``NMS_CHOICES`` or a pooler the settings exclude."""
+    CPU). ``compile`` (a torch.compile backend): the NMS with data-dependent sizes (every one but Triton's) and the
+    sparse pooler become opaque custom ops (``OpaqueNMS``, ``opaque_sparse_roi_align``: the same results), so that
+    the model traces as one graph (fullgraph); the per-level and by-mask poolers read counts and do not.
+    ValueError for a name not among ``POOL_CHOICES`` / ``NMS_CHOICES`` or a pooler the settings exclude."""
     device_type = torch.device(device).type
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
@@ -62,8 +67,6 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
         raise ValueError(f"pool must be one of {', '.join(POOL_CHOICES)}, got {pool!r}")
     if nms not in NMS_CHOICES:
         raise ValueError(f"nms must be one of {', '.join(NMS_CHOICES)}, got {nms!r}")
-    if pool == "packed" and not aligned:
-        raise ValueError("pool=packed needs aligned RoIs (torchvision's convention pools per level)")
     if pool == "sparse" and sampling_ratio <= 0:
         raise ValueError("pool=sparse needs a fixed sampling ratio > 0")
     if purpose == "export":  # one graph for any number of boxes and any RoI distribution; nothing cached
@@ -75,7 +78,7 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
     if pool == "auto":
         if device_type == "cpu" and sampling_ratio > 0:
             pool = "sparse"
-        elif cuda and aligned:
+        elif cuda:  # either alignment (converted torchvision weights pool unaligned)
             pool = "packed"
         else:
             pool = "torchvision"
@@ -91,8 +94,22 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
     else:
         proposal_nms = offset
     detection_nms = TritonNMS(candidates) if use_triton else candidates
+    pool_fn = POOLS[pool]
+    if compile:  # one graph: what has data-dependent sizes inside becomes an opaque op of fixed-shape results
+        proposal_nms, detection_nms = _opaque(proposal_nms), _opaque(detection_nms)
+        if pool == "sparse":
+            pool_fn = roi_pool.opaque_sparse_roi_align
     conv_norm = frozen_bn.folded_conv_norm if fuse_frozen_bn else frozen_bn.plain_conv_norm
-    return Ops(proposal_nms, detection_nms, POOLS[pool], conv_norm, cache_anchors=True, compile_backend=compile)
+    return Ops(proposal_nms, detection_nms, pool_fn, conv_norm, cache_anchors=True, compile_backend=compile,
+               compile_fullgraph=pool in ("sparse", "packed"))  # fmt: skip
+
+
+def _opaque(nms: NMS) -> NMS:
+    """``nms`` as torch.compile traces it in one graph: Triton's kernel is a custom op already (its fallback for
+    large groups is wrapped), the others are wrapped."""
+    if isinstance(nms, TritonNMS):
+        return TritonNMS(OpaqueNMS(nms.fallback))
+    return OpaqueNMS(nms)
 
 
 __all__ = ["NMS_CHOICES", "POOL_CHOICES", "PURPOSES", "Ops", "choose_ops"]

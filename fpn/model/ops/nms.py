@@ -15,6 +15,9 @@ valid boxes of each group (``ReferenceNMS``; tests compare the others with it).
   traces into an exported graph (ONNX NonMaxSuppression) whatever the number of boxes.
 * ``BatchedNMS``: torchvision's ``batched_nms`` on the valid boxes gathered (the CPU's detections).
 * ``TritonNMS``: a Triton kernel writing the keep mask (``fpn.model.ops.triton_nms``): no host sync.
+* ``OpaqueNMS``: one of the above behind the custom op ``torch.ops.fpn.nms_keep`` (a fake gives the mask's fixed
+  shape), so that ``torch.compile(fullgraph=True)`` traces through its data-dependent sizes and thread pool; the
+  same keep mask as the implementation it wraps.
 
 ``best_kept`` is the one selection after NMS: each image's best kept boxes by score.
 """
@@ -30,7 +33,6 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms as tv_nms
 
-from fpn.structures import to_device
 
 # boxes per torchvision ``nms`` call in ``OffsetNMS``: its CUDA kernel builds a (M, M / 64) bit mask, so one call
 # over every group of a large batch would cost more than a few calls (torchvision's own batched_nms loops over
@@ -178,9 +180,31 @@ class TritonNMS(NMS):
 
     def __init__(self, fallback: NMS):
         self.fallback = fallback
+        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # per (group sizes, K, device): made there once
 
     def __repr__(self) -> str:
         return f"TritonNMS(fallback={self.fallback!r})"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_layouts": {}}  # device tensors: made again where the copy runs
+
+    def _layout(self, group_sizes: list[int], k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(slot (G, width): each group's positions in K, padded with K; real (K,): each box's position in
+        G*width), made on the device (no host-to-device copy, which a CUDA graph could not replay) and kept."""
+        key = (tuple(group_sizes), k, str(device))
+        if key in self._layouts:
+            return self._layouts[key]
+        width = max(group_sizes, default=0)
+        if not group_sizes:
+            return torch.zeros((0, 0), dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device)
+        slot = torch.stack([torch.cat((torch.arange(start, start + size, device=device),
+                                       torch.full((width - size,), k, device=device)))
+                            for start, size in _groups(group_sizes)])  # fmt: skip
+        real = torch.cat([torch.arange(g * width, g * width + size, device=device)
+                          for g, size in enumerate(group_sizes)])  # fmt: skip
+        if not torch.compiler.is_compiling():  # a traced call keeps them in its graph instead
+            self._layouts[key] = (slot, real)
+        return slot, real
 
     def __call__(self, boxes, scores, valid, group_sizes, iou_thresh, max_coordinate):
         from fpn.model.ops.triton_nms import nms_sorted_groups
@@ -190,12 +214,7 @@ class TritonNMS(NMS):
         if width > MAX_TRITON_GROUP:
             return self.fallback(boxes, scores, valid, group_sizes, iou_thresh, max_coordinate)
         # (N, K) -> (N*G, width): each group padded to the widest with slot K (an invalid box appended below)
-        slot, real = torch.full((g, width), k), []
-        for group, (start, size) in enumerate(_groups(group_sizes)):
-            slot[group, :size] = torch.arange(start, start + size)
-            real.extend(range(group * width, group * width + size))
-        slot = to_device(slot, boxes.device)  # (G, width), made on the host from host-side sizes
-        real = to_device(torch.tensor(real, dtype=torch.long), boxes.device)  # (K,) position of each box in G*width
+        slot, real = self._layout(list(group_sizes), k, boxes.device)
 
         def grouped(t: Tensor, fill) -> Tensor:  # (N, K, ...) -> (N*G, width, ...), padding slots = fill
             padded = torch.cat((t, t.new_full((n, 1) + t.shape[2:], fill)), dim=1)  # (N, K+1, ...)
@@ -209,6 +228,45 @@ class TritonNMS(NMS):
         keep_sorted = nms_sorted_groups(sorted_boxes, group_valid.sum(dim=1), float(iou_thresh))
         keep = torch.zeros_like(group_valid).scatter_(1, order, keep_sorted)  # back to the groups' order
         return keep.view(n, g * width)[:, real]  # (N*G, width) -> (N, G*width) -> (N, K)
+
+
+# the implementations ``torch.ops.fpn.nms_keep`` runs, by name: a custom op takes no Python objects
+_OPAQUE: dict[str, NMS] = {}
+
+
+def _nms_keep(boxes: Tensor, scores: Tensor, valid: Tensor, group_sizes: list[int], iou_thresh: float,
+              max_coordinate: Tensor, impl: str) -> Tensor:  # fmt: skip
+    return _OPAQUE[impl](boxes, scores, valid, group_sizes, iou_thresh, max_coordinate).clone()  # never an alias
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+    _nms_keep = torch.library.custom_op("fpn::nms_keep", mutates_args=())(_nms_keep)
+
+    @_nms_keep.register_fake
+    def _(boxes, scores, valid, group_sizes, iou_thresh, max_coordinate, impl):
+        return torch.empty_like(valid)
+
+
+class OpaqueNMS(NMS):
+    """``inner`` as one opaque custom op (``torch.ops.fpn.nms_keep``): ``torch.compile`` sees a (N, K) bool mask
+    from fixed-shape inputs, not the data-dependent sizes, ``nms`` calls and threads inside. Eager: ``inner``'s
+    mask exactly."""
+
+    def __init__(self, inner: NMS):
+        self.inner = inner
+        self.key = repr(inner)
+        _OPAQUE.setdefault(self.key, inner)
+
+    def __repr__(self) -> str:
+        return f"OpaqueNMS({self.key})"
+
+    def __setstate__(self, state: dict) -> None:  # a copy or an unpickled model registers its inner NMS again
+        self.__dict__.update(state)
+        _OPAQUE.setdefault(self.key, self.inner)
+
+    def __call__(self, boxes, scores, valid, group_sizes, iou_thresh, max_coordinate):
+        return _nms_keep(boxes, scores, valid, [int(g) for g in group_sizes], float(iou_thresh), max_coordinate,
+                         self.key)  # fmt: skip
 
 
 def best_kept(scores: Tensor, keep: Tensor, top_n: int, stable: bool = True) -> tuple[Tensor, Tensor]:

@@ -9,8 +9,8 @@ into features, scales, output_size, sampling_ratio, aligned) -> (R, C, s, s)``: 
 * ``by_mask_roi_align``: per level on the RoIs a mask selects, written into their rows: no host read of the counts
   (data-dependent sizes stay inside the graph); what an exported graph holds (ONNX RoiAlign).
 * ``sparse_roi_align``: all levels in one sparse matrix product (the CPU's; ~2.5x faster forward + backward there).
-* ``packed_roi_align``: the levels packed into one map, one ``roi_align`` call, no host sync (CUDA's;
-  ``aligned=True`` only).
+* ``packed_roi_align``: the levels packed into one map, one ``roi_align`` call, no host sync (CUDA's; either
+  alignment).
 
 Shapes: R RoIs, L levels, C channels, s output size, g sampling ratio.
 
@@ -38,8 +38,10 @@ The frame reproduces what RoIAlign does at a map's edge: a sample in [-1, 0] or 
 pixel (RoIAlign clamps there), and bilinear interpolation between an edge pixel and its copy is that pixel. Samples
 beyond [-1, size] read zero in RoIAlign; they occur only for boxes that stick out of the padded input by more than
 a feature pixel, which clipped proposals and ground truth do not with ``aligned=True`` (its half-pixel shift keeps
-every sample of an in-image box inside (-1, size)). With ``aligned=False`` (torchvision's convention), boxes at least
-one feature pixel wide can reach past the edge: the pooler uses torchvision's per-level calls there.
+every sample of an in-image box inside (-1, size)). With ``aligned=False`` (torchvision's convention) a box is at
+least one feature pixel wide, so one narrower than that near a map's far edge has samples past the edge: all its
+samples on the map read the edge pixel, so it is pooled there and each bin scaled by the fraction of its samples
+on the map (``_onto_the_edge``).
 Same values as per-level ``roi_align`` up to float rounding of the shifted coordinates (tests).
 """
 
@@ -137,16 +139,30 @@ def sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales
     torchvision's autocast rule), else the features' dtype. ``aligned`` as in ``torchvision.ops.roi_align``."""
     if sampling_ratio <= 0:
         raise ValueError("sparse_roi_align needs a fixed sampling_ratio > 0")
-    s, g = output_size, sampling_ratio
-    n, c = features[0].shape[:2]
+    s = output_size
+    c = features[0].shape[1]
     r = rois.shape[0]
-    device = rois.device
     dtype = torch.promote_types(features[0].dtype, torch.float32)
     if r == 0:
         return features[0].new_zeros((0, c, s, s), dtype=dtype)
+    shapes = [tuple(f.shape) for f in features]
+    a, per_bin = _sparse_matrix(shapes, rois, level, scales, s, sampling_ratio, aligned, dtype)
+    # F: every level's pixels as rows, channels last: (sum N*H*W, C)
+    stacked = torch.cat([f.to(dtype).permute(0, 2, 3, 1).reshape(-1, c) for f in features])
+    pooled = _SparseProduct.apply(a, per_bin, stacked)  # (R*s*s, C)
+    return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)
+
+
+def _sparse_matrix(shapes: list[tuple[int, ...]], rois: Tensor, level: Tensor, scales: list[float], s: int, g: int,
+                   aligned: bool, dtype: torch.dtype) -> tuple[Tensor, int]:  # fmt: skip
+    """The sparse A of ``sparse_roi_align`` (CSR, R*s*s rows, one column per row of F) and its entries per row;
+    ``shapes`` the levels' (N, C, H_l, W_l)."""
+    n = shapes[0][0]
+    r = rois.shape[0]
+    device = rois.device
     rois = rois.to(dtype)
-    heights = torch.tensor([f.shape[2] for f in features], device=device)
-    widths = torch.tensor([f.shape[3] for f in features], device=device)
+    heights = torch.tensor([shape[2] for shape in shapes], device=device)
+    widths = torch.tensor([shape[3] for shape in shapes], device=device)
     level_rows = heights * widths * n  # rows of F per level
     level_start = torch.cumsum(level_rows, 0) - level_rows  # (L,) first row of each level in F
     scale = torch.tensor(scales, device=device, dtype=dtype)[level]  # (R,)
@@ -182,13 +198,68 @@ def sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales
     values = (y_wt * x_wt / (g * g)).reshape(-1)
     per_bin = 4 * g * g
     crow = torch.arange(0, r * s * s * per_bin + 1, per_bin, device=device)
-    total_rows = int(sum(f.shape[0] * f.shape[2] * f.shape[3] for f in features))
-    a = _csr(crow, columns, values, (r * s * s, total_rows))
+    total_rows = int(sum(shape[0] * shape[2] * shape[3] for shape in shapes))
+    return _csr(crow, columns, values, (r * s * s, total_rows)), per_bin
 
-    # F: every level's pixels as rows, channels last: (sum N*H*W, C)
-    stacked = torch.cat([f.to(dtype).permute(0, 2, 3, 1).reshape(-1, c) for f in features])
-    pooled = _SparseProduct.apply(a, per_bin, stacked)  # (R*s*s, C)
-    return pooled.view(r, s, s, c).permute(0, 3, 1, 2)  # (R, C, s, s)
+
+def _opaque_sparse(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
+                   sampling_ratio: int, aligned: bool) -> Tensor:  # fmt: skip
+    return sparse_roi_align(features, rois, level, scales, output_size, sampling_ratio, aligned).clone()
+
+
+def _opaque_sparse_backward(grad: Tensor, features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float],
+                            output_size: int, sampling_ratio: int, aligned: bool) -> list[Tensor]:  # fmt: skip
+    """The features' gradients of ``sparse_roi_align``: A (built again) transposed times the gradient, each
+    level's rows back to (N, C, H_l, W_l) in its features' dtype."""
+    s, c = output_size, features[0].shape[1]
+    dtype = torch.promote_types(features[0].dtype, torch.float32)
+    shapes = [tuple(f.shape) for f in features]
+    a, per_bin = _sparse_matrix(shapes, rois, level, scales, s, sampling_ratio, aligned, dtype)
+    with torch.autocast(grad.device.type, enabled=False):
+        rows = _transpose(a, per_bin) @ grad.permute(0, 2, 3, 1).reshape(-1, c).to(dtype)  # (sum N*H*W, C)
+    sizes = [shape[0] * shape[2] * shape[3] for shape in shapes]
+    # each its own memory (outputs of an op never alias), channels-last strides as the eager gradient's
+    return [part.view(shape[0], shape[2], shape[3], c).to(f.dtype, copy=True).permute(0, 3, 1, 2)
+            for part, shape, f in zip(rows.split(sizes), shapes, features)]  # fmt: skip
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4: the sparse product is opaque to torch.compile
+    _opaque_sparse = torch.library.custom_op("fpn::sparse_roi_align", mutates_args=())(_opaque_sparse)
+    _opaque_sparse_backward = torch.library.custom_op("fpn::sparse_roi_align_backward",
+                                                      mutates_args=())(_opaque_sparse_backward)  # fmt: skip
+
+    @_opaque_sparse.register_fake
+    def _(features, rois, level, scales, output_size, sampling_ratio, aligned):
+        s, c = output_size, features[0].shape[1]
+        dtype = torch.promote_types(features[0].dtype, torch.float32)
+        return rois.new_empty((rois.shape[0], s, s, c), dtype=dtype).permute(0, 3, 1, 2)  # as the eager view
+
+    @_opaque_sparse_backward.register_fake
+    def _(grad, features, rois, level, scales, output_size, sampling_ratio, aligned):
+        return [f.new_empty((f.shape[0], f.shape[2], f.shape[3], f.shape[1])).permute(0, 3, 1, 2) for f in features]
+
+    def _setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[0], inputs[1], inputs[2])
+        ctx.levels, ctx.args = len(inputs[0]), inputs[3:]
+
+    def _backward(ctx, grad):
+        saved = ctx.saved_tensors
+        features, rois, level = list(saved[:ctx.levels]), saved[ctx.levels], saved[ctx.levels + 1]
+        grads = _opaque_sparse_backward(grad, features, rois, level, *ctx.args)
+        return grads, None, None, None, None, None, None
+
+    _opaque_sparse.register_autograd(_backward, setup_context=_setup)
+
+
+def opaque_sparse_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float],
+                            output_size: int, sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
+    """``sparse_roi_align`` as the custom op ``torch.ops.fpn.sparse_roi_align`` (its backward another), so that
+    ``torch.compile(fullgraph=True)`` traces around the sparse matrices; the same values and gradients (A is
+    built again for the backward)."""
+    if sampling_ratio <= 0:
+        raise ValueError("sparse_roi_align needs a fixed sampling_ratio > 0")
+    return _opaque_sparse(list(features), rois, level, [float(x) for x in scales], int(output_size),
+                          int(sampling_ratio), bool(aligned))  # fmt: skip
 
 
 def pack_levels(features: list[Tensor]) -> tuple[Tensor, list[int]]:
@@ -206,14 +277,44 @@ def pack_levels(features: list[Tensor]) -> tuple[Tensor, list[int]]:
 
 def packed_roi_align(features: list[Tensor], rois: Tensor, level: Tensor, scales: list[float], output_size: int,
                      sampling_ratio: int, aligned: bool = True) -> Tensor:  # fmt: skip
-    """Pool ``rois`` (R, 5: image, x1, y1, x2, y2 in input pixels) from ``features[level[r]]`` (each (N, C, H_l,
-    W_l)) at ``scales[level[r]]``, as ``torchvision.ops.roi_align(..., aligned=True)`` per level would: (R, C, s,
-    s) in the features' dtype (float32 under autocast, as torchvision's rule for roi_align)."""
-    if not aligned:
-        raise ValueError("the packed RoIAlign needs aligned=True (edge samples; see fpn.model.ops.roi_pool)")
+    """Pool ``rois`` (R, 5: image, x1, y1, x2, y2 in input pixels, inside the padded input) from
+    ``features[level[r]]`` (each (N, C, H_l, W_l)) at ``scales[level[r]]``, as ``torchvision.ops.roi_align(...,
+    aligned)`` per level would: (R, C, s, s) in the features' dtype (float32 under autocast, as torchvision's rule
+    for roi_align).
+
+    ``aligned=False`` (torchvision's detection models: no half-pixel shift, sides at least one feature pixel): a box
+    narrower than a pixel within a pixel of a map's far edge has samples past it, which read zero there. All its
+    samples up to the edge read the edge pixel (RoIAlign clamps in the last pixel), so such a box is pooled at the
+    edge (every sample on it) and each bin scaled by the fraction of its samples on the map: the same values."""
     packed, first_rows = pack_levels(features)
     scale = to_device(torch.tensor(scales, dtype=rois.dtype), rois.device)[level]  # (R,)
     row = to_device(torch.tensor(first_rows, dtype=rois.dtype), rois.device)[level]  # (R,)
     shift = torch.stack((torch.ones_like(row), row), dim=1).repeat(1, 2)  # (R, 4): x + 1 (the frame), y + band row
-    boxes = rois[:, 1:] * scale[:, None] + shift
-    return roi_align(packed, torch.cat((rois[:, :1], boxes), dim=1), output_size, 1.0, sampling_ratio, True)
+    boxes = rois[:, 1:] * scale[:, None]  # (R, 4) in level pixels
+    fraction = None
+    if not aligned:
+        sizes = [(f.shape[-1], f.shape[-2]) for f in features]
+        size = to_device(torch.tensor(sizes, dtype=rois.dtype), rois.device)[level].repeat(1, 2)  # (R, 4): W, H, W, H
+        boxes, fraction = _onto_the_edge(boxes, size, output_size, sampling_ratio)
+    pooled = roi_align(packed, torch.cat((rois[:, :1], boxes + shift), dim=1), output_size, 1.0, sampling_ratio,
+                       aligned)  # fmt: skip
+    return pooled if fraction is None else pooled * fraction.to(pooled.dtype)
+
+
+def _onto_the_edge(boxes: Tensor, size: Tensor, s: int, sampling_ratio: int) -> tuple[Tensor, Tensor]:
+    """aligned=False: boxes (R, 4) in level pixels on maps of ``size`` (R, 4: W, H, W, H) -> the boxes with each
+    axis whose samples pass the far edge moved onto the edge pixel (start W - 1, width 1: every sample reads it),
+    and (R, 1, s, s) the fraction of each bin's samples on the map (1 elsewhere). Such an axis has its box start
+    within a pixel of the edge (the box is inside the map), so all its samples on the map read the edge pixel;
+    with adaptive sampling its width (1, the minimum) gives one sample per bin."""
+    g = sampling_ratio if sampling_ratio > 0 else 1
+    start, extent = boxes[:, :2], (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)  # (R, 2): x, y
+    steps = torch.arange(s, dtype=boxes.dtype, device=boxes.device)[:, None]
+    steps = (steps + (torch.arange(g, dtype=boxes.dtype, device=boxes.device) + 0.5) / g).reshape(-1)  # (s * g,)
+    samples = start[:, :, None] + extent[:, :, None] / s * steps  # (R, 2, s * g): roi_align's sample coordinates
+    on_map = (samples <= size[:, :2, None]).to(boxes.dtype).view(-1, 2, s, g).mean(-1)  # (R, 2, s)
+    past = on_map.amin(-1) < 1  # (R, 2): an axis with samples past the edge
+    edge = size[:, :2] - 1
+    moved = torch.where(past, edge, start)
+    boxes = torch.cat((moved, torch.where(past, edge, boxes[:, 2:])), dim=1)  # width 0: roi_align makes it 1
+    return boxes, (on_map[:, 1, :, None] * on_map[:, 0, None, :])[:, None]  # (R, 1, s, s): rows (y) x columns (x)

@@ -6,9 +6,12 @@ to know which of a fixed set of boxes survive, so a mask of fixed shape serves t
 
 One program per group; the group's boxes (sorted by score, the ``count`` valid ones first) sit in registers, and
 the kernel walks them in order: a box still alive is kept and removes every later box whose IoU with it exceeds
-the threshold. The IoU is torchvision's arithmetic (``inter / (area_a + area_b - inter) > threshold`` in float32),
-so the kept set equals ``torchvision.ops.nms`` on the valid boxes of each group (tests compare them, on a CPU
-through Triton's interpreter, ``TRITON_INTERPRET=1``, and on CUDA).
+the threshold. The IoU is torchvision's arithmetic (``inter / (area_a + area_b - inter) > threshold`` in float32)
+rounded as torchvision rounds it: an IEEE round-to-nearest division (``div_rn``; Triton's ``/`` on CUDA is the
+approximate ``div.full.f32``) and no multiply-add fusion (``enable_fp_fusion=False``: a fused ``a * b + c`` rounds
+once, not twice), so an IoU within an ulp of the threshold decides as there, and the kept set equals
+``torchvision.ops.nms`` on the valid boxes of each group (tests compare them, on a CPU through Triton's
+interpreter, ``TRITON_INTERPRET=1``; ``scripts/gpu_check.py`` on CUDA, against torchvision's CUDA kernel).
 
 The kernel is the custom op ``torch.ops.fpn.nms_sorted_groups`` (with a fake implementation, so that
 ``torch.compile`` and ``torch.export`` trace through it). Import this module only where Triton is installed
@@ -48,7 +51,8 @@ def _nms_kernel(boxes_ptr, count_ptr, keep_ptr, group_size, iou_threshold, BLOCK
             w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
             h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
             inter = w * h
-            iou = inter / ((bx2 - bx1) * (by2 - by1) + area - inter)
+            union = (bx2 - bx1) * (by2 - by1) + area - inter  # unfused at launch (enable_fp_fusion=False)
+            iou = tl.math.div_rn(inter, union)  # torchvision's IEEE division, not the approximate one
             alive = tl.where((offs > i) & (iou > iou_threshold), 0, alive)
     tl.store(keep_ptr + g * group_size + offs, keep.to(tl.int8), mask=offs < group_size)
 
@@ -63,7 +67,8 @@ def _nms_sorted_groups(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold:
     if g and k:
         block = max(16, triton.next_power_of_2(k))
         _nms_kernel[(g,)](boxes.float().contiguous(), counts.to(torch.int32).contiguous(), keep, k,
-                          float(iou_threshold), BLOCK=block, num_warps=4 if block <= 1024 else 8)  # fmt: skip
+                          float(iou_threshold), BLOCK=block, num_warps=4 if block <= 1024 else 8,
+                          enable_fp_fusion=False)  # fmt: skip
     return keep.bool()
 
 

@@ -137,15 +137,11 @@ def test_choose_ops_picks_a_pooler_and_all_give_the_same_values():
         pooler = MultiScaleRoIAlign((4, 8, 16, 32), 7, 2, mapper, pool=pool, aligned=False)
         torch.testing.assert_close(pooler([f[:1] for f in feats], boxes), expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(pooler([f[:1] for f in feats], boxes), outs["auto", 2], atol=1e-3)
-    assert choose_ops("cuda", aligned=False, triton=False).pool is per_level_roi_align  # packed needs aligned=True
-    with pytest.raises(ValueError, match="aligned"):
-        choose_ops("cuda", pool="packed", aligned=False)
+    assert choose_ops("cuda", aligned=False, triton=False).pool is packed_roi_align  # either alignment (issue 28)
     with pytest.raises(ValueError, match="sampling ratio"):
         choose_ops("cpu", pool="sparse", sampling_ratio=0)
     with pytest.raises(ValueError, match="pool must be one of auto, torchvision, by_mask, sparse, packed"):
         choose_ops("cpu", pool="cuda")
-    with pytest.raises(ValueError, match="aligned=True"):
-        packed_roi_align(feats, _rois(g, 4), torch.zeros(4, dtype=torch.long), SCALES, 7, 2, aligned=False)
 
 
 def test_csr_transpose_with_repeated_entries():
