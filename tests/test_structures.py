@@ -37,24 +37,18 @@ def test_capacity_padding_gives_the_losses_of_tight_padding(tiny_model, one_thre
     assert all(v > 0 for v in tight[0].values())
 
 
-@pytest.mark.slow
-def test_capacity_padding_with_several_images(one_thread):
-    """Two images: the RPN's losses are the same bit for bit; the RoI head's sampler draws one random key per
-    candidate in an (N, P + G) tensor, so a wider G gives the second image other keys (another, equally random
-    sample). With a sample taking every candidate, the losses are the same up to the order of the sums."""
-    cfg = tiny_config()
-    cfg.model.roi_batch_per_image = 100_000
-    torch.manual_seed(0)
-    model = build_detector(cfg, 4, load_pretrained=False).train()
+def test_capacity_padding_with_several_images(tiny_model, one_thread):
+    """Two images: the same losses and gradients with tight slots or 16. The samplers draw their keys
+    candidate-major (``fpn.model.sampler``), so the appended padding columns leave each real candidate's key, and
+    so the sample, as it was."""
     images, targets = rectangles_batch()
-    tight = _losses_and_grads(model, images, pad_targets(targets, "cpu"))
-    fixed = _losses_and_grads(model, images, pad_targets(targets, "cpu", capacity=16))
-    for k in ("rpn_cls", "rpn_box"):
-        assert torch.equal(tight[0][k], fixed[0][k])
-    for k in ("rcnn_cls", "rcnn_box"):
-        torch.testing.assert_close(tight[0][k], fixed[0][k], rtol=1e-5, atol=1e-7)
+    tight = _losses_and_grads(tiny_model, images, pad_targets(targets, "cpu"))
+    fixed = _losses_and_grads(tiny_model, images, pad_targets(targets, "cpu", capacity=16))
+    for k in tight[0]:
+        torch.testing.assert_close(tight[0][k], fixed[0][k], rtol=1e-6, atol=1e-7)
     for n in tight[1]:
-        torch.testing.assert_close(tight[1][n], fixed[1][n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(tight[1][n], fixed[1][n], rtol=1e-5, atol=1e-7)
+    assert all(v > 0 for v in tight[0].values())
 
 
 def test_staging_on_a_cpu_is_a_plain_copy():

@@ -42,7 +42,9 @@ class BalancedSampler:
         n, b = labels.shape
         s = min(self.batch_per_image, b)
         k_pos = min(self.max_pos, b)
-        keys = torch.rand(labels.shape, device=labels.device)  # (N, B) uniform in [0, 1)
+        # (N, B) uniform in [0, 1), drawn candidate-major: a candidate's key depends on its column, not on B, so
+        # padding the ground truth to more slots (appended columns) leaves every real candidate's key as it was
+        keys = torch.rand(b, n, device=labels.device).t()
         # (N, k_pos) random positives, best keys first; a key of -1 marks "not a positive"
         pos_key, pos_idx = torch.where(labels == POSITIVE, keys, -1.0).topk(k_pos, dim=1)
         # (N, s) random negatives

@@ -68,6 +68,6 @@ def test_yolo_copy_trains_to_the_voc_map(tmp_path, capsys):
     # fp32 on the CPU is deterministic and the inputs are equal, so the runs are equal: the mAPs can only differ
     # where a coordinate is not within 6 decimals of a whole pixel (then it comes back up to 0.75e-6 of the image
     # side off, which can flip an anchor's IoU tie and with it the sampled anchors)
-    assert by_voc["map"] > 0.02  # it learnt something: the equality below is not 0 == 0
+    assert by_voc["map"] > 0.01  # it learnt something: the equality below is not 0 == 0
     assert by_yolo["map"] == pytest.approx(by_voc["map"], abs=1e-9)
     assert by_yolo["ap"] == pytest.approx(by_voc["ap"], abs=1e-9)

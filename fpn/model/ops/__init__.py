@@ -100,7 +100,8 @@ def choose_ops(device: torch.device | str = "cpu", purpose: str = "train", *, po
         if pool == "sparse":
             pool_fn = roi_pool.opaque_sparse_roi_align
     conv_norm = frozen_bn.folded_conv_norm if fuse_frozen_bn else frozen_bn.plain_conv_norm
-    return Ops(proposal_nms, detection_nms, pool_fn, conv_norm, cache_anchors=True, compile_backend=compile,
+    # compiled: no anchor cache (a cache miss, then a hit, would be two graphs per input shape; the graph makes them)
+    return Ops(proposal_nms, detection_nms, pool_fn, conv_norm, cache_anchors=not compile, compile_backend=compile,
                compile_fullgraph=pool in ("sparse", "packed"))  # fmt: skip
 
 

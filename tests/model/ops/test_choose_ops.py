@@ -25,7 +25,8 @@ def test_auto_rules_by_device_and_purpose():
     assert exported.proposal_nms.max_boxes is None and exported.detection_nms.max_boxes is None
     assert exported.pool is by_mask_roi_align and exported.compile_backend == ""
     assert not exported.cache_anchors and not exported.stable_sort
-    assert choose_ops("cpu", compile="aot_eager").compile_backend == "aot_eager"
+    compiled = choose_ops("cpu", compile="aot_eager")
+    assert compiled.compile_backend == "aot_eager" and not compiled.cache_anchors  # one graph per input shape
     assert type(choose_ops("cpu", nms="offset").proposal_nms) is OffsetNMS
     assert "by_mask" in POOL_CHOICES and NMS_CHOICES[0] == "auto"
     with pytest.raises(ValueError, match="purpose must be one of train, infer, export"):
