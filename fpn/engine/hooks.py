@@ -114,6 +114,30 @@ class LRSchedule(HookBase):
         step_scheduler(self.scheduler)
 
 
+class CompileNotice(HookBase):
+    """With ``runtime.compile``: says once what compiling cost, the first iteration's seconds (the graph is traced
+    and compiled there; each further padded input shape compiles once more, ``data.pad_bucket`` keeps them few).
+    The first iteration waits for the device once to be timed; no other iteration does."""
+
+    def __init__(self, backend: str, device, say: Callable[[str], None] = print):
+        self.backend, self.device, self.say = backend, torch.device(device), say
+        self.t0: float | None = None
+        self.done = False
+
+    def before_step(self) -> None:
+        if not self.done:
+            self.t0 = time.perf_counter()
+
+    def after_step(self) -> None:
+        if self.done or self.t0 is None:
+            return
+        self.done = True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.say(f"torch.compile ({self.backend}): the first iteration took {time.perf_counter() - self.t0:.1f} s "
+                 "(compiling; a new padded input shape compiles once more)")
+
+
 class NonFiniteGuard(HookBase):
     """Records the first iteration with a non-finite loss on the device (no host synchronisation) and raises
     ``NonFiniteLossError`` at the next check: every ``log_interval`` iterations, before every checkpoint

@@ -52,6 +52,7 @@ from fpn.engine.device import PRECISION_NAMES, Precision, make_scaler, prepare_f
 from fpn.engine.hooks import (
     SCHEDULER,
     Checkpointer,
+    CompileNotice,
     EvalAtEnd,
     LRSchedule,
     MetricsWriter,
@@ -355,6 +356,8 @@ class _Run:
                                     say=say)  # fmt: skip
         stop = StopOnSignal(info, stop_signals(cfg.solver), say)
         hooks = [LRSchedule(self.scheduler), guard, stop, writer, checkpointer]
+        if cfg.runtime.compile:
+            hooks.insert(1, CompileNotice(cfg.runtime.compile, self.device, say))
         if self.main and cfg.eval_at_end:
             hooks.append(EvalAtEnd(self._evaluate, say))
         return hooks

@@ -470,3 +470,16 @@ def test_the_evaluation_runs_once_after_all_epochs_unless_a_stop_was_asked_for()
 def test_stop_training_carries_its_kind():
     stop = StopTraining(SCHEDULER, cut=True)
     assert (stop.kind, stop.cut, stop.during_update) == (SCHEDULER, True, False)
+
+
+def test_the_compile_notice_says_the_first_iterations_seconds_once():
+    import time
+
+    from fpn.engine.hooks import CompileNotice
+
+    said = []
+    notice = CompileNotice("inductor", "cpu", said.append)
+    step = Step({1: lambda phase: time.sleep(0.05) if phase == "forward" else None})
+    trainer([notice], ipe=3, epochs=1, step=step).train()
+    assert len(said) == 1 and said[0].startswith("torch.compile (inductor): the first iteration took ")
+    assert float(said[0].split("took ")[1].split(" s")[0]) >= 0.05
