@@ -391,11 +391,8 @@ class Checkpointer(HookBase):
             if removed:
                 self.say(f"removed {', '.join(p.name for p in removed)} (solver.keep_checkpoints={self.keep} "
                          "mid-epoch checkpoints are kept)")  # fmt: skip
-        elif self.keep_epochs:
-            removed = self._prune_epoch_ends(path)
-            if removed:
-                self.say(f"removed {', '.join(p.name for p in removed)} (solver.keep_epoch_checkpoints="
-                         f"{self.keep_epochs} epoch checkpoints are kept)")  # fmt: skip
+        elif self.keep_epochs:  # quietly: the start and end lines say the policy (one line per epoch is noise
+            self._prune_epoch_ends(path)  # on a small dataset's many short epochs)
 
     def _prune_epoch_ends(self, written: Path) -> list[Path]:
         """Delete all but the newest ``keep_epochs`` epoch-end checkpoints of this session, never ``written`` (a
