@@ -108,10 +108,14 @@ def project_site(stack: list[traceback.FrameSummary]) -> str:
         name = frame.filename.replace("\\", "/")
         if name.startswith(_COUNTERS):
             continue
-        if name.startswith(str(_PACKAGE.parent) + "/"):
+        if name.startswith(str(_PACKAGE) + "/"):
             return f"{name[len(str(_PACKAGE.parent)) + 1:]}:{frame.lineno}"
         if "/torchvision/" in name:
             return f"{name[name.index('/torchvision/') + 1:]}:{frame.lineno}"
+        if "/site-packages/" in name or "/dist-packages/" in name:
+            continue  # torch's own frames, also when a virtualenv sits inside the checkout
+        if name.startswith(str(_PACKAGE.parent) + "/"):  # tests/, scripts/
+            return f"{name[len(str(_PACKAGE.parent)) + 1:]}:{frame.lineno}"
     return "?"
 
 

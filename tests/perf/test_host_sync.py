@@ -78,3 +78,20 @@ def test_without_triton_the_training_step_waits_once(device):
     with count_host_syncs() as syncs:
         step(images, None, gt)
     assert syncs.total == 1 and "torchvision/ops/boxes.py" in syncs.describe(), syncs.describe()
+
+
+def test_the_call_site_skips_library_frames_also_in_a_virtualenv_inside_the_checkout():
+    import traceback
+    from pathlib import Path
+
+    import fpn
+    from fpn.perf.host_sync import project_site
+
+    root = Path(fpn.__file__).parent.parent
+    venv = f"{root}/.venv/lib/python3.11/site-packages"
+    stack = [traceback.FrameSummary(f"{root}/fpn/model/rpn.py", 10, "forward"),
+             traceback.FrameSummary(f"{venv}/torchvision/ops/boxes.py", 40, "nms"),
+             traceback.FrameSummary(f"{venv}/torch/_dynamo/eval_frame.py", 1548, "_fn")]  # fmt: skip
+    assert project_site(stack) == "torchvision/ops/boxes.py:40"
+    assert project_site(stack[:1] + stack[2:]) == "fpn/model/rpn.py:10"
+    assert project_site([traceback.FrameSummary(f"{root}/tests/x.py", 3, "t")] + stack[2:]) == "tests/x.py:3"
