@@ -39,3 +39,14 @@ def rectangles_batch():
         for (x1, y1, x2, y2), label in zip(t["boxes"].long().tolist(), t["labels"].tolist()):
             images[i, :, y1:y2, x1:x2] = colours[label - 1].view(3, 1, 1)
     return images, targets
+
+
+def assert_pooled_and_grads_close(ours, ref, feats, g, tol=1e-4):
+    """A pooler's output ``ours`` equals the reference ``ref`` within ``tol``, and so do the gradients of both with
+    respect to ``feats`` under the same random weighting (drawn from ``g``; summation order differs)."""
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+    weights = torch.randn(ref.shape, generator=g).to(ref.device)
+    grads = torch.autograd.grad((ours * weights).sum(), feats)
+    grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

@@ -4,6 +4,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
+from detector_helpers import assert_pooled_and_grads_close
+
 from fpn.model.level_mapper import LevelMapper
 from fpn.model.ops import choose_ops
 from fpn.model.ops.roi_pool import by_mask_roi_align, packed_roi_align, per_level_roi_align, sparse_roi_align
@@ -44,12 +46,7 @@ def test_sparse_roi_align_equals_torchvision_values_and_gradients(ratio, aligned
     level = torch.randint(0, 4, (300,), generator=g).to(device)
     ours = sparse_roi_align(feats, rois, level, SCALES, 7, ratio, aligned=aligned)
     ref = _torchvision_per_level(feats, rois, level, 7, ratio, aligned=aligned)
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float rounding of the weights differs
-    weights = torch.randn(ref.shape, generator=g).to(device)
-    grads = torch.autograd.grad((ours * weights).sum(), feats)
-    grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # summation order differs
+    assert_pooled_and_grads_close(ours, ref, feats, g)  # float rounding of the weights differs
 
 
 def _clipped_rois(g, r, n=3, size=(224.0, 160.0)):
@@ -74,12 +71,7 @@ def test_packed_roi_align_equals_torchvision_values_and_gradients(ratio, device)
     level = torch.randint(0, 4, (400,), generator=g).to(device)
     ours = packed_roi_align(feats, rois, level, SCALES, 7, ratio)
     ref = _torchvision_per_level(feats, rois, level, 7, ratio)
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # the shifted coordinates round differently
-    weights = torch.randn(ref.shape, generator=g).to(device)
-    grads = torch.autograd.grad((ours * weights).sum(), feats)
-    grads_ref = torch.autograd.grad((ref * weights).sum(), feats)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_pooled_and_grads_close(ours, ref, feats, g)  # the shifted coordinates round differently
 
 
 def test_sparse_roi_align_hand_computed_linear_map():
