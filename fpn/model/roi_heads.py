@@ -120,23 +120,23 @@ class RoIHeads(nn.Module):
         original_sizes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inference: the flat detections of ``PostProcessor`` (boxes, scores, labels, image index)."""
-        n, p, _ = proposals.shape
-        pred_class_logits, pred_deltas = self.box_head(self.pooler(features, proposals))
-        return self.postprocessor(
-            pred_class_logits.view(n, p, -1),  # (N*P, C+1) -> (N, P, C+1)
-            pred_deltas.view(n, p, -1, 4),  # (N*P, K, 4) -> (N, P, K, 4)
-            proposals, proposal_valid, image_sizes, original_sizes,
-        )
+        return self.postprocessor(*self._predict(features, proposals), proposals, proposal_valid, image_sizes,
+                                  original_sizes)  # fmt: skip
 
     def detect_padded(
         self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, image_sizes: Tensor,
         original_sizes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inference as fixed-shape tables (``PostProcessor.padded``): boxes (N, D, 4), scores, labels, found (N, D)."""
+        return self.postprocessor.padded(*self._predict(features, proposals), proposals, proposal_valid, image_sizes,
+                                         original_sizes)  # fmt: skip
+
+    def _predict(self, features: list[Tensor], proposals: Tensor) -> tuple[Tensor, Tensor]:
+        """The box head on every proposal: class logits (N, P, C+1) and box deltas (N, P, K, 4)."""
         n, p, _ = proposals.shape
         pred_class_logits, pred_deltas = self.box_head(self.pooler(features, proposals))
-        return self.postprocessor.padded(pred_class_logits.view(n, p, -1), pred_deltas.view(n, p, -1, 4), proposals,
-                                         proposal_valid, image_sizes, original_sizes)  # fmt: skip
+        return (pred_class_logits.view(n, p, -1),  # (N*P, C+1) -> (N, P, C+1)
+                pred_deltas.view(n, p, -1, 4))  # (N*P, K, 4) -> (N, P, K, 4)  # fmt: skip
 
     def label_candidates(self, proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor, Tensor]:
         """The ground truth joins the proposals -> (candidates (N, P+G, 4), matched (N, P+G) ground-truth
