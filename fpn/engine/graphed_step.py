@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 
 import torch
 from torch import Tensor, nn
@@ -50,10 +51,10 @@ class _Graph:
     def copy_in(self, images: Tensor, sizes: Tensor, gt: GroundTruth) -> None:
         self.images.copy_(images, non_blocking=True)
         self.sizes.copy_(sizes, non_blocking=True)
-        for name in ("boxes", "labels", "valid", "crowd_boxes", "crowd_valid"):
-            static = getattr(self.gt, name)
+        for f in fields(self.gt):  # every ground-truth tensor (the graph's key fixed which ones exist)
+            static = getattr(self.gt, f.name)
             if static is not None:
-                static.copy_(getattr(gt, name), non_blocking=True)
+                static.copy_(getattr(gt, f.name), non_blocking=True)
 
 
 class GraphedTrainStep:
